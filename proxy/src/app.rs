@@ -1,0 +1,184 @@
+//! The process: loads the bootstrap, builds and publishes snapshots, binds listeners, serves admin,
+//! reloads on SIGHUP (or a changed file with `--watch`), and drains on SIGTERM. The data plane runs on
+//! its own multi-threaded runtime; admin, DNS and reloads run on a small control runtime.
+
+use crate::admin::{self, AdminState};
+use crate::listeners::ListenerManager;
+use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::xds::{self, BuildOptions, ConfigErrors};
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+use xds_proto::{Bootstrap, Format};
+
+/// Where the bootstrap comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    /// A built-in document (the demo).
+    Embedded(String),
+}
+
+impl ConfigSource {
+    fn read(&self) -> Result<Bootstrap, ConfigErrors> {
+        match self {
+            ConfigSource::File(path) => xds::read_bootstrap(path),
+            ConfigSource::Embedded(text) => xds::parse_bootstrap(text, Format::Yaml),
+        }
+    }
+
+    fn modified(&self) -> Option<SystemTime> {
+        match self {
+            ConfigSource::File(path) => std::fs::metadata(path).and_then(|m| m.modified()).ok(),
+            ConfigSource::Embedded(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub source: ConfigSource,
+    pub strict: bool,
+    pub drain_time: Duration,
+    pub watch: bool,
+    pub concurrency: usize,
+}
+
+/// A running proxy, as seen from its control runtime.
+struct Proxy {
+    options: Options,
+    shared: SharedSnapshot,
+    listeners: ListenerManager,
+    control: tokio::runtime::Handle,
+}
+
+impl Proxy {
+    /// Builds, resolves, binds and publishes a new config. On any error the running config stays.
+    async fn apply(&mut self, bootstrap: &Bootstrap) -> anyhow::Result<()> {
+        let current = self.shared.load_full();
+        let mut next = xds::build_snapshot(bootstrap, Some(&current), BuildOptions { strict: self.options.strict })?;
+        for cluster in next.clusters.values() {
+            let reused = current.clusters.get(&cluster.config.name).is_some_and(|c| Arc::ptr_eq(c, cluster));
+            if !reused {
+                cluster.start_discovery(&self.control).await;
+            }
+        }
+        let bound = self.listeners.bind(&next)?;
+        next.version = current.version + 1;
+        let next = Arc::new(next);
+        self.shared.store(next.clone());
+        self.listeners.activate(&next, bound);
+        tracing::info!(
+            version = next.version,
+            listeners = next.listeners.len(),
+            clusters = next.clusters.len(),
+            "config applied"
+        );
+        Ok(())
+    }
+
+    async fn reload(&mut self) {
+        let result = match self.options.source.read() {
+            Ok(b) => self.apply(&b).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = result {
+            metrics::counter!("strait_config_reload_failed_total").increment(1);
+            tracing::error!("config reload rejected, the running config stays:\n{e:#}");
+        } else {
+            metrics::counter!("strait_config_reload_total").increment(1);
+        }
+    }
+}
+
+/// Bound addresses, reported once the proxy is serving (for the demo and tests).
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub admin: Option<SocketAddr>,
+    pub listeners: std::collections::HashMap<String, SocketAddr>,
+}
+
+/// Runs the proxy until SIGTERM/SIGINT or `/quitquitquit`, then drains. Blocks the calling thread.
+pub fn run(options: Options, on_started: impl FnOnce(&Started) + Send + 'static) -> anyhow::Result<()> {
+    crate::telemetry::prometheus();
+    let bootstrap = options.source.read().map_err(anyhow::Error::from).context("invalid config")?;
+    let data_plane = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.concurrency.max(1))
+        .thread_name("strait-worker")
+        .enable_all()
+        .build()?;
+    let control = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
+    let shutdown = CancellationToken::new();
+    let quit = CancellationToken::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let listeners = ListenerManager::new(shared.clone(), shutdown.clone(), data_plane.handle().clone());
+    let mut proxy =
+        Proxy { options: options.clone(), shared: shared.clone(), listeners, control: control.handle().clone() };
+
+    let result = control.block_on(async {
+        proxy.apply(&bootstrap).await.context("cannot start")?;
+        let admin_stop = CancellationToken::new();
+        let admin_addr = match shared.load().admin {
+            Some(addr) => {
+                let state = AdminState { shared: shared.clone(), ready: ready.clone(), quit: quit.clone() };
+                Some(
+                    admin::serve(addr, state, admin_stop.clone())
+                        .await
+                        .with_context(|| format!("cannot bind admin {addr}"))?,
+                )
+            }
+            None => None,
+        };
+        ready.store(true, Ordering::Release);
+        on_started(&Started { admin: admin_addr, listeners: proxy.listeners.bound_addresses() });
+        control_loop(&mut proxy, &quit).await;
+        ready.store(false, Ordering::Release);
+        tracing::info!(drain_time = ?options.drain_time, "draining");
+        let clean = proxy.listeners.drain(options.drain_time).await;
+        if !clean {
+            tracing::warn!("drain time elapsed with connections still open");
+        }
+        admin_stop.cancel();
+        anyhow::Ok(())
+    });
+    data_plane.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+async fn control_loop(proxy: &mut Proxy, quit: &CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers");
+        quit.cancelled().await;
+        return;
+    };
+    let mut last_modified = proxy.options.source.modified();
+    let mut watch_tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading config");
+                proxy.reload().await;
+            }
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = quit.cancelled() => return,
+            _ = watch_tick.tick(), if proxy.options.watch => {
+                let modified = proxy.options.source.modified();
+                if modified != last_modified {
+                    last_modified = modified;
+                    tracing::info!("config file changed: reloading");
+                    proxy.reload().await;
+                }
+            }
+        }
+    }
+}

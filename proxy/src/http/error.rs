@@ -1,0 +1,105 @@
+//! The one place where a failure becomes a downstream response: each error maps to Envoy's status,
+//! body and response flag (NR, NC, UH, UF, UC, UT, UPE, ...).
+
+use crate::upstream::UpstreamError;
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+/// Why the proxy answered a request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matched")]
+    NoRoute,
+    #[error("cluster '{0}' not found")]
+    ClusterNotFound(String),
+    #[error("no healthy upstream")]
+    NoHealthyUpstream,
+    #[error("upstream request timeout")]
+    UpstreamTimeout,
+    #[error("upstream: {0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("upgrade '{0}' is not allowed")]
+    UpgradeRejected(String),
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("request timeout")]
+    RequestTimeout,
+}
+
+impl ProxyError {
+    /// Where the failure came from, for logs.
+    pub fn source_side(&self) -> &'static str {
+        match self {
+            ProxyError::Upstream(_) | ProxyError::UpstreamTimeout | ProxyError::NoHealthyUpstream => "upstream",
+            ProxyError::BadRequest(_) | ProxyError::UpgradeRejected(_) | ProxyError::RequestTimeout => "downstream",
+            ProxyError::NoRoute | ProxyError::ClusterNotFound(_) => "config",
+        }
+    }
+
+    /// Envoy's response flag.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "NR",
+            ProxyError::ClusterNotFound(_) => "NC",
+            ProxyError::NoHealthyUpstream => "UH",
+            ProxyError::UpstreamTimeout => "UT",
+            ProxyError::Upstream(UpstreamError::Protocol(_)) => "UPE",
+            ProxyError::Upstream(e) if e.is_connect_failure() => "UF",
+            ProxyError::Upstream(_) => "UC",
+            ProxyError::UpgradeRejected(_) => "UAEX",
+            ProxyError::BadRequest(_) => "DPE",
+            ProxyError::RequestTimeout => "DT",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::ClusterNotFound(_) | ProxyError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(UpstreamError::Protocol(_)) => StatusCode::BAD_GATEWAY,
+            ProxyError::Upstream(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpgradeRejected(_) => StatusCode::FORBIDDEN,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+
+    /// The body Envoy sends for this failure.
+    pub fn body(&self) -> String {
+        const RESET: &str = "upstream connect error or disconnect/reset before headers. reset reason:";
+        match self {
+            ProxyError::NoRoute | ProxyError::ClusterNotFound(_) | ProxyError::UpgradeRejected(_) => String::new(),
+            ProxyError::NoHealthyUpstream => "no healthy upstream".into(),
+            ProxyError::UpstreamTimeout => "upstream request timeout".into(),
+            ProxyError::Upstream(UpstreamError::Connect(e)) => {
+                format!("{RESET} connection failure, transport failure reason: {e}")
+            }
+            ProxyError::Upstream(UpstreamError::ConnectTimeout) => format!("{RESET} connection timeout"),
+            ProxyError::Upstream(UpstreamError::Protocol(_)) => format!("{RESET} protocol error"),
+            ProxyError::Upstream(UpstreamError::Reset(_)) => format!("{RESET} connection termination"),
+            ProxyError::BadRequest(what) => format!("Bad Request: {what}"),
+            ProxyError::RequestTimeout => "request timeout".into(),
+        }
+    }
+
+    /// The local reply for this error.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let body = self.body();
+        let mut builder = Response::builder().status(self.status());
+        if !body.is_empty() {
+            builder = builder.header(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        }
+        let mut resp = builder
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(Full::new(Bytes::from(body)))
+            .expect("static parts form a valid response");
+        resp.extensions_mut().insert(ResponseFlag(self.flag()));
+        resp
+    }
+}
+
+/// The response flag of a local reply, carried to the access log and stats.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseFlag(pub &'static str);

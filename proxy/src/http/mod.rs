@@ -1,0 +1,52 @@
+//! The HTTP connection manager: serves HTTP/1.1 and HTTP/2 (detected from the preface) on a listener
+//! and sends each request through [`proxy::handle`], which reads top to bottom.
+
+mod error;
+mod forwarding;
+pub mod proxy;
+pub mod server;
+mod upgrade;
+
+pub use error::ProxyError;
+
+use crate::routing::RouteTable;
+use crate::telemetry::HttpStats;
+use crate::telemetry::access_log::AccessLog;
+use std::time::Duration;
+
+/// Envoy's `HttpConnectionManager.codec_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// HTTP/2 when the connection opens with the HTTP/2 preface, HTTP/1.1 otherwise.
+    Auto,
+    Http1,
+    Http2,
+}
+
+/// A validated `HttpConnectionManager`.
+#[derive(Debug)]
+pub struct HttpConnectionManager {
+    pub stat_prefix: String,
+    pub codec: Codec,
+    pub routes: RouteTable,
+    /// No activity on a stream for this long resets it (Envoy default 5 min).
+    pub stream_idle_timeout: Option<Duration>,
+    /// The whole request must arrive within this (off by default).
+    pub request_timeout: Option<Duration>,
+    /// A connection with no active stream for this long is closed (Envoy default 1 h).
+    pub idle_timeout: Option<Duration>,
+    pub use_remote_address: bool,
+    pub xff_num_trusted_hops: u32,
+    pub skip_xff_append: bool,
+    pub generate_request_id: bool,
+    pub preserve_external_request_id: bool,
+    pub always_set_request_id_in_response: bool,
+    pub server_name: http::HeaderValue,
+    pub max_request_headers_bytes: usize,
+    pub max_headers_count: usize,
+    pub strip_any_host_port: bool,
+    /// Upgrade types allowed (`websocket`), lowercased.
+    pub upgrades: Vec<String>,
+    pub access_logs: Vec<AccessLog>,
+    pub stats: HttpStats,
+}

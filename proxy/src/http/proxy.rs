@@ -1,0 +1,298 @@
+//! Where a request goes, top to bottom: pick the route, answer locally (direct response, redirect) or
+//! pick a cluster and an endpoint, rewrite the request, send it upstream within the route timeout,
+//! and shape the response. Every failure returns a [`ProxyError`], turned into a reply in one place.
+
+use super::error::ResponseFlag;
+use super::{HttpConnectionManager, ProxyError, forwarding, upgrade};
+use crate::routing::{Action, Forward, RequestView, Route, RouteTable, VirtualHost, strip_port};
+use crate::snapshot::Snapshot;
+use crate::telemetry::GaugeGuard;
+use crate::telemetry::access_log::LogRecord;
+use crate::upstream::pool::PooledBody;
+use crate::upstream::{Cluster, Endpoint, UpstreamProtocol};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, Uri, Version, header};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// What the downstream receives: an upstream body streamed through, or a local reply.
+pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
+
+static X_ENVOY_UPSTREAM_SERVICE_TIME: http::HeaderName = http::HeaderName::from_static("x-envoy-upstream-service-time");
+
+/// One downstream connection's fixed facts.
+#[derive(Debug)]
+pub struct Downstream {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub listener: String,
+}
+
+/// What a request learned on its way, for stats and the access log.
+#[derive(Debug, Default)]
+struct Outcome {
+    cluster: Option<Arc<Cluster>>,
+    endpoint: Option<SocketAddr>,
+    route_name: String,
+}
+
+/// Handles one request with the connection manager from `snapshot` (loaded once for the request).
+pub async fn handle(
+    req: Request<Incoming>,
+    downstream: &Downstream,
+    snapshot: Arc<Snapshot>,
+    hcm: Arc<HttpConnectionManager>,
+) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let start_time = SystemTime::now();
+    hcm.stats.rq_total.increment(1);
+    let _active = GaugeGuard::new(&hcm.stats.rq_active);
+    // Kept only when an access log needs them after the request has gone upstream.
+    let logged = (!hcm.access_logs.is_empty())
+        .then(|| (req.method().clone(), req.uri().clone(), req.headers().clone(), req.version()));
+
+    let mut outcome = Outcome::default();
+    let result = proxy(req, downstream, &snapshot, &hcm, &mut outcome).await;
+    let mut response = match result {
+        Ok(resp) => resp,
+        Err(err) => {
+            tracing::debug!(error = %err, side = err.source_side(), "local reply");
+            err.into_response().map(Either::Right)
+        }
+    };
+    let status = response.status().as_u16();
+    hcm.stats.rq_xx.record(status);
+    response.headers_mut().insert(header::SERVER, hcm.server_name.clone());
+
+    if let Some((method, uri, headers, version)) = logged {
+        let flags = response.extensions().get::<ResponseFlag>().map_or("", |f| f.0);
+        let authority = authority(&uri, &headers).unwrap_or_default();
+        let record = LogRecord {
+            start: start_time,
+            request_headers: &headers,
+            method: method.as_str(),
+            path: uri.path_and_query().map_or("/", |p| p.as_str()),
+            authority: &authority,
+            protocol: protocol_name(version),
+            response_headers: Some(response.headers()),
+            status,
+            flags,
+            bytes_received: 0,
+            bytes_sent: http_body::Body::size_hint(response.body()).exact().unwrap_or(0),
+            duration: start.elapsed(),
+            upstream_host: outcome.endpoint,
+            upstream_cluster: outcome.cluster.as_ref().map(|c| c.config.name.as_str()),
+            downstream: downstream.peer,
+            route_name: &outcome.route_name,
+        };
+        for log in &hcm.access_logs {
+            log.log(&record);
+        }
+    }
+    response
+}
+
+async fn proxy(
+    mut req: Request<Incoming>,
+    downstream: &Downstream,
+    snapshot: &Snapshot,
+    hcm: &HttpConnectionManager,
+    outcome: &mut Outcome,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    // 1. Which virtual host and route.
+    let authority = authority(req.uri(), req.headers()).ok_or(ProxyError::BadRequest("missing host"))?;
+    let match_authority = if hcm.strip_any_host_port { strip_port(&authority) } else { &authority };
+    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let view = RequestView {
+        authority: match_authority,
+        path_and_query: &path_and_query,
+        method: req.method(),
+        headers: req.headers(),
+    };
+    let table = &hcm.routes;
+    let (vhost, route) = table.find(&view).ok_or(ProxyError::NoRoute)?;
+    outcome.route_name.clone_from(&route.name);
+
+    // 2. Answer locally, or forward.
+    let forward = match &route.action {
+        Action::Direct(direct) => {
+            let mut resp = Response::builder().status(direct.status);
+            if let Some(body) = &direct.body {
+                resp = resp.header(header::CONTENT_TYPE, "text/plain");
+                resp = resp.header(header::CONTENT_LENGTH, body.len());
+            }
+            let body = direct.body.clone().unwrap_or_default();
+            let mut resp = resp.body(Either::Right(Full::new(body))).expect("valid direct response");
+            apply_response_mutations(table, vhost, route, &mut resp);
+            return Ok(resp);
+        }
+        Action::Redirect(redirect) => {
+            let scheme =
+                req.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok()).unwrap_or("http").to_string();
+            let location = redirect.location(&scheme, &authority, &path_and_query, &route.matcher.path);
+            let mut resp = Response::builder()
+                .status(redirect.status)
+                .header(header::LOCATION, location)
+                .header(header::CONTENT_LENGTH, 0)
+                .body(Either::Right(Full::new(Bytes::new())))
+                .map_err(|_| ProxyError::BadRequest("redirect location is not a valid header"))?;
+            apply_response_mutations(table, vhost, route, &mut resp);
+            return Ok(resp);
+        }
+        Action::Forward(forward) => forward,
+    };
+
+    // 3. Upgrades (WebSocket) only where the connection manager allows them.
+    let upgrade_type = upgrade::requested(&req);
+    if let Some(kind) = &upgrade_type
+        && !hcm.upgrades.iter().any(|u| u == kind)
+    {
+        return Err(ProxyError::UpgradeRejected(kind.clone()));
+    }
+
+    // 4. Cluster and endpoint.
+    let cluster_name = forward.target.pick();
+    let cluster = snapshot
+        .clusters
+        .get(cluster_name)
+        .ok_or_else(|| ProxyError::ClusterNotFound(cluster_name.to_string()))?
+        .clone();
+    outcome.cluster = Some(cluster.clone());
+    let Some(endpoint) = cluster.pick() else {
+        cluster.stats.cx_none_healthy.increment(1);
+        return Err(ProxyError::NoHealthyUpstream);
+    };
+    outcome.endpoint = Some(endpoint.addr);
+
+    // 5. The request as the upstream sees it.
+    let downstream_upgrade = upgrade_type.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    forwarding::strip_hop_by_hop(&mut parts.headers, upgrade_type.is_some());
+    forwarding::apply(hcm, &mut parts.headers, downstream.peer, "http");
+    for level in table.mutations(vhost, route, true) {
+        level.apply(&mut parts.headers);
+    }
+    let new_path = forward.rewrite_path(&route.matcher.path, &path_and_query);
+    let upstream_authority = match &forward.host_rewrite {
+        Some(h) => h.clone(),
+        None => HeaderValue::from_str(&authority).map_err(|_| ProxyError::BadRequest("invalid authority"))?,
+    };
+    parts.uri = upstream_uri(&cluster, &upstream_authority, new_path.as_deref().unwrap_or(&path_and_query))?;
+    match cluster.config.protocol {
+        UpstreamProtocol::Http1 => {
+            parts.version = Version::HTTP_11;
+            parts.headers.insert(header::HOST, upstream_authority);
+        }
+        UpstreamProtocol::Http2 => {
+            parts.version = Version::HTTP_2;
+            parts.headers.remove(header::HOST);
+        }
+    }
+    let upstream_req = Request::from_parts(parts, body);
+
+    // 6. Send within the route timeout.
+    let sent_at = Instant::now();
+    let response = send(&cluster, &endpoint, upstream_req, forward, upgrade_type.is_some()).await?;
+    let service_time = sent_at.elapsed().as_millis().to_string();
+
+    // 7. The response as the downstream sees it.
+    let status = response.status().as_u16();
+    cluster.stats.rq_xx.record(status);
+    let mut response = match (downstream_upgrade, response) {
+        (Some(down), UpstreamResponse::Upgraded(resp)) => upgrade::splice(down, resp),
+        (_, UpstreamResponse::Pooled(resp)) => resp.map(Either::Left),
+        (None, UpstreamResponse::Upgraded(resp)) => upgrade::refused(resp),
+    };
+    forwarding::strip_hop_by_hop(response.headers_mut(), status == 101);
+    if let Ok(v) = HeaderValue::from_str(&service_time) {
+        response.headers_mut().insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), v);
+    }
+    apply_response_mutations(table, vhost, route, &mut response);
+    Ok(response)
+}
+
+enum UpstreamResponse {
+    Pooled(Response<PooledBody>),
+    Upgraded(Response<Incoming>),
+}
+
+impl UpstreamResponse {
+    fn status(&self) -> http::StatusCode {
+        match self {
+            UpstreamResponse::Pooled(r) => r.status(),
+            UpstreamResponse::Upgraded(r) => r.status(),
+        }
+    }
+}
+
+async fn send(
+    cluster: &Cluster,
+    endpoint: &Arc<Endpoint>,
+    req: Request<Incoming>,
+    forward: &Forward,
+    upgrade: bool,
+) -> Result<UpstreamResponse, ProxyError> {
+    let stats = &cluster.stats;
+    stats.rq_total.increment(1);
+    let _active = GaugeGuard::new(&stats.rq_active);
+    let _in_flight = endpoint.start_request();
+    let exchange = async {
+        if upgrade {
+            endpoint.pool.send_upgrade(req, stats).await.map(UpstreamResponse::Upgraded)
+        } else {
+            endpoint.pool.send(req, stats).await.map(UpstreamResponse::Pooled)
+        }
+    };
+    let result = match forward.timeout {
+        Some(limit) => match tokio::time::timeout(limit, exchange).await {
+            Ok(r) => r,
+            Err(_) => {
+                stats.rq_timeout.increment(1);
+                return Err(ProxyError::UpstreamTimeout);
+            }
+        },
+        None => exchange.await,
+    };
+    result.map_err(|e| {
+        let err = ProxyError::from(e);
+        stats.rq_xx.record(err.status().as_u16());
+        err
+    })
+}
+
+fn upstream_uri(cluster: &Cluster, authority: &HeaderValue, path: &str) -> Result<Uri, ProxyError> {
+    let uri = match cluster.config.protocol {
+        UpstreamProtocol::Http1 => Uri::try_from(path),
+        UpstreamProtocol::Http2 => {
+            let authority = authority.to_str().map_err(|_| ProxyError::BadRequest("invalid authority"))?;
+            Uri::try_from(format!("http://{authority}{path}"))
+        }
+    };
+    uri.map_err(|_| ProxyError::BadRequest("invalid request target"))
+}
+
+fn apply_response_mutations<B>(table: &RouteTable, vhost: &VirtualHost, route: &Route, resp: &mut Response<B>) {
+    for level in table.mutations(vhost, route, false) {
+        level.apply(resp.headers_mut());
+    }
+}
+
+/// The request authority: `:authority` (HTTP/2, absolute-form) or `host`.
+fn authority(uri: &Uri, headers: &http::HeaderMap) -> Option<String> {
+    if let Some(a) = uri.authority() {
+        return Some(a.as_str().to_string());
+    }
+    headers.get(header::HOST).and_then(|h| h.to_str().ok()).filter(|h| !h.is_empty()).map(str::to_string)
+}
+
+fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        _ => "HTTP/3",
+    }
+}

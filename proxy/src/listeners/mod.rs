@@ -1,0 +1,212 @@
+//! Listeners: bound sockets and their accept loops. A config change binds new addresses first (so a
+//! bad address fails before anything changes), then stops listeners that went away; their open
+//! connections drain.
+
+use crate::http::HttpConnectionManager;
+use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::tcp::TcpProxyConfig;
+use crate::telemetry::{GaugeGuard, ListenerStats};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A validated `Listener`.
+#[derive(Debug)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub kind: ListenerKind,
+}
+
+/// The listener's terminal network filter.
+#[derive(Debug)]
+pub enum ListenerKind {
+    Http(Arc<HttpConnectionManager>),
+    Tcp(Arc<TcpProxyConfig>),
+}
+
+impl ListenerConfig {
+    /// Every cluster the listener's routes or TCP proxy name, with the field that names it.
+    pub fn referenced_clusters(&self) -> Vec<(String, &str)> {
+        match &self.kind {
+            ListenerKind::Tcp(t) => {
+                t.target.names().into_iter().map(|n| ("tcp_proxy.cluster".to_string(), n)).collect()
+            }
+            ListenerKind::Http(h) => {
+                let mut out = Vec::new();
+                for (i, vh) in h.routes.virtual_hosts.iter().enumerate() {
+                    for (j, r) in vh.routes.iter().enumerate() {
+                        if let crate::routing::Action::Forward(f) = &r.action {
+                            for n in f.target.names() {
+                                out.push((format!("route_config.virtual_hosts[{i}].routes[{j}].route"), n));
+                            }
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+struct Running {
+    addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// The listeners this process has bound, by name.
+pub struct ListenerManager {
+    running: HashMap<String, Running>,
+    shared: SharedSnapshot,
+    /// Cancelled on shutdown: every accept loop and connection drains.
+    shutdown: CancellationToken,
+    connections: TaskTracker,
+    data_plane: tokio::runtime::Handle,
+}
+
+/// Sockets bound for a snapshot that is about to be applied.
+pub struct Bound(Vec<(String, std::net::TcpListener)>);
+
+impl ListenerManager {
+    pub fn new(shared: SharedSnapshot, shutdown: CancellationToken, data_plane: tokio::runtime::Handle) -> Self {
+        ListenerManager { running: HashMap::new(), shared, shutdown, connections: TaskTracker::new(), data_plane }
+    }
+
+    /// Binds the addresses `next` adds or moves. Nothing changes if one fails.
+    pub fn bind(&self, next: &Snapshot) -> std::io::Result<Bound> {
+        let mut bound = Vec::new();
+        for l in &next.listeners {
+            if self.running.get(&l.name).is_some_and(|r| r.addr == l.addr) {
+                continue;
+            }
+            // A listener that moves to an address another one is leaving must wait for it: bind after.
+            let taken_by_other = self.running.iter().any(|(n, r)| r.addr == l.addr && n != &l.name);
+            if taken_by_other {
+                continue;
+            }
+            let socket = bind_socket(l.addr).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("listener '{}' cannot bind {}: {e}", l.name, l.addr))
+            })?;
+            bound.push((l.name.clone(), socket));
+        }
+        Ok(Bound(bound))
+    }
+
+    /// Starts accept loops for the newly bound sockets and stops the listeners `next` no longer has.
+    /// Call after `next` is published.
+    pub fn activate(&mut self, next: &Snapshot, bound: Bound) {
+        let keep: HashMap<&str, SocketAddr> = next.listeners.iter().map(|l| (l.name.as_str(), l.addr)).collect();
+        self.running.retain(|name, r| {
+            let stays = keep.get(name.as_str()) == Some(&r.addr);
+            if !stays {
+                tracing::info!(listener = %name, addr = %r.addr, "listener removed; draining its connections");
+                r.stop.cancel();
+            }
+            stays
+        });
+        let mut late = Vec::new();
+        for l in &next.listeners {
+            if !self.running.contains_key(&l.name) && !bound.0.iter().any(|(n, _)| n == &l.name) {
+                late.push(l.clone());
+            }
+        }
+        let mut sockets = bound.0;
+        for l in late {
+            match bind_socket(l.addr) {
+                Ok(s) => sockets.push((l.name.clone(), s)),
+                Err(e) => tracing::error!(listener = %l.name, addr = %l.addr, error = %e, "cannot bind listener"),
+            }
+        }
+        for (name, socket) in sockets {
+            let addr = socket
+                .local_addr()
+                .unwrap_or_else(|_| next.listener(&name).map_or(([0, 0, 0, 0], 0).into(), |l| l.addr));
+            let stop = self.shutdown.child_token();
+            let _guard = self.data_plane.enter();
+            match TcpListener::from_std(socket) {
+                Ok(listener) => {
+                    tracing::info!(listener = %name, %addr, "listening");
+                    self.data_plane.spawn(accept_loop(
+                        name.clone(),
+                        listener,
+                        self.shared.clone(),
+                        stop.clone(),
+                        self.connections.clone(),
+                    ));
+                    self.running.insert(name, Running { addr, stop });
+                }
+                Err(e) => tracing::error!(listener = %name, error = %e, "cannot register listener socket"),
+            }
+        }
+    }
+
+    /// The addresses actually bound, by listener name (port 0 resolved).
+    pub fn bound_addresses(&self) -> HashMap<String, SocketAddr> {
+        self.running.iter().map(|(n, r)| (n.clone(), r.addr)).collect()
+    }
+
+    /// Stops accepting everywhere and waits up to `drain_time` for open connections to finish.
+    pub async fn drain(&self, drain_time: Duration) -> bool {
+        self.shutdown.cancel();
+        self.connections.close();
+        tokio::time::timeout(drain_time, self.connections.wait()).await.is_ok()
+    }
+}
+
+fn bind_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+async fn accept_loop(
+    name: String,
+    listener: TcpListener,
+    shared: SharedSnapshot,
+    stop: CancellationToken,
+    connections: TaskTracker,
+) {
+    let local = listener.local_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+    let stats = ListenerStats::new(&local);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        stats.cx_total.increment(1);
+        let active = GaugeGuard::new(&stats.cx_active);
+        let Some(config) = shared.load().listener(&name).cloned() else { continue };
+        let stop = stop.clone();
+        let shared = shared.clone();
+        let listener_name = name.clone();
+        connections.spawn(async move {
+            let _active = active;
+            match &config.kind {
+                ListenerKind::Http(hcm) => {
+                    let downstream = crate::http::proxy::Downstream { peer, local, listener: listener_name };
+                    crate::http::server::serve(stream, downstream, hcm.clone(), shared, stop).await;
+                }
+                ListenerKind::Tcp(tcp) => crate::tcp::serve(stream, peer, tcp.clone(), shared, stop).await,
+            }
+        });
+    }
+}

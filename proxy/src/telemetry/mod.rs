@@ -1,0 +1,169 @@
+//! Stats with Envoy's names and labels (so Envoy dashboards work), exported in Prometheus format, and
+//! the access log. Handles are registered once at config time; the hot path only bumps atomics.
+
+pub mod access_log;
+
+use metrics::{Counter, Gauge, counter, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once) and returns the handle that renders it.
+pub fn prometheus() -> &'static PrometheusHandle {
+    RECORDER.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Only fails if another recorder was installed first, which this process never does.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Counters by response code class (1xx..5xx), as Envoy's `*_rq_Nxx`.
+#[derive(Debug, Clone)]
+pub struct CodeClassCounters([Counter; 5]);
+
+impl CodeClassCounters {
+    fn new(name: &'static str, label: &'static str, value: &str) -> Self {
+        let make =
+            |class: &'static str| counter!(name, label => value.to_string(), "envoy_response_code_class" => class);
+        CodeClassCounters([make("1"), make("2"), make("3"), make("4"), make("5")])
+    }
+
+    pub fn record(&self, status: u16) {
+        if let Some(c) = self.0.get(usize::from(status / 100).wrapping_sub(1)) {
+            c.increment(1);
+        }
+    }
+}
+
+/// Increments a gauge now and decrements it when dropped.
+#[derive(Debug)]
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    pub fn new(gauge: &Gauge) -> Self {
+        gauge.increment(1.0);
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// `envoy_cluster_*{envoy_cluster_name}`.
+#[derive(Debug)]
+pub struct ClusterStats {
+    pub rq_total: Counter,
+    pub rq_xx: CodeClassCounters,
+    pub rq_active: Gauge,
+    pub rq_timeout: Counter,
+    pub cx_total: Counter,
+    pub cx_active: Gauge,
+    pub cx_connect_fail: Counter,
+    pub cx_none_healthy: Counter,
+    pub membership_healthy: Gauge,
+    pub membership_total: Gauge,
+}
+
+impl ClusterStats {
+    pub fn new(cluster: &str) -> Self {
+        let l = "envoy_cluster_name";
+        let name = cluster.to_string();
+        ClusterStats {
+            rq_total: counter!("envoy_cluster_upstream_rq_total", l => name.clone()),
+            rq_xx: CodeClassCounters::new("envoy_cluster_upstream_rq_xx", l, cluster),
+            rq_active: gauge!("envoy_cluster_upstream_rq_active", l => name.clone()),
+            rq_timeout: counter!("envoy_cluster_upstream_rq_timeout", l => name.clone()),
+            cx_total: counter!("envoy_cluster_upstream_cx_total", l => name.clone()),
+            cx_active: gauge!("envoy_cluster_upstream_cx_active", l => name.clone()),
+            cx_connect_fail: counter!("envoy_cluster_upstream_cx_connect_fail", l => name.clone()),
+            cx_none_healthy: counter!("envoy_cluster_upstream_cx_none_healthy", l => name.clone()),
+            membership_healthy: gauge!("envoy_cluster_membership_healthy", l => name.clone()),
+            membership_total: gauge!("envoy_cluster_membership_total", l => name),
+        }
+    }
+
+    pub fn connection_opened(&self) -> GaugeGuard {
+        GaugeGuard::new(&self.cx_active)
+    }
+
+    pub fn set_membership(&self, set: &crate::upstream::EndpointSet) {
+        self.membership_total.set(set.all.len() as f64);
+        self.membership_healthy.set(set.healthy.len() as f64);
+    }
+}
+
+/// `envoy_http_*{envoy_http_conn_manager_prefix}`: one HTTP connection manager's downstream side.
+#[derive(Debug)]
+pub struct HttpStats {
+    pub rq_total: Counter,
+    pub rq_xx: CodeClassCounters,
+    pub rq_active: Gauge,
+    pub cx_total: Counter,
+    pub cx_active: Gauge,
+    pub rq_timeout: Counter,
+    pub cx_protocol_error: Counter,
+}
+
+impl HttpStats {
+    pub fn new(stat_prefix: &str) -> Self {
+        let l = "envoy_http_conn_manager_prefix";
+        let p = stat_prefix.to_string();
+        HttpStats {
+            rq_total: counter!("envoy_http_downstream_rq_total", l => p.clone()),
+            rq_xx: CodeClassCounters::new("envoy_http_downstream_rq_xx", l, stat_prefix),
+            rq_active: gauge!("envoy_http_downstream_rq_active", l => p.clone()),
+            cx_total: counter!("envoy_http_downstream_cx_total", l => p.clone()),
+            cx_active: gauge!("envoy_http_downstream_cx_active", l => p.clone()),
+            rq_timeout: counter!("envoy_http_downstream_rq_timeout", l => p.clone()),
+            cx_protocol_error: counter!("envoy_http_downstream_cx_protocol_error", l => p),
+        }
+    }
+}
+
+/// `envoy_listener_*{envoy_listener_address}`.
+#[derive(Debug)]
+pub struct ListenerStats {
+    pub cx_total: Counter,
+    pub cx_active: Gauge,
+}
+
+impl ListenerStats {
+    pub fn new(addr: &std::net::SocketAddr) -> Self {
+        // Envoy's label for 0.0.0.0:10000 is "0.0.0.0_10000".
+        let label = format!("{}_{}", addr.ip(), addr.port());
+        ListenerStats {
+            cx_total: counter!("envoy_listener_downstream_cx_total", "envoy_listener_address" => label.clone()),
+            cx_active: gauge!("envoy_listener_downstream_cx_active", "envoy_listener_address" => label),
+        }
+    }
+}
+
+/// `envoy_tcp_*{envoy_tcp_prefix}`: one TCP proxy filter.
+#[derive(Debug)]
+pub struct TcpStats {
+    pub cx_total: Counter,
+    pub cx_no_route: Counter,
+    pub idle_timeout: Counter,
+    pub rx_bytes: Counter,
+    pub tx_bytes: Counter,
+}
+
+impl TcpStats {
+    pub fn new(stat_prefix: &str) -> Self {
+        let l = "envoy_tcp_prefix";
+        let p = stat_prefix.to_string();
+        TcpStats {
+            cx_total: counter!("envoy_tcp_downstream_cx_total", l => p.clone()),
+            cx_no_route: counter!("envoy_tcp_downstream_cx_no_route", l => p.clone()),
+            idle_timeout: counter!("envoy_tcp_idle_timeout", l => p.clone()),
+            rx_bytes: counter!("envoy_tcp_downstream_cx_rx_bytes_total", l => p.clone()),
+            tx_bytes: counter!("envoy_tcp_downstream_cx_tx_bytes_total", l => p),
+        }
+    }
+}

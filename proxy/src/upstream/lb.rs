@@ -1,0 +1,155 @@
+//! Load-balancing policies: weighted round robin (a precomputed smooth-WRR sequence walked by one atomic
+//! cursor), least request (power of two choices, weight-aware) and weighted random. No locks on the pick.
+
+use super::endpoints::{Endpoint, EndpointSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Envoy's `Cluster.LbPolicy`, the subset Strait implements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    /// `choice_count` random candidates; the one with the fewest active requests (per weight) wins.
+    LeastRequest {
+        choice_count: u32,
+    },
+    Random,
+}
+
+impl LbPolicy {
+    pub fn name(&self) -> &'static str {
+        match self {
+            LbPolicy::RoundRobin => "ROUND_ROBIN",
+            LbPolicy::LeastRequest { .. } => "LEAST_REQUEST",
+            LbPolicy::Random => "RANDOM",
+        }
+    }
+}
+
+/// Tables precomputed when an endpoint set is built, so a pick is O(1) or O(log n).
+#[derive(Debug, Default)]
+pub struct LbTable {
+    /// Smooth weighted round-robin order of endpoint indices (weights reduced by their gcd).
+    rr_sequence: Vec<u32>,
+    /// Cumulative weights for weighted random draws.
+    cumulative: Vec<u64>,
+    equal_weights: bool,
+}
+
+/// The longest round-robin sequence kept; heavier weight sets are scaled down to fit.
+const MAX_RR_SEQUENCE: u64 = 16_384;
+
+impl LbTable {
+    pub fn build(weights: &[u32]) -> Self {
+        let weights: Vec<u64> = weights.iter().map(|&w| u64::from(w.max(1))).collect();
+        let equal_weights = weights.windows(2).all(|w| w[0] == w[1]);
+        let mut cumulative = Vec::with_capacity(weights.len());
+        let mut total = 0;
+        for w in &weights {
+            total += w;
+            cumulative.push(total);
+        }
+        let rr_sequence = if equal_weights { (0..weights.len() as u32).collect() } else { smooth_wrr(&weights) };
+        LbTable { rr_sequence, cumulative, equal_weights }
+    }
+
+    fn weighted_random(&self) -> usize {
+        let total = *self.cumulative.last().unwrap_or(&1);
+        let draw = fastrand::u64(0..total);
+        self.cumulative.partition_point(|&c| c <= draw)
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// The nginx smooth weighted round-robin order: spreads heavier endpoints evenly through the cycle.
+fn smooth_wrr(weights: &[u64]) -> Vec<u32> {
+    let g = weights.iter().copied().fold(0, gcd).max(1);
+    let mut reduced: Vec<u64> = weights.iter().map(|w| w / g).collect();
+    let sum: u64 = reduced.iter().sum();
+    if sum > MAX_RR_SEQUENCE {
+        reduced = reduced.iter().map(|w| (w * MAX_RR_SEQUENCE / sum).max(1)).collect();
+    }
+    let total: i64 = reduced.iter().sum::<u64>() as i64;
+    let mut current = vec![0i64; reduced.len()];
+    let mut order = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, w) in reduced.iter().enumerate() {
+            current[i] += *w as i64;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        order.push(best as u32);
+    }
+    order
+}
+
+/// Picks a healthy endpoint, or `None` when there is none.
+pub fn pick<'a>(policy: &LbPolicy, set: &'a EndpointSet, cursor: &AtomicUsize) -> Option<&'a Arc<Endpoint>> {
+    let hosts = &set.healthy;
+    match hosts.len() {
+        0 => return None,
+        1 => return hosts.first(),
+        _ => {}
+    }
+    let table = &set.lb;
+    let index = match policy {
+        LbPolicy::RoundRobin => {
+            let n = cursor.fetch_add(1, Ordering::Relaxed);
+            table.rr_sequence[n % table.rr_sequence.len()] as usize
+        }
+        LbPolicy::Random => {
+            if table.equal_weights {
+                fastrand::usize(..hosts.len())
+            } else {
+                table.weighted_random()
+            }
+        }
+        LbPolicy::LeastRequest { choice_count } => {
+            let draw = || if table.equal_weights { fastrand::usize(..hosts.len()) } else { table.weighted_random() };
+            let load = |i: usize| {
+                let active = hosts[i].active_requests.load(Ordering::Relaxed) as f64;
+                if table.equal_weights { active } else { (active + 1.0) / f64::from(hosts[i].weight.max(1)) }
+            };
+            let mut best = draw();
+            for _ in 1..(*choice_count).max(2) {
+                let candidate = draw();
+                if load(candidate) < load(best) {
+                    best = candidate;
+                }
+            }
+            best
+        }
+    };
+    hosts.get(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smooth_wrr_honours_weights_and_interleaves() {
+        let order = smooth_wrr(&[5, 1, 1]);
+        assert_eq!(order.len(), 7);
+        assert_eq!(order.iter().filter(|&&i| i == 0).count(), 5);
+        assert_eq!(order, vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_wrr(&[200, 100]), vec![0, 1, 0]);
+    }
+
+    #[test]
+    fn weighted_random_follows_weights() {
+        let table = LbTable::build(&[1, 3]);
+        let mut counts = [0u32; 2];
+        for _ in 0..40_000 {
+            counts[table.weighted_random()] += 1;
+        }
+        let share = f64::from(counts[1]) / 40_000.0;
+        assert!((share - 0.75).abs() < 0.02, "share of the weight-3 endpoint: {share}");
+    }
+}

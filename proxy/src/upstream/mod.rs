@@ -1,0 +1,155 @@
+//! Upstream clusters: their endpoints (static or discovered by DNS), load balancing, and per-endpoint
+//! connection pools. A `Cluster` is identified by its name and config: an unchanged cluster is carried
+//! from one config snapshot to the next with its pools, counters and discovered endpoints intact.
+
+mod dns;
+mod endpoints;
+pub mod lb;
+pub mod pool;
+
+pub use endpoints::{Endpoint, EndpointSet, HealthStatus};
+pub use lb::LbPolicy;
+pub use pool::{Pool, PoolOptions, UpstreamError};
+
+use crate::telemetry::ClusterStats;
+use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+/// How a cluster finds its endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discovery {
+    Static,
+    /// Every address every name resolves to is an endpoint; re-resolved on `dns_refresh_rate`.
+    StrictDns,
+    /// The first address of the (single) name; re-resolved on `dns_refresh_rate`.
+    LogicalDns,
+}
+
+/// Envoy's `Cluster.DnsLookupFamily`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsFamily {
+    /// IPv6 if any, otherwise IPv4.
+    Auto,
+    V4Only,
+    V6Only,
+    /// IPv4 if any, otherwise IPv6.
+    V4Preferred,
+    All,
+}
+
+/// The protocol spoken to the cluster's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+}
+
+/// One configured endpoint: an IP address (STATIC) or a DNS name (STRICT_DNS / LOGICAL_DNS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+    pub health: HealthStatus,
+}
+
+/// A validated `Cluster`: everything that decides how the cluster behaves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub discovery: Discovery,
+    pub endpoints: Vec<EndpointSpec>,
+    pub connect_timeout: Duration,
+    pub lb_policy: LbPolicy,
+    pub protocol: UpstreamProtocol,
+    pub dns_refresh_rate: Duration,
+    pub dns_family: DnsFamily,
+    pub pool: PoolOptions,
+}
+
+/// A running cluster: config, the current endpoint set, and the state that outlives config swaps.
+#[derive(Debug)]
+pub struct Cluster {
+    pub config: ClusterConfig,
+    endpoints: ArcSwap<EndpointSet>,
+    /// Round-robin position; kept when endpoints change.
+    rr_cursor: AtomicUsize,
+    pub stats: ClusterStats,
+    dns_task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(task) = self.dns_task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+impl Cluster {
+    /// Builds a cluster; STATIC endpoints are parsed now, DNS ones are resolved by `start_discovery`.
+    pub fn new(config: ClusterConfig) -> Arc<Self> {
+        let stats = ClusterStats::new(&config.name);
+        let initial = if config.discovery == Discovery::Static {
+            let addrs = config
+                .endpoints
+                .iter()
+                .filter_map(|e| Some((SocketAddr::new(e.host.parse().ok()?, e.port), e.weight, e.health)))
+                .collect::<Vec<_>>();
+            EndpointSet::build(&config, addrs, None)
+        } else {
+            EndpointSet::build(&config, Vec::new(), None)
+        };
+        stats.set_membership(&initial);
+        Arc::new(Cluster {
+            config,
+            endpoints: ArcSwap::from_pointee(initial),
+            rr_cursor: AtomicUsize::new(0),
+            stats,
+            dns_task: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Starts DNS resolution for STRICT_DNS / LOGICAL_DNS clusters on `handle` (the control runtime).
+    /// Resolves once before returning, so the first requests find endpoints.
+    pub async fn start_discovery(self: &Arc<Self>, handle: &tokio::runtime::Handle) {
+        if self.config.discovery == Discovery::Static {
+            return;
+        }
+        dns::refresh(self).await;
+        let weak = Arc::downgrade(self);
+        let period = self.config.dns_refresh_rate;
+        let task = handle.spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(cluster) = weak.upgrade() else { return };
+                dns::refresh(&cluster).await;
+            }
+        });
+        *self.dns_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
+    }
+
+    pub fn endpoints(&self) -> arc_swap::Guard<Arc<EndpointSet>> {
+        self.endpoints.load()
+    }
+
+    /// Replaces the endpoint set, keeping the pools and counters of endpoints that stay.
+    pub fn update_endpoints(&self, addrs: Vec<(SocketAddr, u32, HealthStatus)>) {
+        let old = self.endpoints.load_full();
+        let next = EndpointSet::build(&self.config, addrs, Some(&old));
+        if next.same_as(&old) {
+            return;
+        }
+        self.stats.set_membership(&next);
+        self.endpoints.store(Arc::new(next));
+    }
+
+    /// Picks an endpoint by the cluster's policy; `None` when no endpoint is healthy.
+    pub fn pick(&self) -> Option<Arc<Endpoint>> {
+        let set = self.endpoints.load();
+        lb::pick(&self.config.lb_policy, &set, &self.rr_cursor).cloned()
+    }
+}

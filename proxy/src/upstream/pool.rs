@@ -1,0 +1,320 @@
+//! Per-endpoint connection pools: idle keep-alive HTTP/1.1 connections reused last-in first-out, or one
+//! multiplexed HTTP/2 connection. A pooled HTTP/1.1 connection goes back to the pool when the response
+//! body has been read to the end; one the upstream closed meanwhile is retried on a fresh connection.
+
+use super::UpstreamProtocol;
+use crate::telemetry::ClusterStats;
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// The body type sent upstream: the downstream request body, streamed.
+pub type RequestBody = Incoming;
+
+/// Pool settings from the cluster config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// Idle HTTP/1.1 connections kept per endpoint.
+    pub max_idle_per_endpoint: usize,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` we allow ourselves on one connection.
+    pub http2_max_concurrent_streams: Option<u32>,
+    pub http2_initial_stream_window: Option<u32>,
+    pub http2_initial_connection_window: Option<u32>,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            max_idle_per_endpoint: 256,
+            http2_max_concurrent_streams: None,
+            http2_initial_stream_window: None,
+            http2_initial_connection_window: None,
+        }
+    }
+}
+
+/// Why an upstream request failed before a response arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connection failure: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("connection timeout")]
+    ConnectTimeout,
+    #[error("protocol error: {0}")]
+    Protocol(#[source] hyper::Error),
+    #[error("connection termination: {0}")]
+    Reset(#[source] hyper::Error),
+}
+
+impl UpstreamError {
+    fn from_hyper(e: hyper::Error) -> Self {
+        if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+            UpstreamError::Protocol(e)
+        } else {
+            UpstreamError::Reset(e)
+        }
+    }
+
+    /// True when no connection could be made (Envoy's `UF`), false for a failure after connecting.
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_) | UpstreamError::ConnectTimeout)
+    }
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    addr: SocketAddr,
+    protocol: UpstreamProtocol,
+    connect_timeout: Duration,
+    options: PoolOptions,
+    idle_http1: Mutex<Vec<http1::SendRequest<RequestBody>>>,
+    http2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    http2_connecting: tokio::sync::Mutex<()>,
+}
+
+impl Pool {
+    pub fn new(addr: SocketAddr, protocol: UpstreamProtocol, connect_timeout: Duration, options: PoolOptions) -> Self {
+        Pool {
+            addr,
+            protocol,
+            connect_timeout,
+            options,
+            idle_http1: Mutex::new(Vec::new()),
+            http2: Mutex::new(None),
+            http2_connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn idle_connections(&self) -> usize {
+        self.idle_http1.lock().unwrap_or_else(|e| e.into_inner()).len()
+            + usize::from(self.http2.lock().unwrap_or_else(|e| e.into_inner()).is_some())
+    }
+
+    /// Sends a request (origin-form URI and `host` header for HTTP/1.1; absolute URI for HTTP/2).
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+        stats: &ClusterStats,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        match self.protocol {
+            UpstreamProtocol::Http1 => self.send_http1(req, stats).await,
+            UpstreamProtocol::Http2 => self.send_http2(req, stats).await,
+        }
+    }
+
+    async fn send_http1(
+        self: &Arc<Self>,
+        mut req: Request<RequestBody>,
+        stats: &ClusterStats,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        loop {
+            let pooled = self.idle_http1.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let reused = pooled.is_some();
+            let mut sender = match pooled {
+                Some(s) if s.is_closed() => continue,
+                Some(s) => s,
+                None => self.connect_http1(stats, false).await?,
+            };
+            if sender.ready().await.is_err() {
+                if reused {
+                    continue;
+                }
+                return Err(UpstreamError::Reset(hyper_closed_error(&mut sender).await));
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let (parts, inner) = resp.into_parts();
+                    let mut body = PooledBody { inner, checkin: Some(Checkin { sender, pool: Arc::downgrade(self) }) };
+                    if body.inner.is_end_stream() {
+                        // An empty body (HEAD, 204, 304, content-length: 0) is never polled.
+                        body.release();
+                    }
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    // The connection closed before the request went out: try another one.
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(UpstreamError::from_hyper(e.into_error())),
+                },
+            }
+        }
+    }
+
+    async fn send_http2(
+        self: &Arc<Self>,
+        mut req: Request<RequestBody>,
+        stats: &ClusterStats,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        for _attempt in 0..2 {
+            let mut sender = self.http2_sender(stats).await?;
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp.map(|body| PooledBody { inner: body, checkin: None })),
+                Err(mut e) => {
+                    *self.http2.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => return Err(UpstreamError::from_hyper(e.into_error())),
+                    }
+                }
+            }
+        }
+        Err(UpstreamError::Connect(std::io::Error::other("HTTP/2 connection closed before the request was sent")))
+    }
+
+    async fn http2_sender(&self, stats: &ClusterStats) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
+        if let Some(s) = self.current_http2() {
+            return Ok(s);
+        }
+        let _connecting = self.http2_connecting.lock().await;
+        if let Some(s) = self.current_http2() {
+            return Ok(s);
+        }
+        let stream = self.connect(stats).await?;
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(self.options.http2_initial_stream_window)
+            .initial_connection_window_size(self.options.http2_initial_connection_window)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        if let Some(max) = self.options.http2_max_concurrent_streams {
+            builder.max_concurrent_streams(max);
+        }
+        let (sender, conn) = builder.handshake(TokioIo::new(stream)).await.map_err(UpstreamError::from_hyper)?;
+        let active = stats.connection_opened();
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(active);
+        });
+        *self.http2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+        Ok(sender)
+    }
+
+    fn current_http2(&self) -> Option<http2::SendRequest<RequestBody>> {
+        let guard = self.http2.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    async fn connect(&self, stats: &ClusterStats) -> Result<TcpStream, UpstreamError> {
+        stats.cx_total.increment(1);
+        let result = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
+            Err(_) => Err(UpstreamError::ConnectTimeout),
+            Ok(Err(e)) => Err(UpstreamError::Connect(e)),
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Ok(stream)
+            }
+        };
+        if result.is_err() {
+            stats.cx_connect_fail.increment(1);
+        }
+        result
+    }
+
+    async fn connect_http1(
+        &self,
+        stats: &ClusterStats,
+        upgrades: bool,
+    ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+        let stream = self.connect(stats).await?;
+        let (sender, conn) =
+            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::from_hyper)?;
+        let active = stats.connection_opened();
+        if upgrades {
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+                drop(active);
+            });
+        } else {
+            tokio::spawn(async move {
+                let _ = conn.await;
+                drop(active);
+            });
+        }
+        Ok(sender)
+    }
+
+    /// Sends an HTTP/1.1 Upgrade request (WebSocket) on a connection of its own, never pooled.
+    pub async fn send_upgrade(
+        &self,
+        req: Request<RequestBody>,
+        stats: &ClusterStats,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut sender = self.connect_http1(stats, true).await?;
+        sender.send_request(req).await.map_err(UpstreamError::from_hyper)
+    }
+
+    fn checkin(&self, sender: http1::SendRequest<RequestBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle_http1.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.options.max_idle_per_endpoint {
+            idle.push(sender);
+        }
+    }
+}
+
+async fn hyper_closed_error(sender: &mut http1::SendRequest<RequestBody>) -> hyper::Error {
+    std::future::poll_fn(|cx| sender.poll_ready(cx)).await.expect_err("called after ready() failed")
+}
+
+#[derive(Debug)]
+struct Checkin {
+    sender: http1::SendRequest<RequestBody>,
+    pool: Weak<Pool>,
+}
+
+/// A response body that returns its HTTP/1.1 connection to the pool once read to the end.
+#[derive(Debug)]
+pub struct PooledBody {
+    inner: Incoming,
+    checkin: Option<Checkin>,
+}
+
+impl PooledBody {
+    /// A body from a connection that is not pooled (an upgrade attempt).
+    pub fn unpooled(inner: Incoming) -> Self {
+        PooledBody { inner, checkin: None }
+    }
+
+    fn release(&mut self) {
+        if let Some(Checkin { sender, pool }) = self.checkin.take()
+            && let Some(pool) = pool.upgrade()
+        {
+            pool.checkin(sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.checkin = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,226 @@
+//! `Cluster` -> [`ClusterConfig`]: discovery type, endpoints, load-balancing policy, upstream protocol.
+
+use super::convert::{self, ConfigError, Result};
+use crate::upstream::{
+    ClusterConfig, Discovery, DnsFamily, EndpointSpec, HealthStatus, LbPolicy, PoolOptions, UpstreamProtocol,
+};
+use std::time::Duration;
+use xds_proto::pb::envoy::config::cluster::v3 as cluster;
+use xds_proto::pb::envoy::config::core::v3 as core;
+use xds_proto::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
+use xds_proto::type_url;
+
+/// Envoy's default `connect_timeout`.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Envoy's default `dns_refresh_rate`.
+const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
+
+pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig> {
+    use cluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy as P};
+    if c.name.is_empty() {
+        return Err(ConfigError::new("name", "a cluster name is required"));
+    }
+    let discovery = match &c.cluster_discovery_type {
+        None => Discovery::Static,
+        Some(ClusterDiscoveryType::Type(t)) => match DiscoveryType::try_from(*t) {
+            Ok(DiscoveryType::Static) => Discovery::Static,
+            Ok(DiscoveryType::StrictDns) => Discovery::StrictDns,
+            Ok(DiscoveryType::LogicalDns) => Discovery::LogicalDns,
+            Ok(DiscoveryType::Eds) => {
+                return Err(ConfigError::new(
+                    "type",
+                    "EDS clusters need the control plane (not supported in a static file yet)",
+                ));
+            }
+            Ok(other) => {
+                return Err(ConfigError::new("type", format!("{} clusters are not supported", other.as_str_name())));
+            }
+            Err(_) => return Err(ConfigError::new("type", format!("unknown discovery type {t}"))),
+        },
+        Some(ClusterDiscoveryType::ClusterType(ct)) => {
+            return Err(ConfigError::new(
+                "cluster_type",
+                format!("custom cluster type '{}' is not supported", ct.name),
+            ));
+        }
+    };
+    let lb_policy = match P::try_from(c.lb_policy) {
+        Ok(P::RoundRobin) => LbPolicy::RoundRobin,
+        Ok(P::Random) => LbPolicy::Random,
+        Ok(P::LeastRequest) => {
+            let choice_count = match &c.lb_config {
+                Some(cluster::cluster::LbConfig::LeastRequestLbConfig(l)) => l.choice_count.map_or(2, |v| v.value),
+                _ => 2,
+            };
+            if choice_count < 2 {
+                return Err(ConfigError::new("least_request_lb_config.choice_count", "must be at least 2"));
+            }
+            LbPolicy::LeastRequest { choice_count }
+        }
+        Ok(other) => {
+            return Err(ConfigError::new(
+                "lb_policy",
+                format!("{} is not supported yet (ROUND_ROBIN, LEAST_REQUEST, RANDOM are)", other.as_str_name()),
+            ));
+        }
+        Err(_) => return Err(ConfigError::new("lb_policy", format!("unknown policy {}", c.lb_policy))),
+    };
+    if let Some(cfg) = &c.lb_config
+        && !matches!(cfg, cluster::cluster::LbConfig::LeastRequestLbConfig(_))
+    {
+        return Err(ConfigError::new("lb_config", "only least_request_lb_config is supported"));
+    }
+    if c.load_balancing_policy.is_some() {
+        return Err(ConfigError::new(
+            "load_balancing_policy",
+            "typed load-balancing policies are not supported yet; use lb_policy",
+        ));
+    }
+
+    let endpoints = endpoints(c, discovery)?;
+    if discovery == Discovery::LogicalDns && endpoints.len() != 1 {
+        return Err(ConfigError::new("load_assignment", "a LOGICAL_DNS cluster needs exactly one endpoint"));
+    }
+    let (protocol, pool) = protocol(c)?;
+    let dns_family = match cluster::cluster::DnsLookupFamily::try_from(c.dns_lookup_family) {
+        Ok(cluster::cluster::DnsLookupFamily::Auto) => DnsFamily::Auto,
+        Ok(cluster::cluster::DnsLookupFamily::V4Only) => DnsFamily::V4Only,
+        Ok(cluster::cluster::DnsLookupFamily::V6Only) => DnsFamily::V6Only,
+        Ok(cluster::cluster::DnsLookupFamily::V4Preferred) => DnsFamily::V4Preferred,
+        Ok(cluster::cluster::DnsLookupFamily::All) => DnsFamily::All,
+        Err(_) => return Err(ConfigError::new("dns_lookup_family", format!("unknown value {}", c.dns_lookup_family))),
+    };
+    #[allow(deprecated)]
+    let dns_refresh_rate = c.dns_refresh_rate.as_ref().map_or(DEFAULT_DNS_REFRESH, convert::duration);
+    if dns_refresh_rate < Duration::from_millis(1) {
+        return Err(ConfigError::new("dns_refresh_rate", "must be at least 1ms"));
+    }
+    let connect_timeout = c.connect_timeout.as_ref().map_or(DEFAULT_CONNECT_TIMEOUT, convert::duration);
+    if connect_timeout.is_zero() {
+        return Err(ConfigError::new("connect_timeout", "must be greater than 0"));
+    }
+    Ok(ClusterConfig {
+        name: c.name.clone(),
+        discovery,
+        endpoints,
+        connect_timeout,
+        lb_policy,
+        protocol,
+        dns_refresh_rate,
+        dns_family,
+        pool,
+    })
+}
+
+fn endpoints(c: &cluster::Cluster, discovery: Discovery) -> Result<Vec<EndpointSpec>> {
+    use core::address::Address as A;
+    use core::socket_address::PortSpecifier;
+    use xds_proto::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    let mut out = Vec::new();
+    let Some(la) = &c.load_assignment else { return Ok(out) };
+    for (i, locality) in la.endpoints.iter().enumerate() {
+        if locality.priority != 0 {
+            return Err(ConfigError::new(
+                format!("load_assignment.endpoints[{i}].priority"),
+                "priorities are not supported yet",
+            ));
+        }
+        for (j, lbe) in locality.lb_endpoints.iter().enumerate() {
+            let at = format!("load_assignment.endpoints[{i}].lb_endpoints[{j}]");
+            let endpoint = match &lbe.host_identifier {
+                Some(HostIdentifier::Endpoint(e)) => e,
+                _ => return Err(ConfigError::new(format!("{at}.endpoint"), "an endpoint with an address is required")),
+            };
+            let Some(A::SocketAddress(sa)) = endpoint.address.as_ref().and_then(|a| a.address.as_ref()) else {
+                return Err(ConfigError::new(format!("{at}.endpoint.address"), "a socket_address is required"));
+            };
+            let port = match sa.port_specifier {
+                Some(PortSpecifier::PortValue(p)) if (1..=u32::from(u16::MAX)).contains(&p) => p as u16,
+                _ => {
+                    return Err(ConfigError::new(
+                        format!("{at}.endpoint.address.socket_address.port_value"),
+                        "a port in 1..65535 is required",
+                    ));
+                }
+            };
+            if discovery == Discovery::Static && sa.address.parse::<std::net::IpAddr>().is_err() {
+                return Err(ConfigError::new(
+                    format!("{at}.endpoint.address.socket_address.address"),
+                    format!(
+                        "'{}' is not an IP address (a STATIC cluster needs IPs; use STRICT_DNS for names)",
+                        sa.address
+                    ),
+                ));
+            }
+            let weight = lbe.load_balancing_weight.map_or(1, |w| w.value);
+            if weight == 0 {
+                return Err(ConfigError::new(format!("{at}.load_balancing_weight"), "must be at least 1"));
+            }
+            let health = match lbe.health_status {
+                0 => HealthStatus::Unknown,
+                1 => HealthStatus::Healthy,
+                2 => HealthStatus::Unhealthy,
+                3 => HealthStatus::Draining,
+                4 => HealthStatus::Timeout,
+                5 => HealthStatus::Degraded,
+                n => return Err(ConfigError::new(format!("{at}.health_status"), format!("unknown value {n}"))),
+            };
+            out.push(EndpointSpec { host: sa.address.clone(), port, weight, health });
+        }
+    }
+    Ok(out)
+}
+
+fn protocol(c: &cluster::Cluster) -> Result<(UpstreamProtocol, PoolOptions)> {
+    use upstream_http::http_protocol_options::UpstreamProtocolOptions as U;
+    use upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig as PC;
+    let mut pool = PoolOptions::default();
+    let mut protocol = UpstreamProtocol::Http1;
+    #[allow(deprecated)]
+    if let Some(h2) = &c.http2_protocol_options {
+        protocol = UpstreamProtocol::Http2;
+        apply_h2(&mut pool, h2);
+    }
+    for (key, any) in &c.typed_extension_protocol_options {
+        let at = format!("typed_extension_protocol_options[\"{key}\"]");
+        if any.type_url != type_url::HTTP_PROTOCOL_OPTIONS {
+            return Err(ConfigError::new(at, format!("unsupported protocol options type {}", any.type_url)));
+        }
+        let opts: upstream_http::HttpProtocolOptions = convert::unpack(any, &at)?;
+        match &opts.upstream_protocol_options {
+            Some(U::ExplicitHttpConfig(e)) => match &e.protocol_config {
+                Some(PC::HttpProtocolOptions(_)) | None => protocol = UpstreamProtocol::Http1,
+                Some(PC::Http2ProtocolOptions(h2)) => {
+                    protocol = UpstreamProtocol::Http2;
+                    apply_h2(&mut pool, h2);
+                }
+                Some(PC::Http3ProtocolOptions(_)) => {
+                    return Err(ConfigError::new(
+                        format!("{at}.explicit_http_config"),
+                        "HTTP/3 upstreams are not supported",
+                    ));
+                }
+            },
+            Some(U::UseDownstreamProtocolConfig(_)) => {
+                return Err(ConfigError::new(
+                    format!("{at}.use_downstream_protocol_config"),
+                    "not supported yet; use explicit_http_config",
+                ));
+            }
+            Some(U::AutoConfig(_)) => {
+                return Err(ConfigError::new(
+                    format!("{at}.auto_config"),
+                    "ALPN auto config needs TLS, which is not supported yet",
+                ));
+            }
+            None => {}
+        }
+    }
+    Ok((protocol, pool))
+}
+
+fn apply_h2(pool: &mut PoolOptions, h2: &core::Http2ProtocolOptions) {
+    pool.http2_max_concurrent_streams = h2.max_concurrent_streams.map(|v| v.value);
+    pool.http2_initial_stream_window = h2.initial_stream_window_size.map(|v| v.value);
+    pool.http2_initial_connection_window = h2.initial_connection_window_size.map(|v| v.value);
+}

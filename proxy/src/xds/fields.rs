@@ -1,0 +1,276 @@
+//! Finds fields that are set in a config but that Strait does not implement, by walking the message
+//! with its descriptor (typed_config `Any`s included). Lenient mode logs each once; `--strict` rejects.
+
+use prost_reflect::{DynamicMessage, ReflectMessage, Value};
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+/// The fields Strait implements, per message type. Message types not listed are taken whole (well-known
+/// types, wrappers, `Node`); a set field missing from its type's list is reported.
+const SUPPORTED: &[(&str, &[&str])] = &[
+    ("envoy.config.bootstrap.v3.Bootstrap", &["admin", "static_resources", "node"]),
+    ("envoy.config.bootstrap.v3.Admin", &["address"]),
+    ("envoy.config.bootstrap.v3.Bootstrap.StaticResources", &["listeners", "clusters"]),
+    ("envoy.config.core.v3.Address", &["socket_address"]),
+    ("envoy.config.core.v3.SocketAddress", &["address", "port_value", "protocol"]),
+    ("envoy.config.listener.v3.Listener", &["name", "address", "filter_chains", "default_filter_chain", "stat_prefix"]),
+    ("envoy.config.listener.v3.FilterChain", &["filters", "name"]),
+    ("envoy.config.listener.v3.Filter", &["name", "typed_config"]),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        &[
+            "stat_prefix",
+            "codec_type",
+            "route_config",
+            "http_filters",
+            "stream_idle_timeout",
+            "request_timeout",
+            "common_http_protocol_options",
+            "use_remote_address",
+            "xff_num_trusted_hops",
+            "skip_xff_append",
+            "generate_request_id",
+            "preserve_external_request_id",
+            "always_set_request_id_in_response",
+            "server_name",
+            "max_request_headers_kb",
+            "strip_any_host_port",
+            "upgrade_configs",
+            "access_log",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+        &["name", "typed_config", "is_optional", "disabled"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
+        &["upgrade_type", "enabled", "filters"],
+    ),
+    ("envoy.extensions.filters.http.router.v3.Router", &[]),
+    ("envoy.config.core.v3.HttpProtocolOptions", &["idle_timeout", "max_headers_count"]),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        &["stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "access_log"],
+    ),
+    ("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster", &["clusters"]),
+    ("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight", &["name", "weight"]),
+    ("envoy.config.accesslog.v3.AccessLog", &["name", "typed_config", "filter"]),
+    ("envoy.extensions.access_loggers.file.v3.FileAccessLog", &["path", "format", "log_format"]),
+    ("envoy.extensions.access_loggers.stream.v3.StdoutAccessLog", &["log_format"]),
+    ("envoy.extensions.access_loggers.stream.v3.StderrAccessLog", &["log_format"]),
+    ("envoy.config.core.v3.SubstitutionFormatString", &["text_format", "text_format_source", "json_format"]),
+    (
+        "envoy.config.route.v3.RouteConfiguration",
+        &[
+            "name",
+            "virtual_hosts",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+            "most_specific_header_mutations_wins",
+            "ignore_port_in_host_matching",
+            "validate_clusters",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.VirtualHost",
+        &[
+            "name",
+            "domains",
+            "routes",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.Route",
+        &[
+            "name",
+            "match",
+            "route",
+            "redirect",
+            "direct_response",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RouteMatch",
+        &[
+            "prefix",
+            "path",
+            "safe_regex",
+            "path_separated_prefix",
+            "case_sensitive",
+            "headers",
+            "query_parameters",
+            "grpc",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.HeaderMatcher",
+        &[
+            "name",
+            "exact_match",
+            "safe_regex_match",
+            "range_match",
+            "present_match",
+            "prefix_match",
+            "suffix_match",
+            "contains_match",
+            "string_match",
+            "invert_match",
+            "treat_missing_header_as_empty",
+        ],
+    ),
+    ("envoy.config.route.v3.QueryParameterMatcher", &["name", "string_match", "present_match"]),
+    ("envoy.type.matcher.v3.StringMatcher", &["exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case"]),
+    ("envoy.type.matcher.v3.RegexMatcher", &["google_re2", "regex"]),
+    ("envoy.type.matcher.v3.RegexMatchAndSubstitute", &["pattern", "substitution"]),
+    (
+        "envoy.config.route.v3.RouteAction",
+        &["cluster", "weighted_clusters", "prefix_rewrite", "regex_rewrite", "host_rewrite_literal", "timeout"],
+    ),
+    ("envoy.config.route.v3.WeightedCluster", &["clusters", "total_weight"]),
+    ("envoy.config.route.v3.WeightedCluster.ClusterWeight", &["name", "weight"]),
+    (
+        "envoy.config.route.v3.RedirectAction",
+        &[
+            "https_redirect",
+            "scheme_redirect",
+            "host_redirect",
+            "port_redirect",
+            "path_redirect",
+            "prefix_rewrite",
+            "response_code",
+            "strip_query",
+        ],
+    ),
+    ("envoy.config.route.v3.DirectResponseAction", &["status", "body"]),
+    ("envoy.config.core.v3.HeaderValueOption", &["header", "append", "append_action", "keep_empty_value"]),
+    ("envoy.config.core.v3.HeaderValue", &["key", "value", "raw_value"]),
+    (
+        "envoy.config.cluster.v3.Cluster",
+        &[
+            "name",
+            "type",
+            "connect_timeout",
+            "lb_policy",
+            "load_assignment",
+            "dns_refresh_rate",
+            "dns_lookup_family",
+            "typed_extension_protocol_options",
+            "least_request_lb_config",
+            "http2_protocol_options",
+        ],
+    ),
+    ("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", &["choice_count"]),
+    ("envoy.config.endpoint.v3.ClusterLoadAssignment", &["cluster_name", "endpoints"]),
+    ("envoy.config.endpoint.v3.LocalityLbEndpoints", &["lb_endpoints", "locality", "priority"]),
+    ("envoy.config.endpoint.v3.LbEndpoint", &["endpoint", "health_status", "load_balancing_weight"]),
+    ("envoy.config.endpoint.v3.Endpoint", &["address", "hostname"]),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        &["explicit_http_config", "use_downstream_protocol_config", "auto_config"],
+    ),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
+        &["http_protocol_options", "http2_protocol_options", "http3_protocol_options"],
+    ),
+    ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
+    (
+        "envoy.config.core.v3.Http2ProtocolOptions",
+        &["max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"],
+    ),
+];
+
+/// A set field that Strait ignores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported {
+    /// Where in the document, e.g. `static_resources.clusters[0].circuit_breakers`.
+    pub path: String,
+    /// The message type and field, e.g. `envoy.config.cluster.v3.Cluster.circuit_breakers`.
+    pub field: String,
+}
+
+/// Every set-but-unsupported field in `message`.
+pub fn unsupported_fields<T: prost::Message + prost::Name>(message: &T) -> Vec<Unsupported> {
+    let mut out = Vec::new();
+    if let Ok(dynamic) = xds_proto::to_dynamic(message) {
+        walk(&dynamic, "", &mut out);
+    }
+    out
+}
+
+fn supported(type_name: &str) -> Option<&'static [&'static str]> {
+    SUPPORTED.iter().find(|(t, _)| *t == type_name).map(|(_, f)| *f)
+}
+
+fn walk(message: &DynamicMessage, path: &str, out: &mut Vec<Unsupported>) {
+    let desc = message.descriptor();
+    let allowed = supported(desc.full_name());
+    for (field, value) in message.fields() {
+        let field_path = if path.is_empty() { field.name().to_string() } else { format!("{path}.{}", field.name()) };
+        if let Some(allowed) = allowed {
+            if !allowed.contains(&field.name()) {
+                out.push(Unsupported { path: field_path, field: format!("{}.{}", desc.full_name(), field.name()) });
+                continue;
+            }
+        } else {
+            continue;
+        }
+        walk_value(value, &field_path, out);
+    }
+}
+
+fn walk_value(value: &Value, path: &str, out: &mut Vec<Unsupported>) {
+    match value {
+        Value::Message(m) if m.descriptor().full_name() == "google.protobuf.Any" => {
+            if let Some(inner) = unpack_any(m) {
+                walk(&inner, path, out);
+            }
+        }
+        Value::Message(m) => walk(m, path, out),
+        Value::List(items) => {
+            for (i, item) in items.iter().enumerate() {
+                walk_value(item, &format!("{path}[{i}]"), out);
+            }
+        }
+        Value::Map(map) => {
+            for (key, item) in map {
+                let key = match key {
+                    prost_reflect::MapKey::String(s) => s.clone(),
+                    other => format!("{other:?}"),
+                };
+                walk_value(item, &format!("{path}[\"{key}\"]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn unpack_any(any: &DynamicMessage) -> Option<DynamicMessage> {
+    let type_url = any.get_field_by_name("type_url")?.as_str()?.to_string();
+    let value = any.get_field_by_name("value")?.as_bytes()?.clone();
+    let name = type_url.rsplit('/').next()?;
+    let desc = xds_proto::descriptor_pool().get_message_by_name(name)?;
+    DynamicMessage::decode(desc, value).ok()
+}
+
+/// Logs each unsupported field once per process (by field, not by path).
+pub fn warn_once(fields: &[Unsupported]) {
+    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let seen = seen.get_or_insert_with(HashSet::new);
+    for u in fields {
+        if seen.insert(u.field.clone()) {
+            tracing::warn!(path = %u.path, field = %u.field, "field is not supported by Strait and is ignored (--strict rejects it)");
+        }
+    }
+}

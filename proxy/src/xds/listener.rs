@@ -1,0 +1,286 @@
+//! `Listener` -> [`ListenerConfig`]: the address and the one terminal network filter, an HTTP
+//! connection manager or a TCP proxy.
+
+use super::convert::{self, ConfigError, Result};
+use super::route::route_table;
+use crate::http::{Codec, HttpConnectionManager};
+use crate::listeners::{ListenerConfig, ListenerKind};
+use crate::routing::{ClusterTarget, WeightedClusters};
+use crate::snapshot::Snapshot;
+use crate::tcp::TcpProxyConfig;
+use crate::telemetry::access_log::{AccessLog, DEFAULT_FORMAT, LogFormat, LogTarget};
+use crate::telemetry::{HttpStats, TcpStats};
+use std::sync::Arc;
+use std::time::Duration;
+use xds_proto::pb::envoy::config::accesslog::v3 as accesslog;
+use xds_proto::pb::envoy::config::listener::v3 as listener;
+use xds_proto::pb::envoy::extensions::access_loggers::{file::v3 as file_log, stream::v3 as stream_log};
+use xds_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use xds_proto::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_proxy;
+use xds_proto::type_url;
+
+const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+const DEFAULT_CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+pub fn listener_config(l: &listener::Listener, _previous: Option<&Snapshot>) -> Result<ListenerConfig> {
+    if l.name.is_empty() {
+        return Err(ConfigError::new("name", "a listener name is required"));
+    }
+    let addr = convert::socket_address(l.address.as_ref(), "address")?;
+    let (chain, at) = match (l.filter_chains.as_slice(), &l.default_filter_chain) {
+        ([only], None) => (only, "filter_chains[0]".to_string()),
+        ([], Some(default)) => (default, "default_filter_chain".to_string()),
+        ([], None) => return Err(ConfigError::new("filter_chains", "a listener needs a filter chain")),
+        _ => {
+            return Err(ConfigError::new(
+                "filter_chains",
+                "more than one filter chain needs filter_chain_match, which is not supported yet",
+            ));
+        }
+    };
+    if chain.transport_socket.is_some() {
+        return Err(ConfigError::new(format!("{at}.transport_socket"), "TLS on listeners is not supported yet"));
+    }
+    let [filter] = chain.filters.as_slice() else {
+        return Err(ConfigError::new(
+            format!("{at}.filters"),
+            "exactly one network filter (http_connection_manager or tcp_proxy) is supported",
+        ));
+    };
+    let at = format!("{at}.filters[0]");
+    let Some(listener::filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
+        return Err(ConfigError::new(format!("{at}.typed_config"), "typed_config is required"));
+    };
+    let kind = match any.type_url.as_str() {
+        type_url::HTTP_CONNECTION_MANAGER => {
+            let proto: hcm::HttpConnectionManager = convert::unpack(any, &at)?;
+            ListenerKind::Http(Arc::new(
+                http_connection_manager(&proto).map_err(|e| e.within(&format!("{at}.typed_config")))?,
+            ))
+        }
+        type_url::TCP_PROXY => {
+            let proto: tcp_proxy::TcpProxy = convert::unpack(any, &at)?;
+            ListenerKind::Tcp(Arc::new(tcp_proxy_config(&proto).map_err(|e| e.within(&format!("{at}.typed_config")))?))
+        }
+        other => {
+            return Err(ConfigError::new(
+                format!("{at}.typed_config"),
+                format!("network filter {other} is not supported (http_connection_manager and tcp_proxy are)"),
+            ));
+        }
+    };
+    Ok(ListenerConfig { name: l.name.clone(), addr, kind })
+}
+
+fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Result<HttpConnectionManager> {
+    use hcm::http_connection_manager::RouteSpecifier;
+    if h.stat_prefix.is_empty() {
+        return Err(ConfigError::new("stat_prefix", "a stat_prefix is required"));
+    }
+    let codec = match h.codec_type {
+        0 => Codec::Auto,
+        1 => Codec::Http1,
+        2 => Codec::Http2,
+        3 => return Err(ConfigError::new("codec_type", "HTTP/3 is not supported")),
+        n => return Err(ConfigError::new("codec_type", format!("unknown codec type {n}"))),
+    };
+    let routes = match &h.route_specifier {
+        Some(RouteSpecifier::RouteConfig(rc)) => route_table(rc).map_err(|e| e.within("route_config"))?,
+        Some(RouteSpecifier::Rds(_)) => {
+            return Err(ConfigError::new("rds", "RDS needs the control plane (not supported in a static file yet)"));
+        }
+        Some(RouteSpecifier::ScopedRoutes(_)) => {
+            return Err(ConfigError::new("scoped_routes", "scoped routes are not supported"));
+        }
+        None => return Err(ConfigError::new("route_config", "an inline route_config is required")),
+    };
+    http_filters(&h.http_filters)?;
+    let upgrades = h
+        .upgrade_configs
+        .iter()
+        .filter(|u| u.enabled.is_none_or(|e| e.value))
+        .map(|u| {
+            if u.filters.is_empty() {
+                Ok(u.upgrade_type.to_ascii_lowercase())
+            } else {
+                Err(ConfigError::new("upgrade_configs.filters", "per-upgrade filter chains are not supported"))
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let common = h.common_http_protocol_options.as_ref();
+    let max_headers_count = common.and_then(|c| c.max_headers_count).map_or(100, |v| v.value) as usize;
+    let max_request_headers_kb = h.max_request_headers_kb.map_or(60, |v| v.value);
+    if !(1..=8192).contains(&max_request_headers_kb) {
+        return Err(ConfigError::new("max_request_headers_kb", "must be in 1..8192"));
+    }
+    let strip_any_host_port =
+        matches!(h.strip_port_mode, Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true)));
+    let access_logs = access_logs(&h.access_log)?;
+    Ok(HttpConnectionManager {
+        stat_prefix: h.stat_prefix.clone(),
+        codec,
+        routes,
+        stream_idle_timeout: convert::timeout(h.stream_idle_timeout.as_ref(), Some(DEFAULT_STREAM_IDLE_TIMEOUT)),
+        request_timeout: convert::timeout(h.request_timeout.as_ref(), None),
+        idle_timeout: convert::timeout(
+            common.and_then(|c| c.idle_timeout.as_ref()),
+            Some(DEFAULT_CONNECTION_IDLE_TIMEOUT),
+        ),
+        use_remote_address: h.use_remote_address.is_some_and(|b| b.value),
+        xff_num_trusted_hops: h.xff_num_trusted_hops,
+        skip_xff_append: h.skip_xff_append,
+        generate_request_id: h.generate_request_id.is_none_or(|b| b.value),
+        preserve_external_request_id: h.preserve_external_request_id,
+        always_set_request_id_in_response: h.always_set_request_id_in_response,
+        server_name: http::HeaderValue::from_str(if h.server_name.is_empty() { "strait" } else { &h.server_name })
+            .map_err(|_| ConfigError::new("server_name", "not a valid header value"))?,
+        max_request_headers_bytes: max_request_headers_kb as usize * 1024,
+        max_headers_count,
+        strip_any_host_port,
+        upgrades,
+        access_logs,
+        stats: HttpStats::new(&h.stat_prefix),
+    })
+}
+
+fn http_filters(filters: &[hcm::HttpFilter]) -> Result<()> {
+    let Some((last, rest)) = filters.split_last() else {
+        return Err(ConfigError::new("http_filters", "the filter list must end with envoy.filters.http.router"));
+    };
+    let is_router = |f: &hcm::HttpFilter| match &f.config_type {
+        Some(hcm::http_filter::ConfigType::TypedConfig(any)) => any.type_url == type_url::ROUTER,
+        None => f.name == "envoy.filters.http.router",
+        Some(_) => false,
+    };
+    if !is_router(last) {
+        return Err(ConfigError::new(
+            format!("http_filters[{}]", filters.len() - 1),
+            "the last HTTP filter must be envoy.filters.http.router",
+        ));
+    }
+    for (i, f) in rest.iter().enumerate() {
+        if f.is_optional || f.disabled {
+            tracing::warn!(filter = %f.name, "optional HTTP filter is not supported by Strait and is skipped");
+            continue;
+        }
+        return Err(ConfigError::new(
+            format!("http_filters[{i}]"),
+            format!("HTTP filter '{}' is not supported (mark it is_optional to skip it)", f.name),
+        ));
+    }
+    Ok(())
+}
+
+fn access_logs(logs: &[accesslog::AccessLog]) -> Result<Vec<AccessLog>> {
+    logs.iter()
+        .enumerate()
+        .map(|(i, log)| {
+            let at = format!("access_log[{i}]");
+            if log.filter.is_some() {
+                return Err(ConfigError::new(format!("{at}.filter"), "access log filters are not supported yet"));
+            }
+            let Some(accesslog::access_log::ConfigType::TypedConfig(any)) = &log.config_type else {
+                return Err(ConfigError::new(format!("{at}.typed_config"), "typed_config is required"));
+            };
+            let (target, format) =
+                if any.type_url == "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog" {
+                    let f: file_log::FileAccessLog = convert::unpack(any, &at)?;
+                    use file_log::file_access_log::AccessLogFormat as F;
+                    #[allow(deprecated)]
+                    let format = match &f.access_log_format {
+                        None => DEFAULT_FORMAT.to_string(),
+                        Some(F::Format(s)) if s.is_empty() => DEFAULT_FORMAT.to_string(),
+                        Some(F::Format(s)) => s.clone(),
+                        Some(F::LogFormat(sf)) => substitution_format(sf, &at)?,
+                        Some(_) => {
+                            return Err(ConfigError::new(
+                                format!("{at}.typed_config"),
+                                "JSON access logs are not supported yet",
+                            ));
+                        }
+                    };
+                    let target = match f.path.as_str() {
+                        "/dev/stdout" => LogTarget::Stdout,
+                        "/dev/stderr" => LogTarget::Stderr,
+                        p => LogTarget::File(p.into()),
+                    };
+                    (target, format)
+                } else if let Some(stream) =
+                    any.type_url.strip_prefix("type.googleapis.com/envoy.extensions.access_loggers.stream.v3.")
+                {
+                    let target = match stream {
+                        "StdoutAccessLog" => LogTarget::Stdout,
+                        "StderrAccessLog" => LogTarget::Stderr,
+                        other => {
+                            return Err(ConfigError::new(
+                                format!("{at}.typed_config"),
+                                format!("unsupported logger {other}"),
+                            ));
+                        }
+                    };
+                    // Stdout and stderr loggers share one message shape.
+                    let s: stream_log::StdoutAccessLog = prost::Message::decode(any.value.as_slice())
+                        .map_err(|e| ConfigError::new(format!("{at}.typed_config"), format!("cannot decode: {e}")))?;
+                    let format = match &s.access_log_format {
+                        None => DEFAULT_FORMAT.to_string(),
+                        Some(stream_log::stdout_access_log::AccessLogFormat::LogFormat(sf)) => {
+                            substitution_format(sf, &at)?
+                        }
+                    };
+                    (target, format)
+                } else {
+                    return Err(ConfigError::new(
+                        format!("{at}.typed_config"),
+                        format!("access logger {} is not supported", any.type_url),
+                    ));
+                };
+            let format = LogFormat::parse(&format).map_err(|e| ConfigError::new(format!("{at}.typed_config"), e))?;
+            AccessLog::open(target, format).map_err(|e| ConfigError::new(at, format!("cannot open: {e}")))
+        })
+        .collect()
+}
+
+fn substitution_format(
+    sf: &xds_proto::pb::envoy::config::core::v3::SubstitutionFormatString,
+    at: &str,
+) -> Result<String> {
+    use xds_proto::pb::envoy::config::core::v3::substitution_format_string::Format as F;
+    match &sf.format {
+        #[allow(deprecated)]
+        Some(F::TextFormat(s)) => Ok(s.clone()),
+        Some(F::TextFormatSource(ds)) => {
+            let bytes = convert::data_source(ds, &format!("{at}.log_format.text_format_source"))?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        }
+        Some(F::JsonFormat(_)) => {
+            Err(ConfigError::new(format!("{at}.log_format.json_format"), "JSON access logs are not supported yet"))
+        }
+        None => Ok(DEFAULT_FORMAT.to_string()),
+    }
+}
+
+fn tcp_proxy_config(t: &tcp_proxy::TcpProxy) -> Result<TcpProxyConfig> {
+    use tcp_proxy::tcp_proxy::ClusterSpecifier as C;
+    if t.stat_prefix.is_empty() {
+        return Err(ConfigError::new("stat_prefix", "a stat_prefix is required"));
+    }
+    let target = match &t.cluster_specifier {
+        Some(C::Cluster(c)) if !c.is_empty() => ClusterTarget::Single(c.clone()),
+        Some(C::WeightedClusters(w)) => {
+            let weighted = WeightedClusters::new(w.clusters.iter().map(|c| (c.name.clone(), c.weight)).collect());
+            if weighted.total == 0 {
+                return Err(ConfigError::new("weighted_clusters", "the sum of the weights must be greater than 0"));
+            }
+            ClusterTarget::Weighted(weighted)
+        }
+        _ => return Err(ConfigError::new("cluster", "one of cluster or weighted_clusters is required")),
+    };
+    Ok(TcpProxyConfig {
+        stat_prefix: t.stat_prefix.clone(),
+        target,
+        idle_timeout: convert::timeout(t.idle_timeout.as_ref(), Some(DEFAULT_TCP_IDLE_TIMEOUT)),
+        access_logs: access_logs(&t.access_log)?,
+        stats: TcpStats::new(&t.stat_prefix),
+    })
+}

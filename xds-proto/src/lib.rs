@@ -1,0 +1,25 @@
+//! The protobuf side of Strait: Envoy's xDS v3 types (from the maintained `envoy-types` crate) and a
+//! reader that turns Envoy's own YAML/JSON config format into those types, with errors that name the
+//! field path and the line.
+
+pub mod document;
+
+pub use document::{DocumentError, Format, decode_message, descriptor_pool, parse_document, parse_dynamic, to_dynamic};
+pub use envoy_types::pb;
+
+/// The Envoy bootstrap message, the root of every config file the proxy reads.
+pub use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+
+/// Type URLs of the xDS resources Strait understands.
+pub mod type_url {
+    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    pub const ROUTE_CONFIGURATION: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    pub const CLUSTER_LOAD_ASSIGNMENT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    pub const HTTP_CONNECTION_MANAGER: &str =
+        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+    pub const TCP_PROXY: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+    pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+    pub const HTTP_PROTOCOL_OPTIONS: &str =
+        "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+}
