@@ -54,8 +54,13 @@ async fn echo(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
         .and_then(|s| s.parse::<u16>().ok())
         .and_then(|c| StatusCode::from_u16(c).ok())
         .unwrap_or(StatusCode::OK);
-    let headers: serde_json::Map<String, serde_json::Value> =
-        parts.headers.iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into())).collect();
+    // Repeated headers are joined with "," so the order of values stays visible.
+    let mut headers = serde_json::Map::new();
+    for name in parts.headers.keys() {
+        let values: Vec<String> =
+            parts.headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
+        headers.insert(name.to_string(), values.join(",").into());
+    }
     let json = serde_json::json!({
         "service": name,
         "method": parts.method.as_str(),

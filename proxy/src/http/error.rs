@@ -73,9 +73,7 @@ impl ProxyError {
             ProxyError::NoRoute | ProxyError::ClusterNotFound(_) | ProxyError::UpgradeRejected(_) => String::new(),
             ProxyError::NoHealthyUpstream => "no healthy upstream".into(),
             ProxyError::UpstreamTimeout => "upstream request timeout".into(),
-            ProxyError::Upstream(UpstreamError::Connect(e)) => {
-                format!("{RESET} connection failure, transport failure reason: {e}")
-            }
+            ProxyError::Upstream(UpstreamError::Connect(_)) => format!("{RESET} remote connection failure"),
             ProxyError::Upstream(UpstreamError::ConnectTimeout) => format!("{RESET} connection timeout"),
             ProxyError::Upstream(UpstreamError::Protocol(_)) => format!("{RESET} protocol error"),
             ProxyError::Upstream(UpstreamError::Reset(_)) => format!("{RESET} connection termination"),

@@ -145,7 +145,45 @@ async fn proxy(
         Action::Forward(forward) => forward,
     };
 
-    // 3. Upgrades (WebSocket) only where the connection manager allows them.
+    // 3. Forward; a failure after the route was chosen still gets the route's response headers.
+    let mut response = match forward_upstream(
+        req,
+        downstream,
+        snapshot,
+        hcm,
+        (vhost, route),
+        forward,
+        &authority,
+        &path_and_query,
+        outcome,
+    )
+    .await
+    {
+        Ok(resp) => resp,
+        Err(err) => {
+            tracing::debug!(error = %err, side = err.source_side(), "local reply");
+            err.into_response().map(Either::Right)
+        }
+    };
+    apply_response_mutations(table, vhost, route, &mut response);
+    Ok(response)
+}
+
+/// Sends a routed request to its cluster and returns the upstream's response, hop-by-hop cleaned.
+#[allow(clippy::too_many_arguments)]
+async fn forward_upstream(
+    mut req: Request<Incoming>,
+    downstream: &Downstream,
+    snapshot: &Snapshot,
+    hcm: &HttpConnectionManager,
+    (vhost, route): (&VirtualHost, &Route),
+    forward: &Forward,
+    authority: &str,
+    path_and_query: &str,
+    outcome: &mut Outcome,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let table = &hcm.routes;
+    // Upgrades (WebSocket) only where the connection manager allows them.
     let upgrade_type = upgrade::requested(&req);
     if let Some(kind) = &upgrade_type
         && !hcm.upgrades.iter().any(|u| u == kind)
@@ -175,12 +213,12 @@ async fn proxy(
     for level in table.mutations(vhost, route, true) {
         level.apply(&mut parts.headers);
     }
-    let new_path = forward.rewrite_path(&route.matcher.path, &path_and_query);
+    let new_path = forward.rewrite_path(&route.matcher.path, path_and_query);
     let upstream_authority = match &forward.host_rewrite {
         Some(h) => h.clone(),
-        None => HeaderValue::from_str(&authority).map_err(|_| ProxyError::BadRequest("invalid authority"))?,
+        None => HeaderValue::from_str(authority).map_err(|_| ProxyError::BadRequest("invalid authority"))?,
     };
-    parts.uri = upstream_uri(&cluster, &upstream_authority, new_path.as_deref().unwrap_or(&path_and_query))?;
+    parts.uri = upstream_uri(&cluster, &upstream_authority, new_path.as_deref().unwrap_or(path_and_query))?;
     match cluster.config.protocol {
         UpstreamProtocol::Http1 => {
             parts.version = Version::HTTP_11;
@@ -210,7 +248,6 @@ async fn proxy(
     if let Ok(v) = HeaderValue::from_str(&service_time) {
         response.headers_mut().insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), v);
     }
-    apply_response_mutations(table, vhost, route, &mut response);
     Ok(response)
 }
 

