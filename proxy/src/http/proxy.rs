@@ -96,7 +96,7 @@ pub async fn handle(
 }
 
 async fn proxy(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     downstream: &Downstream,
     snapshot: &Snapshot,
     hcm: &HttpConnectionManager,
