@@ -137,10 +137,10 @@ fn grpc_echo(name: &str, req: Request<Incoming>) -> Response<EchoBody> {
     let mut body = req.into_body();
     tokio::spawn(async move {
         while let Some(Ok(frame)) = body.frame().await {
-            if let Ok(data) = frame.into_data() {
-                if tx.send(Frame::data(data)).await.is_err() {
-                    return;
-                }
+            if let Ok(data) = frame.into_data()
+                && tx.send(Frame::data(data)).await.is_err()
+            {
+                return;
             }
         }
         let mut trailers = http::HeaderMap::new();
