@@ -20,6 +20,8 @@ pub struct ListenerConfig {
     pub name: String,
     pub addr: SocketAddr,
     pub kind: ListenerKind,
+    /// Where the network filter's config sits in the listener, for error messages.
+    pub filter_path: String,
 }
 
 /// The listener's terminal network filter.
@@ -42,7 +44,10 @@ impl ListenerConfig {
                     for (j, r) in vh.routes.iter().enumerate() {
                         if let crate::routing::Action::Forward(f) = &r.action {
                             for n in f.target.names() {
-                                out.push((format!("route_config.virtual_hosts[{i}].routes[{j}].route"), n));
+                                out.push((
+                                    format!("{}.route_config.virtual_hosts[{i}].routes[{j}].route", self.filter_path),
+                                    n,
+                                ));
                             }
                         }
                     }

@@ -122,8 +122,11 @@ pub fn header_mutation(
         let Some(h) = &opt.header else {
             return Err(ConfigError::new(at, "header is required"));
         };
+        if h.key.starts_with(':') || h.key.eq_ignore_ascii_case("host") {
+            return Err(ConfigError::new(format!("{at}.header.key"), ":-prefixed or host headers may not be modified"));
+        }
         let name = header_name(&h.key, &format!("{at}.header.key"))?;
-        if h.key.starts_with(':') || name == http::header::HOST {
+        if name == http::header::HOST {
             return Err(ConfigError::new(format!("{at}.header.key"), ":-prefixed or host headers may not be modified"));
         }
         let raw = if h.raw_value.is_empty() { h.value.as_bytes().to_vec() } else { h.raw_value.clone() };
@@ -153,10 +156,10 @@ pub fn header_mutation(
     }
     for (i, name) in remove.iter().enumerate() {
         let at = format!("{path}.{kind}_headers_to_remove[{i}]");
-        let n = header_name(name, &at)?;
-        if name.starts_with(':') || n == http::header::HOST {
+        if name.starts_with(':') || name.eq_ignore_ascii_case("host") {
             return Err(ConfigError::new(at, ":-prefixed or host headers may not be removed"));
         }
+        let n = header_name(name, &at)?;
         out.remove.push(n);
     }
     Ok(out)

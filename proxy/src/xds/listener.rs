@@ -70,7 +70,7 @@ pub fn listener_config(l: &listener::Listener, _previous: Option<&Snapshot>) -> 
             ));
         }
     };
-    Ok(ListenerConfig { name: l.name.clone(), addr, kind })
+    Ok(ListenerConfig { name: l.name.clone(), addr, kind, filter_path: format!("{at}.typed_config") })
 }
 
 fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Result<HttpConnectionManager> {
