@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 mod fixtures;
+#[allow(unused_imports)]
 pub use fixtures::*;
 
 use bytes::Bytes;
