@@ -13,7 +13,8 @@ fn config(admin: u16, port: u16, cluster: &str, a: SocketAddr, b: SocketAddr, ex
     let routes = format!(
         "            virtual_hosts: [{{ name: v, domains: [\"*\"], routes: [{{ match: {{ prefix: / }}, route: {{ cluster: {cluster}, timeout: 5s }} }}] }}]"
     );
-    let mut yaml = http_bootstrap(admin, port, "", &routes, &(static_cluster("a", &[a], "") + &static_cluster("b", &[b], "")));
+    let mut yaml =
+        http_bootstrap(admin, port, "", &routes, &(static_cluster("a", &[a], "") + &static_cluster("b", &[b], "")));
     if let Some(p) = extra_listener {
         let tcp = format!(
             r#"  - name: extra
@@ -69,7 +70,10 @@ async fn admin_reports_readiness_config_and_clusters() {
     assert_eq!(configs[2]["static_clusters"][1]["cluster"]["name"], "b");
     let clusters: serde_json::Value = serde_json::from_str(&proxy.admin_text("/clusters?format=json").await).unwrap();
     assert_eq!(clusters["cluster_statuses"][0]["name"], "a");
-    assert_eq!(clusters["cluster_statuses"][0]["host_statuses"][0]["address"]["socket_address"]["port_value"], a.port());
+    assert_eq!(
+        clusters["cluster_statuses"][0]["host_statuses"][0]["address"]["socket_address"]["port_value"],
+        a.port()
+    );
     let stats = proxy.admin_text("/stats/prometheus").await;
     assert!(stats.contains("envoy_cluster_membership_healthy{envoy_cluster_name=\"a\"} 1"), "{stats}");
 }
@@ -109,7 +113,10 @@ async fn sighup_reloads_atomically_and_rejects_bad_files() {
     assert_eq!(service(port, "/").await, "a");
     let cx_after = proxy.stat("envoy_cluster_upstream_cx_total{envoy_cluster_name=\"a\"}").await;
     assert!(cx_after - cx_before <= 1.0, "cluster a kept its pool: {cx_before} -> {cx_after} connections");
-    wait_for("the removed listener to close", async || tokio::net::TcpStream::connect(("127.0.0.1", extra)).await.is_err()).await;
+    wait_for("the removed listener to close", async || {
+        tokio::net::TcpStream::connect(("127.0.0.1", extra)).await.is_err()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,8 +135,10 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let (a, b) = (echo("a").await, echo("b").await);
     let (admin, port) = (free_port(), free_port());
     let mut proxy = Proxy::start(&config(admin, port, "a", a, b, None), admin).await;
-    let h1 = tokio::spawn(async move { get(&http1_client(), &format!("http://127.0.0.1:{port}/delay/1000"), &[]).await });
-    let h2 = tokio::spawn(async move { get(&http2_client(), &format!("http://127.0.0.1:{port}/delay/1000"), &[]).await });
+    let h1 =
+        tokio::spawn(async move { get(&http1_client(), &format!("http://127.0.0.1:{port}/delay/1000"), &[]).await });
+    let h2 =
+        tokio::spawn(async move { get(&http2_client(), &format!("http://127.0.0.1:{port}/delay/1000"), &[]).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.signal("TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
