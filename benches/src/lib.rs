@@ -1,1 +1,89 @@
-//! Helpers for the benchmarks.
+//! Builders for the benchmarks: large route tables and clusters, made through the same conversions
+//! the proxy uses for real config.
+
+use std::sync::Arc;
+use strait_proxy::routing::RouteTable;
+use strait_proxy::upstream::Cluster;
+use xds_proto::pb::envoy::config::cluster::v3 as cluster;
+use xds_proto::pb::envoy::config::core::v3 as core;
+use xds_proto::pb::envoy::config::endpoint::v3 as endpoint;
+use xds_proto::pb::envoy::config::route::v3 as route;
+
+/// One virtual host per `vhosts` domain (`svcN.example.com`) plus `*`, whose routes are `routes`
+/// prefixes `/pathN/`, each with a header matcher on every tenth route.
+pub fn route_table(vhosts: usize, routes: usize) -> RouteTable {
+    let mk_routes = |n: usize| -> Vec<route::Route> {
+        (0..n)
+            .map(|i| route::Route {
+                r#match: Some(route::RouteMatch {
+                    path_specifier: Some(route::route_match::PathSpecifier::Prefix(format!("/path{i}/"))),
+                    headers: if i % 10 == 0 {
+                        vec![route::HeaderMatcher {
+                            name: "x-tenant".into(),
+                            header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::PresentMatch(
+                                false,
+                            )),
+                            ..Default::default()
+                        }]
+                    } else {
+                        vec![]
+                    },
+                    ..Default::default()
+                }),
+                action: Some(route::route::Action::Route(route::RouteAction {
+                    cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(format!("c{}", i % 10))),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+            .collect()
+    };
+    let mut virtual_hosts: Vec<route::VirtualHost> = (0..vhosts)
+        .map(|v| route::VirtualHost {
+            name: format!("vh{v}"),
+            domains: vec![format!("svc{v}.example.com")],
+            routes: mk_routes(10),
+            ..Default::default()
+        })
+        .collect();
+    virtual_hosts.push(route::VirtualHost {
+        name: "default".into(),
+        domains: vec!["*".into()],
+        routes: mk_routes(routes),
+        ..Default::default()
+    });
+    let rc = route::RouteConfiguration { name: "bench".into(), virtual_hosts, ..Default::default() };
+    strait_proxy::xds::route_table(&rc).expect("valid generated route table")
+}
+
+/// A STATIC cluster of `n` endpoints (127.0.0.1:10000+i) with the given policy and weights 1..=weights.
+pub fn cluster(n: usize, policy: cluster::cluster::LbPolicy, weighted: bool) -> Arc<Cluster> {
+    let lb_endpoints = (0..n)
+        .map(|i| endpoint::LbEndpoint {
+            host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(endpoint::Endpoint {
+                address: Some(core::Address {
+                    address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                        address: "127.0.0.1".into(),
+                        port_specifier: Some(core::socket_address::PortSpecifier::PortValue(10_000 + i as u32)),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            })),
+            load_balancing_weight: weighted
+                .then_some(xds_proto::pb::google::protobuf::UInt32Value { value: 1 + (i % 5) as u32 }),
+            ..Default::default()
+        })
+        .collect();
+    let proto = cluster::Cluster {
+        name: "bench".into(),
+        lb_policy: policy as i32,
+        load_assignment: Some(endpoint::ClusterLoadAssignment {
+            cluster_name: "bench".into(),
+            endpoints: vec![endpoint::LocalityLbEndpoints { lb_endpoints, ..Default::default() }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Cluster::new(strait_proxy::xds::cluster_config(&proto).expect("valid generated cluster"))
+}

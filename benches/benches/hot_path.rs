@@ -1,0 +1,49 @@
+//! Criterion micro-benchmarks of the per-request hot path: route matching over 1,000 routes and 100
+//! virtual hosts, and load-balancer picks over 100 endpoints.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, Method};
+use std::hint::black_box;
+use strait_benches::{cluster, route_table};
+use strait_proxy::routing::RequestView;
+use xds_proto::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+
+fn routing(c: &mut Criterion) {
+    let table = route_table(100, 1000);
+    let headers = HeaderMap::new();
+    let method = Method::GET;
+    let view = |authority: &'static str, path: &'static str| RequestView {
+        authority,
+        path_and_query: path,
+        method: &method,
+        headers: &headers,
+    };
+    let mut g = c.benchmark_group("route_match_1000_routes");
+    let first = view("anything", "/path0/x");
+    g.bench_function("first_route", |b| b.iter(|| black_box(table.find(black_box(&first)))));
+    let last = view("anything", "/path999/x");
+    g.bench_function("last_route", |b| b.iter(|| black_box(table.find(black_box(&last)))));
+    let miss = view("anything", "/nothing");
+    g.bench_function("no_match", |b| b.iter(|| black_box(table.find(black_box(&miss)))));
+    let vhost = view("svc57.example.com", "/path3/x");
+    g.bench_function("vhost_of_100_exact", |b| b.iter(|| black_box(table.find(black_box(&vhost)))));
+    g.finish();
+}
+
+fn load_balancing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("lb_pick_100_endpoints");
+    for (name, policy, weighted) in [
+        ("round_robin", LbPolicy::RoundRobin, false),
+        ("weighted_round_robin", LbPolicy::RoundRobin, true),
+        ("least_request", LbPolicy::LeastRequest, false),
+        ("weighted_least_request", LbPolicy::LeastRequest, true),
+        ("random", LbPolicy::Random, false),
+    ] {
+        let cluster = cluster(100, policy, weighted);
+        g.bench_function(name, |b| b.iter(|| black_box(cluster.pick())));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, routing, load_balancing);
+criterion_main!(benches);
