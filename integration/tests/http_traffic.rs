@@ -383,3 +383,36 @@ static_resources:
     assert!(started.elapsed() >= Duration::from_millis(250), "closed too early: {:?}", started.elapsed());
     assert_eq!(proxy.stat("envoy_tcp_idle_timeout{envoy_tcp_prefix=\"tcp\"}").await, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_trusted_hops_and_request_id_in_response() {
+    let hcm = "          request_timeout: 0.5s\n          always_set_request_id_in_response: true\n          use_remote_address: true\n          xff_num_trusted_hops: 1\n";
+    let s = start(hcm).await;
+    // The trusted client is the last x-forwarded-for hop: external, so its request id is replaced.
+    let r = get(
+        &http1_client(),
+        &format!("http://127.0.0.1:{}/x", s.port),
+        &[("x-forwarded-for", "203.0.113.9"), ("x-request-id", "from-outside")],
+    )
+    .await;
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-envoy-external-address"], "203.0.113.9");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9,127.0.0.1");
+    let id = h["x-request-id"].as_str().unwrap();
+    assert_ne!(id, "from-outside");
+    assert_eq!(r.header("x-request-id"), Some(id), "the id the upstream saw is returned");
+
+    // A request whose body never finishes: 408 after request_timeout.
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).await.unwrap();
+    c.write_all(b"POST /slow HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nonly ten b").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(400), "{:?}", started.elapsed());
+    assert_eq!(
+        s.proxy.stat("envoy_http_downstream_rq_timeout{envoy_http_conn_manager_prefix=\"ingress_http\"}").await,
+        1.0
+    );
+}

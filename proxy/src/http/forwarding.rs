@@ -20,17 +20,30 @@ fn is_internal(ip: std::net::IpAddr) -> bool {
     }
 }
 
-/// Sets the forwarding headers on a request about to go upstream. `scheme` is the downstream
-/// connection's (`http` until TLS arrives).
-pub fn apply(hcm: &HttpConnectionManager, headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static str) {
+/// Sets the forwarding headers as Envoy's connection manager does before routing. `scheme` is the
+/// downstream connection's (`http` until TLS arrives). Returns the request id, if any.
+pub fn apply(
+    hcm: &HttpConnectionManager,
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    scheme: &'static str,
+) -> Option<HeaderValue> {
     let edge = hcm.use_remote_address;
-    let external = edge && !is_internal(peer.ip());
+    // The trusted client: the peer, or with xff_num_trusted_hops N the Nth address from the right of
+    // the x-forwarded-for the peer sent.
+    let client = if hcm.xff_num_trusted_hops > 0 { nth_from_right(headers, hcm.xff_num_trusted_hops) } else { None };
+    let client = client.unwrap_or(peer.ip());
+    let external = edge && !is_internal(client);
     if edge {
         if !hcm.skip_xff_append {
             append_xff(headers, peer.ip());
         }
-        if external && let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
-            headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
+        if external {
+            if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
+                headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
+            }
+        } else {
+            headers.remove(&X_ENVOY_EXTERNAL_ADDRESS);
         }
     }
     if edge || !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -45,6 +58,20 @@ pub fn apply(hcm: &HttpConnectionManager, headers: &mut HeaderMap, peer: SocketA
             headers.insert(X_REQUEST_ID.clone(), HeaderValue::from_str(text).expect("a UUID is a valid header value"));
         }
     }
+    headers.get(&X_REQUEST_ID).cloned()
+}
+
+/// The `n`th address (1-based) from the right of `x-forwarded-for`.
+fn nth_from_right(headers: &HeaderMap, n: u32) -> Option<std::net::IpAddr> {
+    let all: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let i = all.len().checked_sub(n as usize)?;
+    all[i].parse().ok()
 }
 
 fn append_xff(headers: &mut HeaderMap, ip: std::net::IpAddr) {
@@ -101,6 +128,15 @@ mod tests {
         assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none() && h.get("connection").is_none());
         assert_eq!(h["te"], "trailers");
         assert_eq!(h["x-app"], "kept");
+    }
+
+    #[test]
+    fn trusted_hops_count_from_the_right() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.128, 203.0.113.10,203.0.113.1".parse().unwrap());
+        assert_eq!(nth_from_right(&h, 1), Some("203.0.113.1".parse().unwrap()));
+        assert_eq!(nth_from_right(&h, 3), Some("203.0.113.128".parse().unwrap()));
+        assert_eq!(nth_from_right(&h, 4), None);
     }
 
     #[test]

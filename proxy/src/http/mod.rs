@@ -5,6 +5,7 @@ mod error;
 mod forwarding;
 pub mod proxy;
 pub mod server;
+pub mod timeout_body;
 mod upgrade;
 
 pub use error::ProxyError;

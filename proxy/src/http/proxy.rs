@@ -3,6 +3,7 @@
 //! and shape the response. Every failure returns a [`ProxyError`], turned into a reply in one place.
 
 use super::error::ResponseFlag;
+use super::timeout_body::{Limits, TimedBody};
 use super::{HttpConnectionManager, ProxyError, forwarding, upgrade};
 use crate::routing::{Action, Forward, RequestView, Route, RouteTable, VirtualHost, strip_port};
 use crate::snapshot::Snapshot;
@@ -16,10 +17,11 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
 /// What the downstream receives: an upstream body streamed through, or a local reply.
-pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
+pub type ResponseBody = Either<TimedBody<PooledBody>, Full<Bytes>>;
 
 static X_ENVOY_UPSTREAM_SERVICE_TIME: http::HeaderName = http::HeaderName::from_static("x-envoy-upstream-service-time");
 
@@ -34,6 +36,7 @@ pub struct Downstream {
 /// What a request learned on its way, for stats and the access log.
 #[derive(Debug, Default)]
 struct Outcome {
+    request_id: Option<HeaderValue>,
     cluster: Option<Arc<Cluster>>,
     endpoint: Option<SocketAddr>,
     route_name: String,
@@ -66,6 +69,9 @@ pub async fn handle(
     let status = response.status().as_u16();
     hcm.stats.rq_xx.record(status);
     response.headers_mut().insert(header::SERVER, hcm.server_name.clone());
+    if let Some(id) = outcome.request_id.take().filter(|_| hcm.always_set_request_id_in_response) {
+        response.headers_mut().insert(forwarding::X_REQUEST_ID.clone(), id);
+    }
 
     if let Some((method, uri, headers, version)) = logged {
         let flags = response.extensions().get::<ResponseFlag>().map_or("", |f| f.0);
@@ -96,13 +102,16 @@ pub async fn handle(
 }
 
 async fn proxy(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     downstream: &Downstream,
     snapshot: &Snapshot,
     hcm: &HttpConnectionManager,
     outcome: &mut Outcome,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    // 1. Which virtual host and route.
+    // 1. Forwarding headers (x-forwarded-*, x-request-id) are set before routing, as Envoy does.
+    outcome.request_id = forwarding::apply(hcm, req.headers_mut(), downstream.peer, "http");
+
+    // 2. Which virtual host and route.
     let authority = authority(req.uri(), req.headers()).ok_or(ProxyError::BadRequest("missing host"))?;
     let match_authority = if hcm.strip_any_host_port { strip_port(&authority) } else { &authority };
     let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
@@ -116,7 +125,7 @@ async fn proxy(
     let (vhost, route) = table.find(&view).ok_or(ProxyError::NoRoute)?;
     outcome.route_name.clone_from(&route.name);
 
-    // 2. Answer locally, or forward.
+    // 3. Answer locally, or forward.
     let forward = match &route.action {
         Action::Direct(direct) => {
             let mut resp = Response::builder().status(direct.status);
@@ -145,26 +154,16 @@ async fn proxy(
         Action::Forward(forward) => forward,
     };
 
-    // 3. Forward; a failure after the route was chosen still gets the route's response headers.
-    let mut response = match forward_upstream(
-        req,
-        downstream,
-        snapshot,
-        hcm,
-        (vhost, route),
-        forward,
-        &authority,
-        &path_and_query,
-        outcome,
-    )
-    .await
-    {
-        Ok(resp) => resp,
-        Err(err) => {
-            tracing::debug!(error = %err, side = err.source_side(), "local reply");
-            err.into_response().map(Either::Right)
-        }
-    };
+    // 4. Forward; a failure after the route was chosen still gets the route's response headers.
+    let mut response =
+        match forward_upstream(req, snapshot, hcm, (vhost, route), forward, &authority, &path_and_query, outcome).await
+        {
+            Ok(resp) => resp,
+            Err(err) => {
+                tracing::debug!(error = %err, side = err.source_side(), "local reply");
+                err.into_response().map(Either::Right)
+            }
+        };
     apply_response_mutations(table, vhost, route, &mut response);
     Ok(response)
 }
@@ -173,7 +172,6 @@ async fn proxy(
 #[allow(clippy::too_many_arguments)]
 async fn forward_upstream(
     mut req: Request<Incoming>,
-    downstream: &Downstream,
     snapshot: &Snapshot,
     hcm: &HttpConnectionManager,
     (vhost, route): (&VirtualHost, &Route),
@@ -208,8 +206,13 @@ async fn forward_upstream(
     // 5. The request as the upstream sees it.
     let downstream_upgrade = upgrade_type.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    let request_expired = Arc::new(AtomicBool::new(false));
+    let limits = Limits {
+        idle: hcm.stream_idle_timeout,
+        deadline: hcm.request_timeout.map(|d| tokio::time::Instant::now() + d),
+    };
+    let body = TimedBody::new(body, limits, request_expired.clone());
     forwarding::strip_hop_by_hop(&mut parts.headers, upgrade_type.is_some());
-    forwarding::apply(hcm, &mut parts.headers, downstream.peer, "http");
     for level in table.mutations(vhost, route, true) {
         level.apply(&mut parts.headers);
     }
@@ -233,7 +236,15 @@ async fn forward_upstream(
 
     // 6. Send within the route timeout.
     let sent_at = Instant::now();
-    let response = send(&cluster, &endpoint, upstream_req, forward, upgrade_type.is_some()).await?;
+    let response = match send(&cluster, &endpoint, upstream_req, forward, upgrade_type.is_some()).await {
+        Ok(r) => r,
+        // The upstream exchange failed because the downstream body timed out: that is the client's 408.
+        Err(ProxyError::Upstream(_)) if request_expired.load(Ordering::Acquire) => {
+            hcm.stats.rq_timeout.increment(1);
+            return Err(ProxyError::RequestTimeout);
+        }
+        Err(e) => return Err(e),
+    };
     let service_time = sent_at.elapsed().as_millis().to_string();
 
     // 7. The response as the downstream sees it.
@@ -241,7 +252,10 @@ async fn forward_upstream(
     cluster.stats.rq_xx.record(status);
     let mut response = match (downstream_upgrade, response) {
         (Some(down), UpstreamResponse::Upgraded(resp)) => upgrade::splice(down, resp),
-        (_, UpstreamResponse::Pooled(resp)) => resp.map(Either::Left),
+        (_, UpstreamResponse::Pooled(resp)) => {
+            let limits = Limits { idle: hcm.stream_idle_timeout, deadline: None };
+            resp.map(|b| Either::Left(TimedBody::new(b, limits, Arc::new(AtomicBool::new(false)))))
+        }
         (None, UpstreamResponse::Upgraded(resp)) => upgrade::refused(resp),
     };
     forwarding::strip_hop_by_hop(response.headers_mut(), status == 101);
@@ -268,7 +282,7 @@ impl UpstreamResponse {
 async fn send(
     cluster: &Cluster,
     endpoint: &Arc<Endpoint>,
-    req: Request<Incoming>,
+    req: Request<crate::upstream::pool::RequestBody>,
     forward: &Forward,
     upgrade: bool,
 ) -> Result<UpstreamResponse, ProxyError> {

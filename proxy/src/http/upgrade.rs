@@ -2,6 +2,7 @@
 //! spliced together byte for byte, each half closed when its side finishes.
 
 use super::proxy::ResponseBody;
+use super::timeout_body::TimedBody;
 use crate::upstream::pool::PooledBody;
 use bytes::Bytes;
 use http::{Request, Response, header};
@@ -49,5 +50,5 @@ pub fn splice(downstream: OnUpgrade, mut upstream_resp: Response<Incoming>) -> R
 
 /// An upgrade answered without switching protocols: passed on as an ordinary response.
 pub fn refused(resp: Response<Incoming>) -> Response<ResponseBody> {
-    resp.map(|b| Either::Left(PooledBody::unpooled(b)))
+    resp.map(|b| Either::Left(TimedBody::unlimited(PooledBody::unpooled(b))))
 }

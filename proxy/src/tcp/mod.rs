@@ -4,7 +4,6 @@
 use crate::routing::ClusterTarget;
 use crate::snapshot::SharedSnapshot;
 use crate::telemetry::TcpStats;
-use crate::telemetry::access_log::AccessLog;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,7 +21,6 @@ pub struct TcpProxyConfig {
     pub stat_prefix: String,
     pub target: ClusterTarget,
     pub idle_timeout: Option<Duration>,
-    pub access_logs: Vec<AccessLog>,
     pub stats: TcpStats,
 }
 

@@ -107,7 +107,6 @@ pub struct HttpStats {
     pub cx_total: Counter,
     pub cx_active: Gauge,
     pub rq_timeout: Counter,
-    pub cx_protocol_error: Counter,
 }
 
 impl HttpStats {
@@ -120,8 +119,7 @@ impl HttpStats {
             rq_active: gauge!("envoy_http_downstream_rq_active", l => p.clone()),
             cx_total: counter!("envoy_http_downstream_cx_total", l => p.clone()),
             cx_active: gauge!("envoy_http_downstream_cx_active", l => p.clone()),
-            rq_timeout: counter!("envoy_http_downstream_rq_timeout", l => p.clone()),
-            cx_protocol_error: counter!("envoy_http_downstream_cx_protocol_error", l => p),
+            rq_timeout: counter!("envoy_http_downstream_rq_timeout", l => p),
         }
     }
 }

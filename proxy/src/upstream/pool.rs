@@ -16,8 +16,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
-/// The body type sent upstream: the downstream request body, streamed.
-pub type RequestBody = Incoming;
+/// The body type sent upstream: the downstream request body, streamed under the stream timeouts.
+pub type RequestBody = crate::http::timeout_body::TimedBody<Incoming>;
 
 /// Pool settings from the cluster config.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -280,7 +280,6 @@ fn tcp_proxy_config(t: &tcp_proxy::TcpProxy) -> Result<TcpProxyConfig> {
         stat_prefix: t.stat_prefix.clone(),
         target,
         idle_timeout: convert::timeout(t.idle_timeout.as_ref(), Some(DEFAULT_TCP_IDLE_TIMEOUT)),
-        access_logs: access_logs(&t.access_log)?,
         stats: TcpStats::new(&t.stat_prefix),
     })
 }

@@ -1,0 +1,164 @@
+//! A body wrapper that enforces the connection manager's stream timeouts: `stream_idle_timeout` (no
+//! frame for that long) and `request_timeout` (the whole body by a deadline). On expiry the body
+//! yields an error, which aborts the exchange, and records that it expired.
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+/// Why a timed body gave up.
+#[derive(Debug, thiserror::Error)]
+#[error("stream timeout: {0}")]
+pub struct StreamTimeout(&'static str);
+
+/// Limits for one body.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    pub idle: Option<Duration>,
+    pub deadline: Option<Instant>,
+}
+
+impl Limits {
+    pub fn is_none(&self) -> bool {
+        self.idle.is_none() && self.deadline.is_none()
+    }
+}
+
+pub struct TimedBody<B> {
+    inner: B,
+    limits: Limits,
+    last_activity: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+    expired: Arc<AtomicBool>,
+}
+
+impl<B> std::fmt::Debug for TimedBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimedBody").field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+impl<B> TimedBody<B> {
+    /// Wraps `inner`; `expired` is set if a limit fires.
+    pub fn new(inner: B, limits: Limits, expired: Arc<AtomicBool>) -> Self {
+        TimedBody { inner, limits, last_activity: Instant::now(), timer: None, expired }
+    }
+
+    /// A body without limits.
+    pub fn unlimited(inner: B) -> Self {
+        Self::new(inner, Limits::default(), Arc::new(AtomicBool::new(false)))
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let idle = self.limits.idle.map(|d| self.last_activity + d);
+        match (idle, self.limits.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Polls the timer: `Ready` with the reason when a limit has passed.
+    fn poll_limits(&mut self, cx: &mut Context<'_>) -> Poll<&'static str> {
+        loop {
+            let Some(wake) = self.next_wake() else { return Poll::Pending };
+            let now = Instant::now();
+            if self.limits.deadline.is_some_and(|d| now >= d) {
+                return Poll::Ready("request timeout");
+            }
+            if self.limits.idle.is_some_and(|d| now >= self.last_activity + d) {
+                return Poll::Ready("stream idle timeout");
+            }
+            let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(wake)));
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
+            ready!(timer.as_mut().poll(cx));
+        }
+    }
+}
+
+impl<B> Body for TimedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if !this.limits.is_none() {
+                    this.last_activity = Instant::now();
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending if this.limits.is_none() => Poll::Pending,
+            Poll::Pending => match this.poll_limits(cx) {
+                Poll::Ready(reason) => {
+                    this.expired.store(true, Ordering::Release);
+                    Poll::Ready(Some(Err(Box::new(StreamTimeout(reason)))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+use std::future::Future;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A body that never produces a frame.
+    struct Silent;
+    impl Body for Silent {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_and_deadline_limits_fire() {
+        let expired = Arc::new(AtomicBool::new(false));
+        let limits = Limits { idle: Some(Duration::from_secs(5)), deadline: None };
+        let mut body = TimedBody::new(Silent, limits, expired.clone());
+        let started = Instant::now();
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "stream timeout: stream idle timeout");
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert!(expired.load(Ordering::Acquire));
+
+        let limits =
+            Limits { idle: Some(Duration::from_secs(60)), deadline: Some(Instant::now() + Duration::from_secs(2)) };
+        let mut body = TimedBody::new(Silent, limits, Arc::new(AtomicBool::new(false)));
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "stream timeout: request timeout");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_pass_through_untouched() {
+        let inner = http_body_util::Full::new(Bytes::from_static(b"abc"));
+        let limits = Limits { idle: Some(Duration::from_secs(1)), deadline: None };
+        let body = TimedBody::new(inner, limits, Arc::new(AtomicBool::new(false)));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), Bytes::from_static(b"abc"));
+    }
+}
