@@ -155,10 +155,11 @@ def h2load(target, duration, extra, path="/", port=None, log_dir=None):
         raise RuntimeError(f"h2load failed against {target.name}:\n{out}")
     done, ok = int(m.group(2)), int(m.group(3))
     statuses = re.search(r"status codes: (\d+) 2xx", out)
+    ok_2xx = int(statuses.group(1)) if statuses else 0
     times = sorted(int(line.split("\t")[2]) for line in open(log) if line.count("\t") >= 2)
     pct = lambda q: times[min(len(times) - 1, int(q * len(times)))] / 1000 if times else None
     return {"requests": done, "rps": done / duration, "p50": pct(0.50), "p99": pct(0.99),
-            "errors": done - ok + (done - int(statuses.group(1)) if statuses else 0)}
+            "errors": done - min(ok, ok_2xx)}
 
 
 def tcp_stream(target, size_mb):
@@ -202,6 +203,7 @@ def main():
         sys.exit(f"build Strait first: cargo build --release -p strait-proxy ({args.strait} not found)")
 
     work = tempfile.mkdtemp(prefix="strait-bench-")
+    os.chmod(work, 0o755)  # nginx workers run as nobody and serve /big from here
     ports = {k: free_port() for k in ["UP_H1", "UP_H2", "HTTP", "HTTP2", "TCP", "ADMIN"]}
     ports["DIR"] = work
     with open(os.path.join(work, "big"), "wb") as f:

@@ -59,7 +59,15 @@ struct Proxy {
 
 impl Proxy {
     /// Builds, resolves, binds and publishes a new config. On any error the running config stays.
+    /// Either way the descriptor pool used to read it is dropped and its memory handed back.
     async fn apply(&mut self, bootstrap: &Bootstrap) -> anyhow::Result<()> {
+        let result = self.build_and_publish(bootstrap).await;
+        xds_proto::release_descriptor_pool();
+        crate::sys::release_free_memory();
+        result
+    }
+
+    async fn build_and_publish(&mut self, bootstrap: &Bootstrap) -> anyhow::Result<()> {
         let current = self.shared.load_full();
         let mut next = xds::build_snapshot(bootstrap, Some(&current), BuildOptions { strict: self.options.strict })?;
         for cluster in next.clusters.values() {

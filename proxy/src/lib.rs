@@ -11,6 +11,7 @@ pub mod http;
 pub mod listeners;
 pub mod routing;
 pub mod snapshot;
+pub mod sys;
 pub mod tcp;
 pub mod telemetry;
 pub mod upstream;

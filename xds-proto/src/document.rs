@@ -2,16 +2,25 @@
 //! into a prost message, through `prost-reflect` and the descriptor set that ships with `envoy-types`.
 
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
 
-/// The pool of every Envoy message type, built once on first use (about 60 ms).
-pub fn descriptor_pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| {
+static POOL: Mutex<Option<DescriptorPool>> = Mutex::new(None);
+
+/// The pool of every Envoy message type (a cheap handle), built on first use (about 60 ms) and kept
+/// until [`release_descriptor_pool`].
+pub fn descriptor_pool() -> DescriptorPool {
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    pool.get_or_insert_with(|| {
         DescriptorPool::decode(DESCRIPTORS).expect("the envoy-types descriptor set embedded at build time decodes")
     })
+    .clone()
+}
+
+/// Drops the cached pool (several MB) once config has been read; the next parse builds it again.
+pub fn release_descriptor_pool() {
+    POOL.lock().unwrap_or_else(|e| e.into_inner()).take();
 }
 
 /// The syntax a config document is written in.

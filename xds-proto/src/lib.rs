@@ -4,7 +4,10 @@
 
 pub mod document;
 
-pub use document::{DocumentError, Format, decode_message, descriptor_pool, parse_document, parse_dynamic, to_dynamic};
+pub use document::{
+    DocumentError, Format, decode_message, descriptor_pool, parse_document, parse_dynamic, release_descriptor_pool,
+    to_dynamic,
+};
 pub use envoy_types::pb;
 
 /// The Envoy bootstrap message, the root of every config file the proxy reads.

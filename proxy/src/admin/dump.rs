@@ -54,6 +54,9 @@ pub fn config_dump(s: &Snapshot) -> Result<String, String> {
     let mut out = Vec::new();
     let mut ser = serde_json::Serializer::pretty(&mut out);
     dynamic.serialize_with_options(&mut ser, &options).map_err(|e| e.to_string())?;
+    drop(dynamic);
+    xds_proto::release_descriptor_pool();
+    crate::sys::release_free_memory();
     String::from_utf8(out).map_err(|e| e.to_string())
 }
 
