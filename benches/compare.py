@@ -240,7 +240,12 @@ def main():
     try:
         for name in [n for n in ["direct", "strait", "envoy", "nginx", "haproxy"] if n in wanted]:
             t = targets[name]
-            t.start(work)
+            try:
+                t.start(work)
+            except RuntimeError as e:
+                print(f"{name}: did not start ({e}); see its log in {work}", flush=True)
+                t.stop()
+                continue
             row = {}
             if t.proc:
                 # Idle RSS after one request has warmed up the path.

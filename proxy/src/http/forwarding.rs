@@ -88,6 +88,18 @@ fn append_xff(headers: &mut HeaderMap, ip: std::net::IpAddr) {
 /// Removes hop-by-hop headers (and any header named in `connection`). An upgrade keeps `connection`
 /// and `upgrade`, which the upstream needs to see.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    // Most messages carry none of them: one pass over the names instead of a lookup per header.
+    let present = headers.keys().any(|k| {
+        k == header::CONNECTION
+            || k == header::TE
+            || k == header::TRANSFER_ENCODING
+            || k == header::UPGRADE
+            || k == KEEP_ALIVE
+            || k == PROXY_CONNECTION
+    });
+    if !present {
+        return;
+    }
     if !upgrading {
         if let Some(conn) = headers.get(header::CONNECTION).and_then(|v| v.to_str().ok()).map(str::to_string) {
             for name in conn.split(',').map(str::trim).filter(|n| !n.is_empty()) {

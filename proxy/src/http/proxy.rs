@@ -75,13 +75,14 @@ pub async fn handle(
 
     if let Some((method, uri, headers, version)) = logged {
         let flags = response.extensions().get::<ResponseFlag>().map_or("", |f| f.0);
-        let authority = authority(&uri, &headers).unwrap_or_default();
+        let authority = authority(&uri, &headers);
+        let authority = authority.as_ref().and_then(|a| a.to_str().ok()).unwrap_or_default();
         let record = LogRecord {
             start: start_time,
             request_headers: &headers,
             method: method.as_str(),
             path: uri.path_and_query().map_or("/", |p| p.as_str()),
-            authority: &authority,
+            authority,
             protocol: protocol_name(version),
             response_headers: Some(response.headers()),
             status,
@@ -112,15 +113,12 @@ async fn proxy(
     outcome.request_id = forwarding::apply(hcm, req.headers_mut(), downstream.peer, "http");
 
     // 2. Which virtual host and route.
-    let authority = authority(req.uri(), req.headers()).ok_or(ProxyError::BadRequest("missing host"))?;
-    let match_authority = if hcm.strip_any_host_port { strip_port(&authority) } else { &authority };
-    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let view = RequestView {
-        authority: match_authority,
-        path_and_query: &path_and_query,
-        method: req.method(),
-        headers: req.headers(),
-    };
+    let authority_value = authority(req.uri(), req.headers()).ok_or(ProxyError::BadRequest("missing host"))?;
+    let authority = authority_value.to_str().map_err(|_| ProxyError::BadRequest("invalid host"))?;
+    let match_authority = if hcm.strip_any_host_port { strip_port(authority) } else { authority };
+    let path = req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let path_and_query = path.as_str();
+    let view = RequestView { authority: match_authority, path_and_query, method: req.method(), headers: req.headers() };
     let table = &hcm.routes;
     let (vhost, route) = table.find(&view).ok_or(ProxyError::NoRoute)?;
     outcome.route_name.clone_from(&route.name);
@@ -141,7 +139,7 @@ async fn proxy(
         Action::Redirect(redirect) => {
             let scheme =
                 req.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok()).unwrap_or("http").to_string();
-            let location = redirect.location(&scheme, &authority, &path_and_query, &route.matcher.path);
+            let location = redirect.location(&scheme, authority, path_and_query, &route.matcher.path);
             let mut resp = Response::builder()
                 .status(redirect.status)
                 .header(header::LOCATION, location)
@@ -156,8 +154,7 @@ async fn proxy(
 
     // 4. Forward; a failure after the route was chosen still gets the route's response headers.
     let mut response =
-        match forward_upstream(req, snapshot, hcm, (vhost, route), forward, &authority, &path_and_query, outcome).await
-        {
+        match forward_upstream(req, snapshot, hcm, (vhost, route), forward, &authority_value, &path, outcome).await {
             Ok(resp) => resp,
             Err(err) => {
                 tracing::debug!(error = %err, side = err.source_side(), "local reply");
@@ -176,8 +173,8 @@ async fn forward_upstream(
     hcm: &HttpConnectionManager,
     (vhost, route): (&VirtualHost, &Route),
     forward: &Forward,
-    authority: &str,
-    path_and_query: &str,
+    authority: &HeaderValue,
+    path: &http::uri::PathAndQuery,
     outcome: &mut Outcome,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let table = &hcm.routes;
@@ -216,12 +213,9 @@ async fn forward_upstream(
     for level in table.mutations(vhost, route, true) {
         level.apply(&mut parts.headers);
     }
-    let new_path = forward.rewrite_path(&route.matcher.path, path_and_query);
-    let upstream_authority = match &forward.host_rewrite {
-        Some(h) => h.clone(),
-        None => HeaderValue::from_str(authority).map_err(|_| ProxyError::BadRequest("invalid authority"))?,
-    };
-    parts.uri = upstream_uri(&cluster, &upstream_authority, new_path.as_deref().unwrap_or(path_and_query))?;
+    let new_path = forward.rewrite_path(&route.matcher.path, path.as_str());
+    let upstream_authority = forward.host_rewrite.as_ref().unwrap_or(authority).clone();
+    parts.uri = upstream_uri(&cluster, &upstream_authority, new_path, path)?;
     match cluster.config.protocol {
         UpstreamProtocol::Http1 => {
             parts.version = Version::HTTP_11;
@@ -245,7 +239,7 @@ async fn forward_upstream(
         }
         Err(e) => return Err(e),
     };
-    let service_time = sent_at.elapsed().as_millis().to_string();
+    let service_time = HeaderValue::from(sent_at.elapsed().as_millis() as u64);
 
     // 7. The response as the downstream sees it.
     let status = response.status().as_u16();
@@ -259,9 +253,7 @@ async fn forward_upstream(
         (None, UpstreamResponse::Upgraded(resp)) => upgrade::refused(resp),
     };
     forwarding::strip_hop_by_hop(response.headers_mut(), status == 101);
-    if let Ok(v) = HeaderValue::from_str(&service_time) {
-        response.headers_mut().insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), v);
-    }
+    response.headers_mut().insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), service_time);
     Ok(response)
 }
 
@@ -314,15 +306,26 @@ async fn send(
     })
 }
 
-fn upstream_uri(cluster: &Cluster, authority: &HeaderValue, path: &str) -> Result<Uri, ProxyError> {
-    let uri = match cluster.config.protocol {
-        UpstreamProtocol::Http1 => Uri::try_from(path),
-        UpstreamProtocol::Http2 => {
-            let authority = authority.to_str().map_err(|_| ProxyError::BadRequest("invalid authority"))?;
-            Uri::try_from(format!("http://{authority}{path}"))
-        }
+/// The upstream request target: origin-form for HTTP/1.1 (no copy when the path is not rewritten),
+/// absolute for HTTP/2 (`:scheme` and `:authority`).
+fn upstream_uri(
+    cluster: &Cluster,
+    authority: &HeaderValue,
+    rewritten: Option<String>,
+    original: &http::uri::PathAndQuery,
+) -> Result<Uri, ProxyError> {
+    let invalid = |_| ProxyError::BadRequest("invalid request target");
+    let path = match rewritten {
+        Some(p) => http::uri::PathAndQuery::try_from(p).map_err(invalid)?,
+        None => original.clone(),
     };
-    uri.map_err(|_| ProxyError::BadRequest("invalid request target"))
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(path);
+    if cluster.config.protocol == UpstreamProtocol::Http2 {
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(http::uri::Authority::try_from(authority.as_bytes()).map_err(invalid)?);
+    }
+    Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request target"))
 }
 
 fn apply_response_mutations<B>(table: &RouteTable, vhost: &VirtualHost, route: &Route, resp: &mut Response<B>) {
@@ -331,12 +334,13 @@ fn apply_response_mutations<B>(table: &RouteTable, vhost: &VirtualHost, route: &
     }
 }
 
-/// The request authority: `:authority` (HTTP/2, absolute-form) or `host`.
-fn authority(uri: &Uri, headers: &http::HeaderMap) -> Option<String> {
+/// The request authority: `:authority` (HTTP/2, absolute-form) or `host`. For HTTP/1.1 this is a
+/// reference-counted view of the received header, not a copy.
+fn authority(uri: &Uri, headers: &http::HeaderMap) -> Option<HeaderValue> {
     if let Some(a) = uri.authority() {
-        return Some(a.as_str().to_string());
+        return HeaderValue::from_str(a.as_str()).ok();
     }
-    headers.get(header::HOST).and_then(|h| h.to_str().ok()).filter(|h| !h.is_empty()).map(str::to_string)
+    headers.get(header::HOST).filter(|h| !h.is_empty() && h.to_str().is_ok()).cloned()
 }
 
 fn protocol_name(v: Version) -> &'static str {
