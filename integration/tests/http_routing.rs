@@ -15,7 +15,7 @@ async fn start() -> (Proxy, u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn virtual_hosts_follow_envoys_domain_order() {
-    let (_proxy, port) = start().await;
+    let (proxy, port) = start().await;
     let c = http1_client();
     let url = format!("http://127.0.0.1:{port}/x");
     let r = get(&c, &url, &[("host", "EXACT.test")]).await;
@@ -34,6 +34,7 @@ async fn virtual_hosts_follow_envoys_domain_order() {
     let r = get(&c, &url, &[("host", "narrow.test")]).await;
     assert_eq!((r.status, r.body.as_str()), (404, ""));
     assert_eq!(get(&c, &format!("http://127.0.0.1:{port}/only"), &[("host", "narrow.test")]).await.service(), "a");
+    assert_eq!(proxy.stat("envoy_http_no_route{envoy_http_conn_manager_prefix=\"ingress_http\"}").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,17 +115,13 @@ pub struct Started {
 pub fn run(options: Options, on_started: impl FnOnce(&Started) + Send + 'static) -> anyhow::Result<()> {
     crate::telemetry::prometheus();
     let bootstrap = options.source.read().map_err(anyhow::Error::from).context("invalid config")?;
-    let data_plane = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(options.concurrency.max(1))
-        .thread_name("strait-worker")
-        .enable_all()
-        .build()?;
+    let data_plane = DataPlane::start(options.concurrency)?;
     let control = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
     let shutdown = CancellationToken::new();
     let quit = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(false));
-    let listeners = ListenerManager::new(shared.clone(), shutdown.clone(), data_plane.handle().clone());
+    let listeners = ListenerManager::new(shared.clone(), shutdown.clone(), data_plane.handles());
     let mut proxy =
         Proxy { options: options.clone(), shared: shared.clone(), listeners, control: control.handle().clone() };
 
@@ -155,8 +151,44 @@ pub fn run(options: Options, on_started: impl FnOnce(&Started) + Send + 'static)
         admin_stop.cancel();
         anyhow::Ok(())
     });
-    data_plane.shutdown_timeout(Duration::from_secs(1));
+    data_plane.stop();
     result
+}
+
+/// The data plane: one current-thread tokio runtime per worker thread, each with its own accept
+/// socket per listener (SO_REUSEPORT), so a request never hops threads and there is no work stealing.
+struct DataPlane {
+    workers: Vec<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+impl DataPlane {
+    fn start(workers: usize) -> std::io::Result<Self> {
+        let mut out = Vec::new();
+        for i in 0..workers.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let handle = runtime.handle().clone();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let thread = std::thread::Builder::new().name(format!("strait-worker-{i}")).spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })?;
+            out.push((handle, stop, thread));
+        }
+        Ok(DataPlane { workers: out })
+    }
+
+    fn handles(&self) -> Vec<tokio::runtime::Handle> {
+        self.workers.iter().map(|(h, _, _)| h.clone()).collect()
+    }
+
+    fn stop(self) {
+        for (_, stop, thread) in self.workers {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
+    }
 }
 
 async fn control_loop(proxy: &mut Proxy, quit: &CancellationToken) {

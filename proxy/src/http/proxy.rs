@@ -63,6 +63,11 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(err) => {
             tracing::debug!(error = %err, side = err.source_side(), "local reply");
+            match err {
+                ProxyError::NoRoute => hcm.stats.no_route.increment(1),
+                ProxyError::ClusterNotFound(_) => hcm.stats.no_cluster.increment(1),
+                _ => {}
+            }
             err.into_response().map(Either::Right)
         }
     };

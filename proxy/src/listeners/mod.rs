@@ -70,33 +70,45 @@ pub struct ListenerManager {
     /// Cancelled on shutdown: every accept loop and connection drains.
     shutdown: CancellationToken,
     connections: TaskTracker,
-    data_plane: tokio::runtime::Handle,
+    /// One runtime per data-plane worker; each gets its own accept socket for every listener.
+    workers: Vec<tokio::runtime::Handle>,
 }
 
-/// Sockets bound for a snapshot that is about to be applied.
-pub struct Bound(Vec<(String, std::net::TcpListener)>);
+/// Sockets bound for a snapshot that is about to be applied: per listener, one per worker.
+pub struct Bound(Vec<(String, Vec<std::net::TcpListener>)>);
 
 impl ListenerManager {
-    pub fn new(shared: SharedSnapshot, shutdown: CancellationToken, data_plane: tokio::runtime::Handle) -> Self {
-        ListenerManager { running: HashMap::new(), shared, shutdown, connections: TaskTracker::new(), data_plane }
+    pub fn new(shared: SharedSnapshot, shutdown: CancellationToken, workers: Vec<tokio::runtime::Handle>) -> Self {
+        ListenerManager { running: HashMap::new(), shared, shutdown, connections: TaskTracker::new(), workers }
+    }
+
+    /// Binds `addr` once per worker with SO_REUSEPORT (the kernel spreads connections across them).
+    fn bind_all(&self, addr: SocketAddr) -> std::io::Result<Vec<std::net::TcpListener>> {
+        let first = bind_socket(addr)?;
+        // With port 0, the others must join the port the first one got.
+        let addr = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..self.workers.len() {
+            sockets.push(bind_socket(addr)?);
+        }
+        Ok(sockets)
     }
 
     /// Binds the addresses `next` adds or moves. Nothing changes if one fails.
     pub fn bind(&self, next: &Snapshot) -> std::io::Result<Bound> {
         let mut bound = Vec::new();
         for l in &next.listeners {
-            if self.running.get(&l.name).is_some_and(|r| r.addr == l.addr) {
+            if self.running.get(&l.name).is_some_and(|r| same_addr(r.addr, l.addr)) {
                 continue;
             }
             // A listener that moves to an address another one is leaving must wait for it: bind after.
-            let taken_by_other = self.running.iter().any(|(n, r)| r.addr == l.addr && n != &l.name);
-            if taken_by_other {
+            if self.running.iter().any(|(n, r)| r.addr == l.addr && n != &l.name) {
                 continue;
             }
-            let socket = bind_socket(l.addr).map_err(|e| {
+            let sockets = self.bind_all(l.addr).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("listener '{}' cannot bind {}: {e}", l.name, l.addr))
             })?;
-            bound.push((l.name.clone(), socket));
+            bound.push((l.name.clone(), sockets));
         }
         Ok(Bound(bound))
     }
@@ -106,46 +118,43 @@ impl ListenerManager {
     pub fn activate(&mut self, next: &Snapshot, bound: Bound) {
         let keep: HashMap<&str, SocketAddr> = next.listeners.iter().map(|l| (l.name.as_str(), l.addr)).collect();
         self.running.retain(|name, r| {
-            let stays = keep.get(name.as_str()) == Some(&r.addr);
+            let stays = keep.get(name.as_str()).is_some_and(|a| same_addr(r.addr, *a));
             if !stays {
                 tracing::info!(listener = %name, addr = %r.addr, "listener removed; draining its connections");
                 r.stop.cancel();
             }
             stays
         });
-        let mut late = Vec::new();
-        for l in &next.listeners {
-            if !self.running.contains_key(&l.name) && !bound.0.iter().any(|(n, _)| n == &l.name) {
-                late.push(l.clone());
-            }
-        }
         let mut sockets = bound.0;
-        for l in late {
-            match bind_socket(l.addr) {
+        for l in &next.listeners {
+            if self.running.contains_key(&l.name) || sockets.iter().any(|(n, _)| n == &l.name) {
+                continue;
+            }
+            match self.bind_all(l.addr) {
                 Ok(s) => sockets.push((l.name.clone(), s)),
                 Err(e) => tracing::error!(listener = %l.name, addr = %l.addr, error = %e, "cannot bind listener"),
             }
         }
-        for (name, socket) in sockets {
-            let addr = socket
-                .local_addr()
-                .unwrap_or_else(|_| next.listener(&name).map_or(([0, 0, 0, 0], 0).into(), |l| l.addr));
+        for (name, per_worker) in sockets {
+            let Some(addr) = per_worker.first().and_then(|s| s.local_addr().ok()) else { continue };
             let stop = self.shutdown.child_token();
-            let _guard = self.data_plane.enter();
-            match TcpListener::from_std(socket) {
-                Ok(listener) => {
-                    tracing::info!(listener = %name, %addr, "listening");
-                    self.data_plane.spawn(accept_loop(
-                        name.clone(),
-                        listener,
-                        self.shared.clone(),
-                        stop.clone(),
-                        self.connections.clone(),
-                    ));
-                    self.running.insert(name, Running { addr, stop });
+            for (socket, worker) in per_worker.into_iter().zip(&self.workers) {
+                let _guard = worker.enter();
+                match TcpListener::from_std(socket) {
+                    Ok(listener) => {
+                        worker.spawn(accept_loop(
+                            name.clone(),
+                            listener,
+                            self.shared.clone(),
+                            stop.clone(),
+                            self.connections.clone(),
+                        ));
+                    }
+                    Err(e) => tracing::error!(listener = %name, error = %e, "cannot register listener socket"),
                 }
-                Err(e) => tracing::error!(listener = %name, error = %e, "cannot register listener socket"),
             }
+            tracing::info!(listener = %name, %addr, workers = self.workers.len(), "listening");
+            self.running.insert(name, Running { addr, stop });
         }
     }
 
@@ -162,9 +171,15 @@ impl ListenerManager {
     }
 }
 
+/// Whether a running listener bound at `bound` serves the configured `wanted` (port 0: any port).
+fn same_addr(bound: SocketAddr, wanted: SocketAddr) -> bool {
+    bound.ip() == wanted.ip() && (bound.port() == wanted.port() || wanted.port() == 0)
+}
+
 fn bind_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }

@@ -107,6 +107,8 @@ pub struct HttpStats {
     pub cx_total: Counter,
     pub cx_active: Gauge,
     pub rq_timeout: Counter,
+    pub no_route: Counter,
+    pub no_cluster: Counter,
 }
 
 impl HttpStats {
@@ -119,7 +121,9 @@ impl HttpStats {
             rq_active: gauge!("envoy_http_downstream_rq_active", l => p.clone()),
             cx_total: counter!("envoy_http_downstream_cx_total", l => p.clone()),
             cx_active: gauge!("envoy_http_downstream_cx_active", l => p.clone()),
-            rq_timeout: counter!("envoy_http_downstream_rq_timeout", l => p),
+            rq_timeout: counter!("envoy_http_downstream_rq_timeout", l => p.clone()),
+            no_route: counter!("envoy_http_no_route", l => p.clone()),
+            no_cluster: counter!("envoy_http_no_cluster", l => p),
         }
     }
 }
