@@ -69,8 +69,8 @@ pub enum PathMatch {
 }
 
 impl PathMatch {
-    pub fn matches(&self, path_and_query: &str, case_sensitive: bool) -> bool {
-        let path = path_and_query.split_once('?').map_or(path_and_query, |(p, _)| p);
+    /// `path` is `path_and_query` without its query string (split once per request by the caller).
+    pub fn matches_split(&self, path_and_query: &str, path: &str, case_sensitive: bool) -> bool {
         match self {
             PathMatch::Prefix(p) => starts_with(path_and_query, p, case_sensitive),
             PathMatch::Exact(p) if case_sensitive => path == p,
@@ -82,6 +82,10 @@ impl PathMatch {
         }
     }
 
+    pub fn matches(&self, path_and_query: &str, case_sensitive: bool) -> bool {
+        self.matches_split(path_and_query, without_query(path_and_query), case_sensitive)
+    }
+
     /// The part of the path a `prefix_rewrite` replaces: the matched prefix, or the whole path.
     pub fn rewrite_len(&self, path_and_query: &str) -> usize {
         match self {
@@ -91,6 +95,11 @@ impl PathMatch {
             }
         }
     }
+}
+
+/// The path without its query string.
+pub fn without_query(path_and_query: &str) -> &str {
+    path_and_query.split_once('?').map_or(path_and_query, |(p, _)| p)
 }
 
 /// What a header matcher checks of the (joined) header value.

@@ -66,7 +66,11 @@ pub struct RequestView<'a> {
 
 impl RouteMatch {
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
-        if !self.path.matches(req.path_and_query, self.case_sensitive) {
+        self.matches_split(req, matcher::without_query(req.path_and_query))
+    }
+
+    fn matches_split(&self, req: &RequestView<'_>, path: &str) -> bool {
+        if !self.path.matches_split(req.path_and_query, path, self.case_sensitive) {
             return false;
         }
         if self.grpc_only && !is_grpc(req.headers) {
@@ -199,7 +203,8 @@ impl RouteTable {
     /// The first route that matches, with its virtual host.
     pub fn find(&self, req: &RequestView<'_>) -> Option<(&VirtualHost, &Route)> {
         let vhost = self.virtual_host(req.authority)?;
-        vhost.routes.iter().find(|r| r.matcher.matches(req)).map(|r| (vhost, r))
+        let path = matcher::without_query(req.path_and_query);
+        vhost.routes.iter().find(|r| r.matcher.matches_split(req, path)).map(|r| (vhost, r))
     }
 
     /// Header mutations in the order Envoy applies them: route, virtual host, route configuration
