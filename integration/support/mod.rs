@@ -246,6 +246,23 @@ static_resources:
     )
 }
 
+/// A TCP proxy listener YAML list item (for `static_resources.listeners`), with optional extra
+/// `TcpProxy` fields indented for their place.
+pub fn tcp_listener(name: &str, port: u16, cluster: &str, extra: &str) -> String {
+    format!(
+        r#"  - name: {name}
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: {name}
+          cluster: {cluster}
+{extra}"#
+    )
+}
+
 /// A STATIC cluster YAML list item for `addrs`, with optional extra fields.
 pub fn static_cluster(name: &str, addrs: &[SocketAddr], extra: &str) -> String {
     let endpoints: String = addrs

@@ -348,22 +348,8 @@ async fn tcp_proxy_passes_half_close_and_times_out_idle() {
     });
     let (admin, port) = (free_port(), free_port());
     let yaml = format!(
-        r#"
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
-static_resources:
-  listeners:
-  - name: tcp
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: tcp
-          cluster: up
-          idle_timeout: 0.3s
-  clusters:
-{}"#,
+        "admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}\nstatic_resources:\n  listeners:\n{}  clusters:\n{}",
+        tcp_listener("tcp", port, "up", "          idle_timeout: 0.3s\n"),
         static_cluster("up", &[up], "")
     );
     let proxy = Proxy::start(&yaml, admin).await;

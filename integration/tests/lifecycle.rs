@@ -16,18 +16,7 @@ fn config(admin: u16, port: u16, cluster: &str, a: SocketAddr, b: SocketAddr, ex
     let mut yaml =
         http_bootstrap(admin, port, "", &routes, &(static_cluster("a", &[a], "") + &static_cluster("b", &[b], "")));
     if let Some(p) = extra_listener {
-        let tcp = format!(
-            r#"  - name: extra
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: extra
-          cluster: b
-  clusters:"#
-        );
+        let tcp = format!("{}  clusters:", tcp_listener("extra", p, "b", ""));
         yaml = yaml.replacen("  clusters:", &tcp, 1);
     }
     yaml
