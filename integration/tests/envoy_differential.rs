@@ -62,6 +62,7 @@ const RESPONSE_HEADERS: &[&str] =
 
 fn describe(r: &Reply) -> serde_json::Value {
     let mut out = serde_json::json!({ "status": r.status });
+    out["has x-envoy-upstream-service-time"] = r.header("x-envoy-upstream-service-time").is_some().into();
     for h in RESPONSE_HEADERS {
         // An upstream's echo is longer behind Envoy, which adds x-envoy-* request headers.
         if *h == "content-length" && r.body.contains("\"service\"") {

@@ -49,5 +49,7 @@ pub struct HttpConnectionManager {
     /// Upgrade types allowed (`websocket`), lowercased.
     pub upgrades: Vec<String>,
     pub access_logs: Vec<AccessLog>,
+    /// The router's `suppress_envoy_headers`: no `x-envoy-upstream-service-time` on responses.
+    pub suppress_envoy_headers: bool,
     pub stats: HttpStats,
 }

@@ -213,7 +213,7 @@ async fn forward_upstream(
         idle: hcm.stream_idle_timeout,
         deadline: hcm.request_timeout.map(|d| tokio::time::Instant::now() + d),
     };
-    let body = TimedBody::new(body, limits, request_expired.clone());
+    let body = TimedBody::new(body, limits, Some(request_expired.clone()));
     forwarding::strip_hop_by_hop(&mut parts.headers, upgrade_type.is_some());
     for level in table.mutations(vhost, route, true) {
         level.apply(&mut parts.headers);
@@ -244,7 +244,7 @@ async fn forward_upstream(
         }
         Err(e) => return Err(e),
     };
-    let service_time = HeaderValue::from(sent_at.elapsed().as_millis() as u64);
+    let service_time = sent_at.elapsed().as_millis() as u64;
 
     // 7. The response as the downstream sees it.
     let status = response.status().as_u16();
@@ -253,12 +253,14 @@ async fn forward_upstream(
         (Some(down), UpstreamResponse::Upgraded(resp)) => upgrade::splice(down, resp),
         (_, UpstreamResponse::Pooled(resp)) => {
             let limits = Limits { idle: hcm.stream_idle_timeout, deadline: None };
-            resp.map(|b| Either::Left(TimedBody::new(b, limits, Arc::new(AtomicBool::new(false)))))
+            resp.map(|b| Either::Left(TimedBody::new(b, limits, None)))
         }
         (None, UpstreamResponse::Upgraded(resp)) => upgrade::refused(resp),
     };
     forwarding::strip_hop_by_hop(response.headers_mut(), status == 101);
-    response.headers_mut().insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), service_time);
+    if !hcm.suppress_envoy_headers {
+        response.headers_mut().insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(service_time));
+    }
     Ok(response)
 }
 

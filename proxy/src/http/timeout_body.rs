@@ -34,7 +34,7 @@ pub struct TimedBody<B> {
     limits: Limits,
     last_activity: Instant,
     timer: Option<Pin<Box<Sleep>>>,
-    expired: Arc<AtomicBool>,
+    expired: Option<Arc<AtomicBool>>,
 }
 
 impl<B> std::fmt::Debug for TimedBody<B> {
@@ -44,14 +44,14 @@ impl<B> std::fmt::Debug for TimedBody<B> {
 }
 
 impl<B> TimedBody<B> {
-    /// Wraps `inner`; `expired` is set if a limit fires.
-    pub fn new(inner: B, limits: Limits, expired: Arc<AtomicBool>) -> Self {
+    /// Wraps `inner`; `expired` (if given) is set if a limit fires.
+    pub fn new(inner: B, limits: Limits, expired: Option<Arc<AtomicBool>>) -> Self {
         TimedBody { inner, limits, last_activity: Instant::now(), timer: None, expired }
     }
 
     /// A body without limits.
     pub fn unlimited(inner: B) -> Self {
-        Self::new(inner, Limits::default(), Arc::new(AtomicBool::new(false)))
+        Self::new(inner, Limits::default(), None)
     }
 
     fn next_wake(&self) -> Option<Instant> {
@@ -102,7 +102,9 @@ where
             Poll::Pending if this.limits.is_none() => Poll::Pending,
             Poll::Pending => match this.poll_limits(cx) {
                 Poll::Ready(reason) => {
-                    this.expired.store(true, Ordering::Release);
+                    if let Some(flag) = &this.expired {
+                        flag.store(true, Ordering::Release);
+                    }
                     Poll::Ready(Some(Err(Box::new(StreamTimeout(reason)))))
                 }
                 Poll::Pending => Poll::Pending,
@@ -140,7 +142,7 @@ mod tests {
     async fn idle_and_deadline_limits_fire() {
         let expired = Arc::new(AtomicBool::new(false));
         let limits = Limits { idle: Some(Duration::from_secs(5)), deadline: None };
-        let mut body = TimedBody::new(Silent, limits, expired.clone());
+        let mut body = TimedBody::new(Silent, limits, Some(expired.clone()));
         let started = Instant::now();
         let err = body.frame().await.unwrap().unwrap_err();
         assert_eq!(err.to_string(), "stream timeout: stream idle timeout");
@@ -149,7 +151,7 @@ mod tests {
 
         let limits =
             Limits { idle: Some(Duration::from_secs(60)), deadline: Some(Instant::now() + Duration::from_secs(2)) };
-        let mut body = TimedBody::new(Silent, limits, Arc::new(AtomicBool::new(false)));
+        let mut body = TimedBody::new(Silent, limits, None);
         let err = body.frame().await.unwrap().unwrap_err();
         assert_eq!(err.to_string(), "stream timeout: request timeout");
     }
@@ -158,7 +160,7 @@ mod tests {
     async fn frames_pass_through_untouched() {
         let inner = http_body_util::Full::new(Bytes::from_static(b"abc"));
         let limits = Limits { idle: Some(Duration::from_secs(1)), deadline: None };
-        let body = TimedBody::new(inner, limits, Arc::new(AtomicBool::new(false)));
+        let body = TimedBody::new(inner, limits, None);
         assert_eq!(body.collect().await.unwrap().to_bytes(), Bytes::from_static(b"abc"));
     }
 }

@@ -47,7 +47,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
         &["upgrade_type", "enabled", "filters"],
     ),
-    ("envoy.extensions.filters.http.router.v3.Router", &[]),
+    ("envoy.extensions.filters.http.router.v3.Router", &["suppress_envoy_headers"]),
     ("envoy.config.core.v3.HttpProtocolOptions", &["idle_timeout", "max_headers_count"]),
     (
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",

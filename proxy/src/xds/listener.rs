@@ -15,6 +15,7 @@ use std::time::Duration;
 use xds_proto::pb::envoy::config::accesslog::v3 as accesslog;
 use xds_proto::pb::envoy::config::listener::v3 as listener;
 use xds_proto::pb::envoy::extensions::access_loggers::{file::v3 as file_log, stream::v3 as stream_log};
+use xds_proto::pb::envoy::extensions::filters::http::router::v3 as router_proto;
 use xds_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use xds_proto::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_proxy;
 use xds_proto::type_url;
@@ -95,7 +96,7 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Result<HttpConnect
         }
         None => return Err(ConfigError::new("route_config", "an inline route_config is required")),
     };
-    http_filters(&h.http_filters)?;
+    let router = http_filters(&h.http_filters)?;
     let upgrades = h
         .upgrade_configs
         .iter()
@@ -140,11 +141,13 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Result<HttpConnect
         strip_any_host_port,
         upgrades,
         access_logs,
+        suppress_envoy_headers: router.suppress_envoy_headers,
         stats: HttpStats::new(&h.stat_prefix),
     })
 }
 
-fn http_filters(filters: &[hcm::HttpFilter]) -> Result<()> {
+/// Checks the HTTP filter list (it must end in the router) and returns the router's config.
+fn http_filters(filters: &[hcm::HttpFilter]) -> Result<RouterConfig> {
     let Some((last, rest)) = filters.split_last() else {
         return Err(ConfigError::new("http_filters", "the filter list must end with envoy.filters.http.router"));
     };
@@ -159,6 +162,12 @@ fn http_filters(filters: &[hcm::HttpFilter]) -> Result<()> {
             "the last HTTP filter must be envoy.filters.http.router",
         ));
     }
+    let router = match &last.config_type {
+        Some(hcm::http_filter::ConfigType::TypedConfig(any)) => {
+            convert::unpack::<router_proto::Router>(any, &format!("http_filters[{}]", filters.len() - 1))?
+        }
+        _ => router_proto::Router::default(),
+    };
     for (i, f) in rest.iter().enumerate() {
         if f.is_optional || f.disabled {
             tracing::warn!(filter = %f.name, "optional HTTP filter is not supported by Strait and is skipped");
@@ -169,7 +178,12 @@ fn http_filters(filters: &[hcm::HttpFilter]) -> Result<()> {
             format!("HTTP filter '{}' is not supported (mark it is_optional to skip it)", f.name),
         ));
     }
-    Ok(())
+    Ok(RouterConfig { suppress_envoy_headers: router.suppress_envoy_headers })
+}
+
+/// The router filter's settings Strait honours.
+struct RouterConfig {
+    suppress_envoy_headers: bool,
 }
 
 fn access_logs(logs: &[accesslog::AccessLog]) -> Result<Vec<AccessLog>> {

@@ -2,6 +2,9 @@ use super::*;
 use crate::listeners::ListenerKind;
 use crate::routing::Action;
 use std::time::Duration;
+use xds_proto::pb::envoy::config::listener::v3 as listener;
+use xds_proto::pb::envoy::extensions::filters::http::router::v3 as router;
+use xds_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 
 fn bootstrap(clusters: &str) -> Bootstrap {
     let yaml = format!(
@@ -45,6 +48,27 @@ fn envoy_defaults_apply() {
     assert!(hcm.generate_request_id);
     let Action::Forward(f) = &hcm.routes.virtual_hosts[0].routes[0].action else { panic!("forward") };
     assert_eq!(f.timeout, Some(Duration::from_secs(15)));
+}
+
+#[test]
+fn router_settings_are_read() {
+    let mut b = bootstrap(CLUSTER);
+    let l = &mut b.static_resources.as_mut().unwrap().listeners[0];
+    let listener::filter::ConfigType::TypedConfig(any) = l.filter_chains[0].filters[0].config_type.as_mut().unwrap()
+    else {
+        panic!("typed config")
+    };
+    let mut hcm: hcm::HttpConnectionManager = prost::Message::decode(any.value.as_slice()).unwrap();
+    let router = router::Router { suppress_envoy_headers: true, ..Default::default() };
+    hcm.http_filters[0].config_type =
+        Some(hcm::http_filter::ConfigType::TypedConfig(xds_proto::pb::google::protobuf::Any {
+            type_url: xds_proto::type_url::ROUTER.into(),
+            value: prost::Message::encode_to_vec(&router),
+        }));
+    any.value = prost::Message::encode_to_vec(&hcm);
+    let s = build_snapshot(&b, None, BuildOptions::default()).unwrap();
+    let ListenerKind::Http(h) = &s.listeners[0].kind else { panic!("http listener") };
+    assert!(h.suppress_envoy_headers);
 }
 
 #[test]
