@@ -87,22 +87,8 @@ impl Proxy {
             .expect("start strait-proxy");
         let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
         let mut proxy = Proxy { child, admin, config_path, _dir: dir };
-        proxy.wait_ready().await;
+        wait_ready("strait-proxy", &mut proxy.child, admin, Duration::from_secs(20)).await;
         proxy
-    }
-
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("strait-proxy exited before becoming ready: {status}");
-            }
-            if let Ok((200, _)) = get_text(&format!("http://{}/ready", self.admin)).await {
-                return;
-            }
-            assert!(Instant::now() < deadline, "strait-proxy did not become ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     pub async fn admin_text(&self, path: &str) -> String {
@@ -141,8 +127,7 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        reap(&mut self.child);
     }
 }
 
@@ -309,23 +294,34 @@ impl Envoy {
             .spawn()
             .expect("start envoy");
         let mut envoy = Envoy { child, admin: ([127, 0, 0, 1], admin_port).into(), _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = envoy.child.try_wait().unwrap() {
-                panic!("envoy exited before becoming ready: {status}");
-            }
-            if let Ok((200, _)) = get_text(&format!("http://{}/ready", envoy.admin)).await {
-                return Some(envoy);
-            }
-            assert!(Instant::now() < deadline, "envoy did not become ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_ready("envoy", &mut envoy.child, envoy.admin, Duration::from_secs(60)).await;
+        Some(envoy)
     }
+}
+
+/// Waits until a proxy's admin `/ready` answers 200; fails if the process exits or time runs out.
+async fn wait_ready(what: &str, child: &mut Child, admin: SocketAddr, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("{what} exited before becoming ready: {status}");
+        }
+        if let Ok((200, _)) = get_text(&format!("http://{admin}/ready")).await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} did not become ready in {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Kills and reaps a child process (for `Drop`).
+fn reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Envoy {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        reap(&mut self.child);
     }
 }
