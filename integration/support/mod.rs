@@ -19,9 +19,22 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_strait-proxy");
 
-/// A free loopback port (bound and released; good enough for tests on one machine).
+/// A free loopback port for a listener a test configures. Ports come from below the kernel's
+/// ephemeral range (32768+), so a socket bound to port 0 elsewhere can never take one between this
+/// check and the proxy's bind; each test process walks its own slice of the range.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let base = (std::process::id() % 12) * 1_000;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (base + n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// True when running in CI, where a missing tool must fail the test instead of skipping it.
