@@ -29,7 +29,6 @@ static X_ENVOY_UPSTREAM_SERVICE_TIME: http::HeaderName = http::HeaderName::from_
 #[derive(Debug)]
 pub struct Downstream {
     pub peer: SocketAddr,
-    pub local: SocketAddr,
     pub listener: String,
 }
 
@@ -59,18 +58,7 @@ pub async fn handle(
 
     let mut outcome = Outcome::default();
     let result = proxy(req, downstream, &snapshot, &hcm, &mut outcome).await;
-    let mut response = match result {
-        Ok(resp) => resp,
-        Err(err) => {
-            tracing::debug!(error = %err, side = err.source_side(), "local reply");
-            match err {
-                ProxyError::NoRoute => hcm.stats.no_route.increment(1),
-                ProxyError::ClusterNotFound(_) => hcm.stats.no_cluster.increment(1),
-                _ => {}
-            }
-            err.into_response().map(Either::Right)
-        }
-    };
+    let mut response = result.unwrap_or_else(|err| local_reply(err, &hcm));
     let status = response.status().as_u16();
     hcm.stats.rq_xx.record(status);
     response.headers_mut().insert(header::SERVER, hcm.server_name.clone());
@@ -158,16 +146,22 @@ async fn proxy(
     };
 
     // 4. Forward; a failure after the route was chosen still gets the route's response headers.
-    let mut response =
-        match forward_upstream(req, snapshot, hcm, (vhost, route), forward, &authority_value, &path, outcome).await {
-            Ok(resp) => resp,
-            Err(err) => {
-                tracing::debug!(error = %err, side = err.source_side(), "local reply");
-                err.into_response().map(Either::Right)
-            }
-        };
+    let mut response = forward_upstream(req, snapshot, hcm, (vhost, route), forward, &authority_value, &path, outcome)
+        .await
+        .unwrap_or_else(|err| local_reply(err, hcm));
     apply_response_mutations(table, vhost, route, &mut response);
     Ok(response)
+}
+
+/// The one place a failure becomes the downstream's answer: counted, logged, Envoy's reply.
+fn local_reply(err: ProxyError, hcm: &HttpConnectionManager) -> Response<ResponseBody> {
+    tracing::debug!(error = %err, side = err.source_side(), "local reply");
+    match err {
+        ProxyError::NoRoute => hcm.stats.no_route.increment(1),
+        ProxyError::ClusterNotFound(_) => hcm.stats.no_cluster.increment(1),
+        _ => {}
+    }
+    err.into_response().map(Either::Right)
 }
 
 /// Sends a routed request to its cluster and returns the upstream's response, hop-by-hop cleaned.

@@ -32,6 +32,15 @@ impl Activity {
     }
 }
 
+/// Per-connection state shared by its requests.
+struct Connection {
+    activity: Activity,
+    downstream: Downstream,
+    shared: SharedSnapshot,
+    /// The connection manager the connection was accepted with, if its listener has since gone.
+    initial: Arc<HttpConnectionManager>,
+}
+
 struct StreamGuard<'a>(&'a Activity);
 
 impl Drop for StreamGuard<'_> {
@@ -71,30 +80,31 @@ pub async fn serve(
         Codec::Http2 => builder.http2_only(),
     };
 
-    let activity =
-        Arc::new(Activity { opened: Instant::now(), active_streams: AtomicUsize::new(0), last_ms: AtomicU64::new(0) });
-    let downstream = Arc::new(downstream);
+    // Everything a request needs from its connection, behind one reference count.
+    let connection = Arc::new(Connection {
+        activity: Activity { opened: Instant::now(), active_streams: AtomicUsize::new(0), last_ms: AtomicU64::new(0) },
+        downstream,
+        shared,
+        initial: initial.clone(),
+    });
     let service = {
-        let activity = activity.clone();
-        let initial = initial.clone();
+        let connection = connection.clone();
         service_fn(move |req| {
-            let activity = activity.clone();
-            let downstream = downstream.clone();
-            let shared = shared.clone();
-            let initial = initial.clone();
+            let c = connection.clone();
             async move {
-                activity.active_streams.fetch_add(1, Ordering::Relaxed);
-                let _guard = StreamGuard(&activity);
+                c.activity.active_streams.fetch_add(1, Ordering::Relaxed);
+                let _guard = StreamGuard(&c.activity);
                 // One snapshot for the whole request; routes follow the newest config.
-                let snapshot = shared.load_full();
-                let hcm = match snapshot.listener(&downstream.listener).map(|l| &l.kind) {
+                let snapshot = c.shared.load_full();
+                let hcm = match snapshot.listener(&c.downstream.listener).map(|l| &l.kind) {
                     Some(ListenerKind::Http(h)) => h.clone(),
-                    _ => initial,
+                    _ => c.initial.clone(),
                 };
-                Ok::<_, Infallible>(proxy::handle(req, &downstream, snapshot, hcm).await)
+                Ok::<_, Infallible>(proxy::handle(req, &c.downstream, snapshot, hcm).await)
             }
         })
     };
+    let activity = &connection.activity;
 
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);

@@ -222,7 +222,7 @@ async fn accept_loop(
             let _active = active;
             match &config.kind {
                 ListenerKind::Http(hcm) => {
-                    let downstream = crate::http::proxy::Downstream { peer, local, listener: listener_name };
+                    let downstream = crate::http::proxy::Downstream { peer, listener: listener_name };
                     crate::http::server::serve(stream, downstream, hcm.clone(), shared, stop).await;
                 }
                 ListenerKind::Tcp(tcp) => crate::tcp::serve(stream, peer, tcp.clone(), shared, stop).await,

@@ -65,11 +65,8 @@ pub struct RequestView<'a> {
 }
 
 impl RouteMatch {
-    pub fn matches(&self, req: &RequestView<'_>) -> bool {
-        self.matches_split(req, matcher::without_query(req.path_and_query))
-    }
-
-    fn matches_split(&self, req: &RequestView<'_>, path: &str) -> bool {
+    /// `path` is the request path without its query, split once per request by the caller.
+    pub fn matches(&self, req: &RequestView<'_>, path: &str) -> bool {
         if !self.path.matches_split(req.path_and_query, path, self.case_sensitive) {
             return false;
         }
@@ -204,7 +201,7 @@ impl RouteTable {
     pub fn find(&self, req: &RequestView<'_>) -> Option<(&VirtualHost, &Route)> {
         let vhost = self.virtual_host(req.authority)?;
         let path = matcher::without_query(req.path_and_query);
-        vhost.routes.iter().find(|r| r.matcher.matches_split(req, path)).map(|r| (vhost, r))
+        vhost.routes.iter().find(|r| r.matcher.matches(req, path)).map(|r| (vhost, r))
     }
 
     /// Header mutations in the order Envoy applies them: route, virtual host, route configuration

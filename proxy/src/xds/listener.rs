@@ -6,7 +6,6 @@ use super::route::route_table;
 use crate::http::{Codec, HttpConnectionManager};
 use crate::listeners::{ListenerConfig, ListenerKind};
 use crate::routing::{ClusterTarget, WeightedClusters};
-use crate::snapshot::Snapshot;
 use crate::tcp::TcpProxyConfig;
 use crate::telemetry::access_log::{AccessLog, DEFAULT_FORMAT, LogFormat, LogTarget};
 use crate::telemetry::{HttpStats, TcpStats};
@@ -24,7 +23,7 @@ const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-pub fn listener_config(l: &listener::Listener, _previous: Option<&Snapshot>) -> Result<ListenerConfig> {
+pub fn listener_config(l: &listener::Listener) -> Result<ListenerConfig> {
     if l.name.is_empty() {
         return Err(ConfigError::new("name", "a listener name is required"));
     }

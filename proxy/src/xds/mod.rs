@@ -100,7 +100,7 @@ pub fn build_snapshot(
     let mut addrs: HashSet<SocketAddr> = HashSet::new();
     for (i, proto) in resources.listeners.iter().enumerate() {
         let at = format!("static_resources.listeners[{i}]");
-        match listener_config(proto, previous) {
+        match listener_config(proto) {
             Ok(l) => {
                 if !names.insert(l.name.clone()) {
                     errors
