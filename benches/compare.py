@@ -183,7 +183,7 @@ def idle_connections(target, count=1000):
             if not chunk:
                 break
             data += chunk
-    time.sleep(0.5)
+    time.sleep(2)  # idle connections: measured once they have sat idle a moment
     return socks
 
 

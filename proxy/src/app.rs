@@ -64,6 +64,7 @@ impl Proxy {
         let result = self.build_and_publish(bootstrap).await;
         xds_proto::release_descriptor_pool();
         crate::sys::release_free_memory();
+        crate::sys::release_startup_code();
         result
     }
 
@@ -202,6 +203,8 @@ async fn control_loop(proxy: &mut Proxy, quit: &CancellationToken) {
     };
     let mut last_modified = proxy.options.source.modified();
     let mut watch_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut memory_tick = tokio::time::interval(Duration::from_millis(250));
+    let (mut closed_seen, mut last_trim) = (0, None);
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -211,6 +214,7 @@ async fn control_loop(proxy: &mut Proxy, quit: &CancellationToken) {
             _ = term.recv() => return,
             _ = int.recv() => return,
             _ = quit.cancelled() => return,
+            _ = memory_tick.tick() => crate::sys::return_memory_after_closes(&mut closed_seen, &mut last_trim),
             _ = watch_tick.tick(), if proxy.options.watch => {
                 let modified = proxy.options.source.modified();
                 if modified != last_modified {

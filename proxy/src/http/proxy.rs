@@ -5,16 +5,17 @@
 use super::error::ResponseFlag;
 use super::timeout_body::{Limits, TimedBody};
 use super::{HttpConnectionManager, ProxyError, forwarding, upgrade};
-use crate::routing::{Action, Forward, RequestView, Route, RouteTable, VirtualHost, strip_port};
+use crate::routing::{Action, Forward, RequestView, Route, VirtualHost, strip_port};
 use crate::snapshot::Snapshot;
 use crate::telemetry::GaugeGuard;
 use crate::telemetry::access_log::LogRecord;
-use crate::upstream::pool::PooledBody;
+use crate::upstream::pool::{PooledBody, RequestBody, UpstreamResponse};
 use crate::upstream::{Cluster, Endpoint, UpstreamProtocol};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri, Version, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,67 +42,128 @@ struct Outcome {
     route_name: String,
 }
 
-/// Handles one request with the connection manager from `snapshot` (loaded once for the request).
-pub async fn handle(
-    req: Request<Incoming>,
-    downstream: &Downstream,
-    snapshot: Arc<Snapshot>,
-    hcm: Arc<HttpConnectionManager>,
-) -> Response<ResponseBody> {
-    let start = Instant::now();
-    let start_time = SystemTime::now();
-    hcm.stats.rq_total.increment(1);
-    let _active = GaugeGuard::new(&hcm.stats.rq_active);
-    // Kept only when an access log needs them after the request has gone upstream.
-    let logged = (!hcm.access_logs.is_empty())
-        .then(|| (req.method().clone(), req.uri().clone(), req.headers().clone(), req.version()));
-
-    let mut outcome = Outcome::default();
-    let result = proxy(req, downstream, &snapshot, &hcm, &mut outcome).await;
-    let mut response = result.unwrap_or_else(|err| local_reply(err, &hcm));
-    let status = response.status().as_u16();
-    hcm.stats.rq_xx.record(status);
-    response.headers_mut().insert(header::SERVER, hcm.server_name.clone());
-    if let Some(id) = outcome.request_id.take().filter(|_| hcm.always_set_request_id_in_response) {
-        response.headers_mut().insert(forwarding::X_REQUEST_ID.clone(), id);
-    }
-
-    if let Some((method, uri, headers, version)) = logged {
-        let flags = response.extensions().get::<ResponseFlag>().map_or("", |f| f.0);
-        let authority = authority(&uri, &headers);
-        let authority = authority.as_ref().and_then(|a| a.to_str().ok()).unwrap_or_default();
-        let record = LogRecord {
-            start: start_time,
-            request_headers: &headers,
-            method: method.as_str(),
-            path: uri.path_and_query().map_or("/", |p| p.as_str()),
-            authority,
-            protocol: protocol_name(version),
-            response_headers: Some(response.headers()),
-            status,
-            flags,
-            bytes_received: 0,
-            bytes_sent: http_body::Body::size_hint(response.body()).exact().unwrap_or(0),
-            duration: start.elapsed(),
-            upstream_host: outcome.endpoint,
-            upstream_cluster: outcome.cluster.as_ref().map(|c| c.config.name.as_str()),
-            downstream: downstream.peer,
-            route_name: &outcome.route_name,
-        };
-        for log in &hcm.access_logs {
-            log.log(&record);
-        }
-    }
-    response
+/// The request line and headers as received, kept only when an access log needs them.
+struct Received {
+    start: Instant,
+    start_time: SystemTime,
+    method: http::Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+    version: Version,
 }
 
-async fn proxy(
-    mut req: Request<Incoming>,
+/// A routed request, ready to go upstream.
+struct Exchange {
+    request: Request<RequestBody>,
+    cluster: Arc<Cluster>,
+    endpoint: Arc<Endpoint>,
+    timeout: Option<std::time::Duration>,
+    /// The downstream side of an HTTP/1.1 upgrade (WebSocket), when one was asked for.
+    downstream_upgrade: Option<OnUpgrade>,
+    /// Set when the downstream request body ran out of time (its 408, not the upstream's fault).
+    request_expired: Arc<AtomicBool>,
+}
+
+/// What routing decided: an answer right away, or an exchange with an upstream.
+enum Step {
+    Reply(Response<ResponseBody>),
+    Forward(Exchange),
+}
+
+/// Handles one request with the connection manager from `snapshot` (loaded once for the request).
+///
+/// The future stays small (it lives in every downstream connection and every HTTP/2 stream task):
+/// routing runs synchronously and only the upstream exchange is awaited.
+pub fn handle(
+    req: Request<Incoming>,
     downstream: &Downstream,
     snapshot: &Snapshot,
     hcm: &HttpConnectionManager,
+) -> impl Future<Output = Response<ResponseBody>> + Send {
+    hcm.stats.rq_total.increment(1);
+    let active = GaugeGuard::new(&hcm.stats.rq_active);
+    let received = (!hcm.access_logs.is_empty()).then(|| {
+        Box::new(Received {
+            start: Instant::now(),
+            start_time: SystemTime::now(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+            version: req.version(),
+        })
+    });
+    let mut outcome = Outcome::default();
+    let routed = route(req, downstream, snapshot, hcm, &mut outcome);
+    async move {
+        let _active = active;
+        let mut response = match routed {
+            Err(err) => local_reply(err, hcm),
+            Ok((step, vhost, route)) => {
+                let mut response = match step {
+                    Step::Reply(response) => response,
+                    Step::Forward(exchange) => forward(exchange, hcm).await.unwrap_or_else(|err| local_reply(err, hcm)),
+                };
+                for level in hcm.routes.mutations(vhost, route, false) {
+                    level.apply(response.headers_mut());
+                }
+                response
+            }
+        };
+        let status = response.status().as_u16();
+        hcm.stats.rq_xx.record(status);
+        response.headers_mut().insert(header::SERVER, hcm.server_name.clone());
+        if let Some(id) = outcome.request_id.take().filter(|_| hcm.always_set_request_id_in_response) {
+            response.headers_mut().insert(forwarding::X_REQUEST_ID.clone(), id);
+        }
+        if let Some(received) = received {
+            log(hcm, &received, &response, &outcome, downstream);
+        }
+        response
+    }
+}
+
+fn log(
+    hcm: &HttpConnectionManager,
+    received: &Received,
+    response: &Response<ResponseBody>,
+    outcome: &Outcome,
+    downstream: &Downstream,
+) {
+    let flags = response.extensions().get::<ResponseFlag>().map_or("", |f| f.0);
+    let authority = authority(&received.uri, &received.headers);
+    let authority = authority.as_ref().and_then(|a| a.to_str().ok()).unwrap_or_default();
+    let record = LogRecord {
+        start: received.start_time,
+        request_headers: &received.headers,
+        method: received.method.as_str(),
+        path: received.uri.path_and_query().map_or("/", |p| p.as_str()),
+        authority,
+        protocol: protocol_name(received.version),
+        response_headers: Some(response.headers()),
+        status: response.status().as_u16(),
+        flags,
+        bytes_received: 0,
+        bytes_sent: http_body::Body::size_hint(response.body()).exact().unwrap_or(0),
+        duration: received.start.elapsed(),
+        upstream_host: outcome.endpoint,
+        upstream_cluster: outcome.cluster.as_ref().map(|c| c.config.name.as_str()),
+        downstream: downstream.peer,
+        route_name: &outcome.route_name,
+    };
+    for log in &hcm.access_logs {
+        log.log(&record);
+    }
+}
+
+/// Routes a request: the route chosen (for its response headers) and what to do. An error before a
+/// route was found is answered without any route's headers.
+fn route<'h>(
+    mut req: Request<Incoming>,
+    downstream: &Downstream,
+    snapshot: &Snapshot,
+    hcm: &'h HttpConnectionManager,
     outcome: &mut Outcome,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> Result<(Step, &'h VirtualHost, &'h Route), ProxyError> {
     // 1. Forwarding headers (x-forwarded-*, x-request-id) are set before routing, as Envoy does.
     outcome.request_id = forwarding::apply(hcm, req.headers_mut(), downstream.peer, "http");
 
@@ -116,8 +178,8 @@ async fn proxy(
     let (vhost, route) = table.find(&view).ok_or(ProxyError::NoRoute)?;
     outcome.route_name.clone_from(&route.name);
 
-    // 3. Answer locally, or forward.
-    let forward = match &route.action {
+    // 3. Answer locally, or forward; a failure after the route was chosen still gets its headers.
+    let step = match &route.action {
         Action::Direct(direct) => {
             let mut resp = Response::builder().status(direct.status);
             if let Some(body) = &direct.body {
@@ -125,32 +187,28 @@ async fn proxy(
                 resp = resp.header(header::CONTENT_LENGTH, body.len());
             }
             let body = direct.body.clone().unwrap_or_default();
-            let mut resp = resp.body(Either::Right(Full::new(body))).expect("valid direct response");
-            apply_response_mutations(table, vhost, route, &mut resp);
-            return Ok(resp);
+            Step::Reply(resp.body(Either::Right(Full::new(body))).expect("valid direct response"))
         }
         Action::Redirect(redirect) => {
             let scheme =
                 req.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok()).unwrap_or("http").to_string();
             let location = redirect.location(&scheme, authority, path_and_query, &route.matcher.path);
-            let mut resp = Response::builder()
+            let resp = Response::builder()
                 .status(redirect.status)
                 .header(header::LOCATION, location)
                 .header(header::CONTENT_LENGTH, 0)
                 .body(Either::Right(Full::new(Bytes::new())))
                 .map_err(|_| ProxyError::BadRequest("redirect location is not a valid header"))?;
-            apply_response_mutations(table, vhost, route, &mut resp);
-            return Ok(resp);
+            Step::Reply(resp)
         }
-        Action::Forward(forward) => forward,
+        Action::Forward(forward) => {
+            match prepare(req, snapshot, hcm, (vhost, route), forward, &authority_value, &path, outcome) {
+                Ok(exchange) => Step::Forward(exchange),
+                Err(err) => Step::Reply(local_reply(err, hcm)),
+            }
+        }
     };
-
-    // 4. Forward; a failure after the route was chosen still gets the route's response headers.
-    let mut response = forward_upstream(req, snapshot, hcm, (vhost, route), forward, &authority_value, &path, outcome)
-        .await
-        .unwrap_or_else(|err| local_reply(err, hcm));
-    apply_response_mutations(table, vhost, route, &mut response);
-    Ok(response)
+    Ok((step, vhost, route))
 }
 
 /// The one place a failure becomes the downstream's answer: counted, logged, Envoy's reply.
@@ -164,9 +222,10 @@ fn local_reply(err: ProxyError, hcm: &HttpConnectionManager) -> Response<Respons
     err.into_response().map(Either::Right)
 }
 
-/// Sends a routed request to its cluster and returns the upstream's response, hop-by-hop cleaned.
+/// Picks the cluster and endpoint of a forwarding route and rewrites the request as the upstream
+/// will see it.
 #[allow(clippy::too_many_arguments)]
-async fn forward_upstream(
+fn prepare(
     mut req: Request<Incoming>,
     snapshot: &Snapshot,
     hcm: &HttpConnectionManager,
@@ -175,8 +234,7 @@ async fn forward_upstream(
     authority: &HeaderValue,
     path: &http::uri::PathAndQuery,
     outcome: &mut Outcome,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    let table = &hcm.routes;
+) -> Result<Exchange, ProxyError> {
     // Upgrades (WebSocket) only where the connection manager allows them.
     let upgrade_type = upgrade::requested(&req);
     if let Some(kind) = &upgrade_type
@@ -209,7 +267,7 @@ async fn forward_upstream(
     };
     let body = TimedBody::new(body, limits, Some(request_expired.clone()));
     forwarding::strip_hop_by_hop(&mut parts.headers, upgrade_type.is_some());
-    for level in table.mutations(vhost, route, true) {
+    for level in hcm.routes.mutations(vhost, route, true) {
         level.apply(&mut parts.headers);
     }
     let new_path = forward.rewrite_path(&route.matcher.path, path.as_str());
@@ -225,86 +283,72 @@ async fn forward_upstream(
             parts.headers.remove(header::HOST);
         }
     }
-    let upstream_req = Request::from_parts(parts, body);
-
-    // 6. Send within the route timeout.
-    let sent_at = Instant::now();
-    let response = match send(&cluster, &endpoint, upstream_req, forward, upgrade_type.is_some()).await {
-        Ok(r) => r,
-        // The upstream exchange failed because the downstream body timed out: that is the client's 408.
-        Err(ProxyError::Upstream(_)) if request_expired.load(Ordering::Acquire) => {
-            hcm.stats.rq_timeout.increment(1);
-            return Err(ProxyError::RequestTimeout);
-        }
-        Err(e) => return Err(e),
-    };
-    let service_time = sent_at.elapsed().as_millis() as u64;
-
-    // 7. The response as the downstream sees it.
-    let status = response.status().as_u16();
-    cluster.stats.rq_xx.record(status);
-    let mut response = match (downstream_upgrade, response) {
-        (Some(down), UpstreamResponse::Upgraded(resp)) => upgrade::splice(down, resp),
-        (_, UpstreamResponse::Pooled(resp)) => {
-            let limits = Limits { idle: hcm.stream_idle_timeout, deadline: None };
-            resp.map(|b| Either::Left(TimedBody::new(b, limits, None)))
-        }
-        (None, UpstreamResponse::Upgraded(resp)) => upgrade::refused(resp),
-    };
-    forwarding::strip_hop_by_hop(response.headers_mut(), status == 101);
-    if !hcm.suppress_envoy_headers {
-        response.headers_mut().insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(service_time));
-    }
-    Ok(response)
-}
-
-enum UpstreamResponse {
-    Pooled(Response<PooledBody>),
-    Upgraded(Response<Incoming>),
-}
-
-impl UpstreamResponse {
-    fn status(&self) -> http::StatusCode {
-        match self {
-            UpstreamResponse::Pooled(r) => r.status(),
-            UpstreamResponse::Upgraded(r) => r.status(),
-        }
-    }
-}
-
-async fn send(
-    cluster: &Cluster,
-    endpoint: &Arc<Endpoint>,
-    req: Request<crate::upstream::pool::RequestBody>,
-    forward: &Forward,
-    upgrade: bool,
-) -> Result<UpstreamResponse, ProxyError> {
-    let stats = &cluster.stats;
-    stats.rq_total.increment(1);
-    let _active = GaugeGuard::new(&stats.rq_active);
-    let _in_flight = endpoint.start_request();
-    let exchange = async {
-        if upgrade {
-            endpoint.pool.send_upgrade(req, stats).await.map(UpstreamResponse::Upgraded)
-        } else {
-            endpoint.pool.send(req, stats).await.map(UpstreamResponse::Pooled)
-        }
-    };
-    let result = match forward.timeout {
-        Some(limit) => match tokio::time::timeout(limit, exchange).await {
-            Ok(r) => r,
-            Err(_) => {
-                stats.rq_timeout.increment(1);
-                return Err(ProxyError::UpstreamTimeout);
-            }
-        },
-        None => exchange.await,
-    };
-    result.map_err(|e| {
-        let err = ProxyError::from(e);
-        stats.rq_xx.record(err.status().as_u16());
-        err
+    Ok(Exchange {
+        request: Request::from_parts(parts, body),
+        cluster,
+        endpoint,
+        timeout: forward.timeout,
+        downstream_upgrade,
+        request_expired,
     })
+}
+
+/// 6. Sends the request within the route timeout; 7. shapes the response for the downstream.
+// Not an `async fn`: that would hold the exchange twice in its future (as argument and as local).
+#[allow(clippy::manual_async_fn)]
+fn forward(
+    exchange: Exchange,
+    hcm: &HttpConnectionManager,
+) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + Send + '_ {
+    async move {
+        let stats = &exchange.cluster.stats;
+        stats.rq_total.increment(1);
+        let _active = GaugeGuard::new(&stats.rq_active);
+        let _in_flight = exchange.endpoint.start_request();
+        let upgrade = exchange.downstream_upgrade.is_some();
+        let sent_at = (!hcm.suppress_envoy_headers).then(Instant::now);
+        let send = exchange.endpoint.pool.send(exchange.request, stats, upgrade);
+        let result = match exchange.timeout {
+            Some(limit) => match tokio::time::timeout(limit, send).await {
+                Ok(result) => result,
+                Err(_) => {
+                    stats.rq_timeout.increment(1);
+                    return Err(ProxyError::UpstreamTimeout);
+                }
+            },
+            None => send.await,
+        };
+        let response = match result {
+            Ok(r) => r,
+            // The upstream exchange failed because the downstream body timed out: that is the client's 408.
+            Err(_) if exchange.request_expired.load(Ordering::Acquire) => {
+                hcm.stats.rq_timeout.increment(1);
+                return Err(ProxyError::RequestTimeout);
+            }
+            Err(e) => {
+                let err = ProxyError::from(e);
+                stats.rq_xx.record(err.status().as_u16());
+                return Err(err);
+            }
+        };
+
+        let status = response.status().as_u16();
+        stats.rq_xx.record(status);
+        let mut response = match (exchange.downstream_upgrade, response) {
+            (Some(down), UpstreamResponse::Upgraded(resp)) => upgrade::splice(down, resp),
+            (_, UpstreamResponse::Pooled(resp)) => {
+                let limits = Limits { idle: hcm.stream_idle_timeout, deadline: None };
+                resp.map(|b| Either::Left(TimedBody::new(b, limits, None)))
+            }
+            (None, UpstreamResponse::Upgraded(resp)) => upgrade::refused(resp),
+        };
+        forwarding::strip_hop_by_hop(response.headers_mut(), status == 101);
+        if let Some(sent_at) = sent_at {
+            let service_time = sent_at.elapsed().as_millis() as u64;
+            response.headers_mut().insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(service_time));
+        }
+        Ok(response)
+    }
 }
 
 /// The upstream request target: origin-form for HTTP/1.1 (no copy when the path is not rewritten),
@@ -327,12 +371,6 @@ fn upstream_uri(
         parts.authority = Some(http::uri::Authority::try_from(authority.as_bytes()).map_err(invalid)?);
     }
     Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request target"))
-}
-
-fn apply_response_mutations<B>(table: &RouteTable, vhost: &VirtualHost, route: &Route, resp: &mut Response<B>) {
-    for level in table.mutations(vhost, route, false) {
-        level.apply(resp.headers_mut());
-    }
 }
 
 /// The request authority: `:authority` (HTTP/2, absolute-form) or `host`. For HTTP/1.1 this is a

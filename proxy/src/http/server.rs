@@ -5,11 +5,12 @@ use super::proxy::{self, Downstream};
 use super::{Codec, HttpConnectionManager};
 use crate::listeners::ListenerKind;
 use crate::snapshot::SharedSnapshot;
-use crate::telemetry::GaugeGuard;
+use crate::telemetry::ConnectionGuard;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -50,6 +51,61 @@ impl Drop for StreamGuard<'_> {
     }
 }
 
+/// The HTTP/2 connection preface a prior-knowledge client opens with.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// True when the connection opens with the HTTP/2 preface. The bytes are peeked, not read, so the
+/// chosen codec reads the connection from its first byte with a buffer of its own (no rewind copy).
+async fn opens_with_http2_preface(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; HTTP2_PREFACE.len()];
+    loop {
+        let n = match stream.peek(&mut buf).await {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if n == 0 || buf[..n] != HTTP2_PREFACE[..n] {
+            return false;
+        }
+        if n == HTTP2_PREFACE.len() {
+            return true;
+        }
+        // Part of the preface so far: the socket stays readable, so wait a moment for the rest.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A served connection that can be asked to finish its in-flight requests and close.
+trait Served: Future<Output = Result<(), hyper::Error>> {
+    fn drain(self: Pin<&mut Self>);
+}
+
+impl<I, S> Served for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    Self: Future<Output = Result<(), hyper::Error>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Served for hyper::server::conn::http2::Connection<I, S, E>
+where
+    Self: Future<Output = Result<(), hyper::Error>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
 /// Serves a connection until it closes, idles out, or `shutdown` asks it to drain.
 pub async fn serve(
     stream: TcpStream,
@@ -58,26 +114,18 @@ pub async fn serve(
     shared: SharedSnapshot,
     shutdown: CancellationToken,
 ) {
-    let _cx = GaugeGuard::new(&initial.stats.cx_active);
+    let _cx = ConnectionGuard::new(&initial.stats.cx_active);
     initial.stats.cx_total.increment(1);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_buf_size(initial.max_request_headers_bytes.max(8192))
-        .max_headers(initial.max_headers_count);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(100)
-        .max_header_list_size(initial.max_request_headers_bytes as u32)
-        .max_pending_accept_reset_streams(100)
-        .max_local_error_reset_streams(1024);
-    let builder = match initial.codec {
-        Codec::Auto => builder,
-        Codec::Http1 => builder.http1_only(),
-        Codec::Http2 => builder.http2_only(),
+    let idle = initial.idle_timeout;
+    let http2 = match initial.codec {
+        Codec::Http1 => false,
+        Codec::Http2 => true,
+        // Until the first bytes arrive the connection is idle: the idle timeout and a drain apply.
+        Codec::Auto => tokio::select! {
+            h2 = opens_with_http2_preface(&stream) => h2,
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(idle.unwrap_or(Duration::MAX)), if idle.is_some() => return,
+        },
     };
 
     // Everything a request needs from its connection, behind one reference count.
@@ -97,18 +145,38 @@ pub async fn serve(
                 // One snapshot for the whole request; routes follow the newest config.
                 let snapshot = c.shared.load_full();
                 let hcm = match snapshot.listener(&c.downstream.listener).map(|l| &l.kind) {
-                    Some(ListenerKind::Http(h)) => h.clone(),
-                    _ => c.initial.clone(),
+                    Some(ListenerKind::Http(h)) => h,
+                    _ => &c.initial,
                 };
-                Ok::<_, Infallible>(proxy::handle(req, &c.downstream, snapshot, hcm).await)
+                Ok::<_, Infallible>(proxy::handle(req, &c.downstream, &snapshot, hcm).await)
             }
         })
     };
-    let activity = &connection.activity;
+    let io = TokioIo::new(stream);
+    if http2 {
+        let conn = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(100)
+            .max_header_list_size(initial.max_request_headers_bytes as u32)
+            .max_pending_accept_reset_streams(100)
+            .max_local_error_reset_streams(1024)
+            .serve_connection(io, service);
+        drive(conn, &connection.activity, idle, shutdown).await;
+    } else {
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_buf_size(initial.max_request_headers_bytes.max(8192))
+            .max_headers(initial.max_headers_count)
+            .serve_connection(io, service)
+            .with_upgrades();
+        drive(conn, &connection.activity, idle, shutdown).await;
+    }
+}
 
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+/// Runs a served connection to its end: drained on shutdown, or once idle for the idle timeout.
+async fn drive(conn: impl Served, activity: &Activity, idle: Option<Duration>, shutdown: CancellationToken) {
     tokio::pin!(conn);
-    let idle = initial.idle_timeout;
     let mut draining = false;
     let mut idle_check = Box::pin(tokio::time::sleep(idle.unwrap_or(Duration::from_secs(3600))));
     loop {
@@ -121,7 +189,7 @@ pub async fn serve(
             }
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                conn.as_mut().drain();
             }
             _ = &mut idle_check, if idle.is_some() && !draining => {
                 let limit = idle.unwrap_or_default();
@@ -129,7 +197,7 @@ pub async fn serve(
                 let since = activity.opened.elapsed().saturating_sub(last);
                 if activity.active_streams.load(Ordering::Relaxed) == 0 && since >= limit {
                     draining = true;
-                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().drain();
                 } else {
                     let wait = if since >= limit { limit } else { limit - since };
                     idle_check.as_mut().reset(Instant::now() + wait);

@@ -32,7 +32,9 @@ impl Limits {
 pub struct TimedBody<B> {
     inner: B,
     limits: Limits,
-    last_activity: Instant,
+    /// When the body last waited with nothing to read; `None` right after a frame (the clock is
+    /// read only when the body has to wait).
+    last_activity: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
     expired: Option<Arc<AtomicBool>>,
 }
@@ -46,7 +48,7 @@ impl<B> std::fmt::Debug for TimedBody<B> {
 impl<B> TimedBody<B> {
     /// Wraps `inner`; `expired` (if given) is set if a limit fires.
     pub fn new(inner: B, limits: Limits, expired: Option<Arc<AtomicBool>>) -> Self {
-        TimedBody { inner, limits, last_activity: Instant::now(), timer: None, expired }
+        TimedBody { inner, limits, last_activity: None, timer: None, expired }
     }
 
     /// A body without limits.
@@ -54,23 +56,22 @@ impl<B> TimedBody<B> {
         Self::new(inner, Limits::default(), None)
     }
 
-    fn next_wake(&self) -> Option<Instant> {
-        let idle = self.limits.idle.map(|d| self.last_activity + d);
-        match (idle, self.limits.deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
     /// Polls the timer: `Ready` with the reason when a limit has passed.
     fn poll_limits(&mut self, cx: &mut Context<'_>) -> Poll<&'static str> {
         loop {
-            let Some(wake) = self.next_wake() else { return Poll::Pending };
             let now = Instant::now();
+            // The idle period starts at the first wait after the last frame (or after creation).
+            let last = *self.last_activity.get_or_insert(now);
+            let idle_at = self.limits.idle.map(|d| last + d);
+            let wake = match (idle_at, self.limits.deadline) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) | (None, Some(a)) => a,
+                (None, None) => return Poll::Pending,
+            };
             if self.limits.deadline.is_some_and(|d| now >= d) {
                 return Poll::Ready("request timeout");
             }
-            if self.limits.idle.is_some_and(|d| now >= self.last_activity + d) {
+            if idle_at.is_some_and(|t| now >= t) {
                 return Poll::Ready("stream idle timeout");
             }
             let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(wake)));
@@ -94,9 +95,7 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                if !this.limits.is_none() {
-                    this.last_activity = Instant::now();
-                }
+                this.last_activity = None;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending if this.limits.is_none() => Poll::Pending,

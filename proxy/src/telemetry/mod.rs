@@ -55,6 +55,25 @@ impl Drop for GaugeGuard {
     }
 }
 
+/// An open connection: counted in its `cx_active` gauge; its close is noted for the memory policy
+/// ([`crate::sys::return_memory_after_closes`]).
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    _active: GaugeGuard,
+}
+
+impl ConnectionGuard {
+    pub fn new(cx_active: &Gauge) -> Self {
+        ConnectionGuard { _active: GaugeGuard::new(cx_active) }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        crate::sys::connection_closed();
+    }
+}
+
 /// `envoy_cluster_*{envoy_cluster_name}`.
 #[derive(Debug)]
 pub struct ClusterStats {
@@ -88,8 +107,8 @@ impl ClusterStats {
         }
     }
 
-    pub fn connection_opened(&self) -> GaugeGuard {
-        GaugeGuard::new(&self.cx_active)
+    pub fn connection_opened(&self) -> ConnectionGuard {
+        ConnectionGuard::new(&self.cx_active)
     }
 
     pub fn set_membership(&self, set: &crate::upstream::EndpointSet) {

@@ -41,6 +41,21 @@ impl Default for PoolOptions {
     }
 }
 
+/// An upstream's answer: a pooled exchange, or an upgrade attempt on a connection of its own.
+pub enum UpstreamResponse {
+    Pooled(Response<PooledBody>),
+    Upgraded(Response<Incoming>),
+}
+
+impl UpstreamResponse {
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            UpstreamResponse::Pooled(r) => r.status(),
+            UpstreamResponse::Upgraded(r) => r.status(),
+        }
+    }
+}
+
 /// Why an upstream request failed before a response arrived.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -98,75 +113,83 @@ impl Pool {
             + usize::from(self.http2.lock().unwrap_or_else(|e| e.into_inner()).is_some())
     }
 
-    /// Sends a request (origin-form URI and `host` header for HTTP/1.1; absolute URI for HTTP/2).
-    pub async fn send(
-        self: &Arc<Self>,
-        req: Request<RequestBody>,
-        stats: &ClusterStats,
-    ) -> Result<Response<PooledBody>, UpstreamError> {
-        match self.protocol {
-            UpstreamProtocol::Http1 => self.send_http1(req, stats).await,
-            UpstreamProtocol::Http2 => self.send_http2(req, stats).await,
-        }
-    }
-
-    async fn send_http1(
-        self: &Arc<Self>,
+    /// Sends a request (origin-form URI and `host` header for HTTP/1.1; absolute URI for HTTP/2); an
+    /// `upgrade` request (WebSocket) gets an HTTP/1.1 connection of its own, never pooled.
+    ///
+    /// The future stays small, being part of every request's: connecting is the rare path and boxed,
+    /// and it is not an `async fn`, which would hold the request twice (as argument and as local).
+    #[allow(clippy::manual_async_fn)]
+    pub fn send<'a>(
+        self: &'a Arc<Self>,
         mut req: Request<RequestBody>,
-        stats: &ClusterStats,
-    ) -> Result<Response<PooledBody>, UpstreamError> {
-        loop {
-            let pooled = self.idle_http1.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let reused = pooled.is_some();
-            let mut sender = match pooled {
-                Some(s) if s.is_closed() => continue,
-                Some(s) => s,
-                None => self.connect_http1(stats, false).await?,
-            };
-            if sender.ready().await.is_err() {
-                if reused {
-                    continue;
-                }
-                return Err(UpstreamError::Reset(hyper_closed_error(&mut sender).await));
+        stats: &'a ClusterStats,
+        upgrade: bool,
+    ) -> impl Future<Output = Result<UpstreamResponse, UpstreamError>> + Send + 'a {
+        async move {
+            if upgrade {
+                let mut sender = Box::pin(self.connect_http1(stats, true)).await?;
+                return sender
+                    .send_request(req)
+                    .await
+                    .map(UpstreamResponse::Upgraded)
+                    .map_err(UpstreamError::from_hyper);
             }
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let (parts, inner) = resp.into_parts();
-                    let mut body = PooledBody { inner, checkin: Some(Checkin { sender, pool: Arc::downgrade(self) }) };
-                    if body.inner.is_end_stream() {
-                        // An empty body (HEAD, 204, 304, content-length: 0) is never polled.
-                        body.release();
-                    }
-                    return Ok(Response::from_parts(parts, body));
-                }
-                Err(mut e) => match e.take_message() {
-                    // The connection closed before the request went out: try another one.
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(UpstreamError::from_hyper(e.into_error())),
-                },
-            }
-        }
-    }
-
-    async fn send_http2(
-        self: &Arc<Self>,
-        mut req: Request<RequestBody>,
-        stats: &ClusterStats,
-    ) -> Result<Response<PooledBody>, UpstreamError> {
-        for _attempt in 0..2 {
-            let mut sender = self.http2_sender(stats).await?;
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp.map(|body| PooledBody { inner: body, checkin: None })),
-                Err(mut e) => {
-                    *self.http2.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                    match e.take_message() {
-                        Some(unsent) => req = unsent,
-                        None => return Err(UpstreamError::from_hyper(e.into_error())),
+            if self.protocol == UpstreamProtocol::Http2 {
+                for _attempt in 0..2 {
+                    let mut sender = match self.current_http2() {
+                        Some(sender) => sender,
+                        None => Box::pin(self.http2_sender(stats)).await?,
+                    };
+                    match sender.try_send_request(req).await {
+                        Ok(resp) => {
+                            return Ok(UpstreamResponse::Pooled(resp.map(|b| PooledBody { inner: b, checkin: None })));
+                        }
+                        Err(mut e) => {
+                            *self.http2.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                            match e.take_message() {
+                                Some(unsent) => req = unsent,
+                                None => return Err(UpstreamError::from_hyper(e.into_error())),
+                            }
+                        }
                     }
                 }
+                return Err(UpstreamError::Connect(std::io::Error::other(
+                    "HTTP/2 connection closed before the request was sent",
+                )));
+            }
+            loop {
+                let pooled = self.idle_http1.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let reused = pooled.is_some();
+                let mut sender = match pooled {
+                    Some(s) if s.is_closed() => continue,
+                    Some(s) => s,
+                    None => Box::pin(self.connect_http1(stats, false)).await?,
+                };
+                if sender.ready().await.is_err() {
+                    if reused {
+                        continue;
+                    }
+                    return Err(UpstreamError::Reset(hyper_closed_error(&mut sender).await));
+                }
+                match sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        let (parts, inner) = resp.into_parts();
+                        let checkin = Some(Checkin { sender, pool: Arc::downgrade(self) });
+                        let mut body = PooledBody { inner, checkin };
+                        if body.inner.is_end_stream() {
+                            // An empty body (HEAD, 204, 304, content-length: 0) is never polled.
+                            body.release();
+                        }
+                        return Ok(UpstreamResponse::Pooled(Response::from_parts(parts, body)));
+                    }
+                    Err(mut e) => match e.take_message() {
+                        // The connection closed before the request went out: try another one.
+                        Some(unsent) if reused => req = unsent,
+                        _ => return Err(UpstreamError::from_hyper(e.into_error())),
+                    },
+                }
             }
         }
-        Err(UpstreamError::Connect(std::io::Error::other("HTTP/2 connection closed before the request was sent")))
     }
 
     async fn http2_sender(&self, stats: &ClusterStats) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
@@ -240,16 +263,6 @@ impl Pool {
             });
         }
         Ok(sender)
-    }
-
-    /// Sends an HTTP/1.1 Upgrade request (WebSocket) on a connection of its own, never pooled.
-    pub async fn send_upgrade(
-        &self,
-        req: Request<RequestBody>,
-        stats: &ClusterStats,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut sender = self.connect_http1(stats, true).await?;
-        sender.send_request(req).await.map_err(UpstreamError::from_hyper)
     }
 
     fn checkin(&self, sender: http1::SendRequest<RequestBody>) {
