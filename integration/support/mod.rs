@@ -17,7 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_strait-proxy");
+/// The proxy binary (tests of other packages that include this module don't run it).
+pub const BIN: &str = match option_env!("CARGO_BIN_EXE_strait-proxy") {
+    Some(path) => path,
+    None => "strait-proxy",
+};
 
 /// A free loopback port for a listener a test configures. Ports come from below the kernel's
 /// ephemeral range (32768+), so a socket bound to port 0 elsewhere can never take one between this
@@ -202,7 +206,7 @@ pub async fn get(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Re
     send(client, req.body(Full::new(Bytes::new())).unwrap()).await
 }
 
-async fn get_text(url: &str) -> Result<(u16, String), String> {
+pub async fn get_text(url: &str) -> Result<(u16, String), String> {
     let client = http1_client();
     let req = http::Request::get(url).body(Full::new(Bytes::new())).unwrap();
     let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))

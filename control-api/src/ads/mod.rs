@@ -1,0 +1,166 @@
+//! Envoy's Aggregated Discovery Service: every xDS type on one gRPC stream per client, in both
+//! variants, State of the World ([`sotw`]) and incremental ([`delta`]). Each stream runs as a task
+//! that follows the current [`Resources`] and the client's requests.
+
+mod delta;
+mod sotw;
+
+use crate::resources::Resources;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use xds_proto::pb::envoy::config::core::v3::Node;
+use xds_proto::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use xds_proto::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use xds_proto::pb::google::rpc::Status as RpcStatus;
+
+/// Counters over all streams.
+#[derive(Debug, Default)]
+pub struct AdsStats {
+    pub streams: AtomicU64,
+    pub responses: AtomicU64,
+    pub acks: AtomicU64,
+    pub nacks: AtomicU64,
+}
+
+/// The ADS service, serving whatever `resources` currently holds.
+#[derive(Debug, Clone)]
+pub struct Ads {
+    resources: watch::Receiver<Arc<Resources>>,
+    stats: Arc<AdsStats>,
+}
+
+impl Ads {
+    pub fn new(resources: watch::Receiver<Arc<Resources>>) -> Self {
+        Ads { resources, stats: Arc::default() }
+    }
+
+    pub fn stats(&self) -> Arc<AdsStats> {
+        self.stats.clone()
+    }
+
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self)
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        self.stats.streams.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(sotw::serve(request.into_inner(), self.resources.clone(), tx, self.stats.clone()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        self.stats.streams.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(delta::serve(request.into_inner(), self.resources.clone(), tx, self.stats.clone()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// What both request variants (State of the World and delta) have in common.
+trait XdsRequest {
+    fn node(&self) -> Option<&Node>;
+    fn type_url(&self) -> &str;
+    fn response_nonce(&self) -> &str;
+    fn error_detail(&self) -> Option<&RpcStatus>;
+}
+
+macro_rules! xds_request {
+    ($t:ty) => {
+        impl XdsRequest for $t {
+            fn node(&self) -> Option<&Node> {
+                self.node.as_ref()
+            }
+            fn type_url(&self) -> &str {
+                &self.type_url
+            }
+            fn response_nonce(&self) -> &str {
+                &self.response_nonce
+            }
+            fn error_detail(&self) -> Option<&RpcStatus> {
+                self.error_detail.as_ref()
+            }
+        }
+    };
+}
+xds_request!(DiscoveryRequest);
+xds_request!(DeltaDiscoveryRequest);
+
+/// The next request of a known type and its type; `None` when the stream has ended. The node id is
+/// noted from the first request; requests for types this server does not serve are logged and
+/// skipped (the stream stays up).
+async fn next_request<R: XdsRequest>(
+    requests: &mut Streaming<R>,
+    node: &mut String,
+    variant: &str,
+) -> Option<(R, &'static str)> {
+    loop {
+        let request = match requests.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::debug!(node, error = %e, "{variant} ADS stream ended");
+                return None;
+            }
+        };
+        if node.is_empty() {
+            *node = request.node().map(|n| n.id.clone()).filter(|id| !id.is_empty()).unwrap_or("(no node id)".into());
+            tracing::info!(node, "{variant} ADS stream opened");
+        }
+        match crate::resources::known_type(request.type_url()) {
+            Some(type_url) => return Some((request, type_url)),
+            None => tracing::warn!(node, type_url = request.type_url(), "request for an unknown type: ignored"),
+        }
+    }
+}
+
+/// The ACK/NACK part of a request, given the nonce of the last response sent for its type. False
+/// when the request is stale (it answers an older response) and must be ignored.
+fn ack_or_nack<R: XdsRequest>(request: &R, last_nonce: Option<&str>, node: &str, stats: &AdsStats) -> bool {
+    let nonce = request.response_nonce();
+    if nonce.is_empty() {
+        return true;
+    }
+    if last_nonce != Some(nonce) {
+        tracing::debug!(node, nonce, "stale nonce: request ignored");
+        return false;
+    }
+    match request.error_detail() {
+        Some(status) => {
+            stats.nacks.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                node,
+                type_url = request.type_url(),
+                error = status.message,
+                "NACK: the client rejected the update and keeps its last good config"
+            );
+        }
+        None => {
+            stats.acks.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(node, type_url = request.type_url(), "ACK");
+        }
+    }
+    true
+}

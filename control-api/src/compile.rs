@@ -1,0 +1,203 @@
+//! Compiles a validated [`Mesh`] into Envoy xDS v3 resources: one listener per mesh listener (an
+//! HTTP connection manager whose routes come over ADS), one route configuration per listener (virtual
+//! hosts by `hosts`), one cluster per service (EDS for IP endpoints, `STRICT_DNS` for names) and its
+//! endpoints. Each resource is written in Envoy's own JSON form and read back into the real protobuf
+//! type, so what is served is checked against Envoy's schema.
+
+use crate::mesh::{Mesh, Protocol, RouteSpec, ServiceSpec};
+use crate::resources::Resources;
+use serde_json::{Value, json};
+use xds_proto::pb::envoy::config::cluster::v3::Cluster;
+use xds_proto::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use xds_proto::pb::envoy::config::listener::v3::Listener;
+use xds_proto::pb::envoy::config::route::v3::RouteConfiguration;
+use xds_proto::pb::google::protobuf::Any;
+use xds_proto::{Format, type_url};
+
+/// Compiles `mesh` (validate it first); an error here is a bug in this compiler, named by resource.
+pub fn compile(mesh: &Mesh) -> Result<Resources, String> {
+    let mut items = Vec::new();
+    for service in &mesh.services {
+        let (cluster, endpoints) = service_resources(service);
+        items.push(pack::<Cluster>(type_url::CLUSTER, &service.name, &cluster)?);
+        if let Some(endpoints) = endpoints {
+            items.push(pack::<ClusterLoadAssignment>(type_url::CLUSTER_LOAD_ASSIGNMENT, &service.name, &endpoints)?);
+        }
+    }
+    for listener in &mesh.listeners {
+        let routes: Vec<&RouteSpec> = mesh.routes.iter().filter(|r| r.listener == listener.name).collect();
+        items.push(pack::<Listener>(type_url::LISTENER, &listener.name, &listener_json(listener))?);
+        items.push(pack::<RouteConfiguration>(
+            type_url::ROUTE_CONFIGURATION,
+            &listener.name,
+            &route_config_json(&listener.name, &routes),
+        )?);
+    }
+    // The descriptor pool is only needed while compiling.
+    xds_proto::release_descriptor_pool();
+    Ok(Resources::new(items))
+}
+
+fn pack<T: prost::Message + prost::Name + Default>(
+    type_url: &'static str,
+    name: &str,
+    json: &Value,
+) -> Result<(&'static str, String, Any), String> {
+    let message: T =
+        xds_proto::parse_document(&json.to_string(), Format::Json).map_err(|e| format!("{} '{name}': {e}", T::NAME))?;
+    Ok((type_url, name.to_string(), Any { type_url: type_url.to_string(), value: message.encode_to_vec() }))
+}
+
+fn ads() -> Value {
+    json!({ "ads": {}, "resource_api_version": "V3" })
+}
+
+fn listener_json(l: &crate::mesh::ListenerSpec) -> Value {
+    json!({
+        "name": l.name,
+        "address": { "socket_address": { "address": l.address, "port_value": l.port } },
+        "filter_chains": [{ "filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": type_url::HTTP_CONNECTION_MANAGER,
+                "stat_prefix": l.name,
+                "rds": { "config_source": ads(), "route_config_name": l.name },
+                "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": { "@type": type_url::ROUTER } }]
+            }
+        }] }]
+    })
+}
+
+/// Virtual hosts group the routes by their `hosts`, in the order the hosts first appear; routes keep
+/// their file order within a virtual host (first match wins, as in Envoy).
+fn route_config_json(name: &str, routes: &[&RouteSpec]) -> Value {
+    let mut hosts: Vec<(&Vec<String>, Vec<Value>)> = Vec::new();
+    for route in routes {
+        let entry = match hosts.iter_mut().find(|(h, _)| *h == &route.hosts) {
+            Some(entry) => entry,
+            None => {
+                hosts.push((&route.hosts, Vec::new()));
+                hosts.last_mut().expect("just pushed")
+            }
+        };
+        entry.1.push(route_json(route));
+    }
+    let virtual_hosts: Vec<Value> = hosts
+        .into_iter()
+        .enumerate()
+        .map(|(i, (domains, routes))| json!({ "name": format!("{name}-{i}"), "domains": domains, "routes": routes }))
+        .collect();
+    json!({ "name": name, "virtual_hosts": virtual_hosts })
+}
+
+fn route_json(route: &RouteSpec) -> Value {
+    let mut matcher = serde_json::Map::new();
+    match (&route.matcher.prefix, &route.matcher.path) {
+        (_, Some(path)) => matcher.insert("path".into(), json!(path)),
+        (Some(prefix), None) => matcher.insert("prefix".into(), json!(prefix)),
+        (None, None) => matcher.insert("prefix".into(), json!("/")),
+    };
+    if !route.matcher.headers.is_empty() {
+        let headers: Vec<Value> = route
+            .matcher
+            .headers
+            .iter()
+            .map(|(name, value)| json!({ "name": name, "string_match": { "exact": value } }))
+            .collect();
+        matcher.insert("headers".into(), json!(headers));
+    }
+    let mut action = match route.to.as_slice() {
+        [single] => json!({ "cluster": single.service }),
+        many => json!({ "weighted_clusters": { "clusters": many.iter()
+            .map(|t| json!({ "name": t.service, "weight": t.weight })).collect::<Vec<_>>() } }),
+    };
+    if let Some(timeout) = route.timeout {
+        action["timeout"] = json!(format!("{}s", timeout.as_secs_f64()));
+    }
+    json!({ "name": route.name, "match": matcher, "route": action })
+}
+
+/// The cluster, and its endpoints when they go over EDS (all IP addresses).
+fn service_resources(s: &ServiceSpec) -> (Value, Option<Value>) {
+    let endpoints = json!({
+        "cluster_name": s.name,
+        "endpoints": [{ "lb_endpoints": s.endpoints.iter().map(|e| {
+            let (host, port) = e.host_port().expect("validated");
+            json!({ "endpoint": { "address": { "socket_address": { "address": host, "port_value": port } } },
+                    "load_balancing_weight": e.weight() })
+        }).collect::<Vec<_>>() }]
+    });
+    let by_ip = s.endpoints.iter().all(|e| e.host_port().is_some_and(|(h, _)| h.parse::<std::net::IpAddr>().is_ok()));
+    let timeout = s.connect_timeout.map_or(1.0, |d| d.as_secs_f64());
+    let mut cluster = json!({ "name": s.name, "connect_timeout": format!("{timeout}s") });
+    if s.protocol == Protocol::Http2 {
+        cluster["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": type_url::HTTP_PROTOCOL_OPTIONS,
+                "explicit_http_config": { "http2_protocol_options": {} }
+            }
+        });
+    }
+    if by_ip {
+        cluster["type"] = json!("EDS");
+        cluster["eds_cluster_config"] = json!({ "eds_config": ads() });
+        (cluster, Some(endpoints))
+    } else {
+        cluster["type"] = json!("STRICT_DNS");
+        cluster["load_assignment"] = endpoints;
+        (cluster, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh;
+    use prost::Message;
+
+    #[test]
+    fn a_canary_split_compiles_to_weighted_clusters_over_ads() {
+        let mesh = mesh::parse(
+            "listeners: [{ name: http, port: 10000 }]\n\
+             services:\n\
+             - { name: web, endpoints: ['127.0.0.1:8081', { address: '127.0.0.1:8082', weight: 3 }] }\n\
+             - { name: web-canary, endpoints: ['localhost:8083'], protocol: http2 }\n\
+             routes:\n\
+             - { name: main, listener: http, to: [{ service: web, weight: 90 }, { service: web-canary, weight: 10 }], timeout: 2s }\n",
+        )
+        .unwrap();
+        mesh.validate().unwrap();
+        let resources = compile(&mesh).unwrap();
+        assert_eq!(resources.count(type_url::LISTENER), 1);
+        assert_eq!(resources.count(type_url::CLUSTER), 2);
+        // Only the IP-addressed service goes over EDS.
+        assert_eq!(resources.count(type_url::CLUSTER_LOAD_ASSIGNMENT), 1);
+        let rc = resources.get(type_url::ROUTE_CONFIGURATION, "http").unwrap();
+        let rc = RouteConfiguration::decode(rc.body.value.as_slice()).unwrap();
+        let route = &rc.virtual_hosts[0].routes[0];
+        let json = format!("{route:?}");
+        assert!(json.contains("WeightedClusters"), "{json}");
+        let canary = resources.get(type_url::CLUSTER, "web-canary").unwrap();
+        let canary = Cluster::decode(canary.body.value.as_slice()).unwrap();
+        assert!(
+            canary
+                .typed_extension_protocol_options
+                .contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+        );
+        // Same config, same versions; one weight changed, only that resource's version changes.
+        let again = compile(&mesh).unwrap();
+        assert_eq!(again.version, resources.version);
+        let mut changed = mesh.clone();
+        changed.routes[0].to[1].weight = 20;
+        let changed = compile(&changed).unwrap();
+        assert_ne!(changed.version, resources.version);
+        assert_eq!(
+            changed.get(type_url::CLUSTER, "web").unwrap().version,
+            resources.get(type_url::CLUSTER, "web").unwrap().version
+        );
+        assert_ne!(
+            changed.get(type_url::ROUTE_CONFIGURATION, "http").unwrap().version,
+            resources.get(type_url::ROUTE_CONFIGURATION, "http").unwrap().version
+        );
+    }
+}

@@ -1,0 +1,307 @@
+//! The friendly mesh config: listeners, services and routes in a YAML that fits on one screen,
+//! validated whole (every problem named by object and field) before anything is compiled.
+
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// A whole mesh config: the union of every file in the config directory.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Mesh {
+    #[serde(default)]
+    pub listeners: Vec<ListenerSpec>,
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// Where proxies accept traffic.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSpec {
+    /// The file and the position in it this object came from, for error messages.
+    #[serde(skip)]
+    pub origin: Option<(String, usize)>,
+    pub name: String,
+    #[serde(default = "default_address")]
+    pub address: String,
+    pub port: u16,
+}
+
+fn default_address() -> String {
+    "127.0.0.1".into()
+}
+
+/// A service: a set of endpoints that routes send traffic to.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// The file and the position in it this object came from, for error messages.
+    #[serde(skip)]
+    pub origin: Option<(String, usize)>,
+    pub name: String,
+    pub endpoints: Vec<EndpointSpec>,
+    /// `http1` (default) or `http2` towards the endpoints.
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub connect_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Http1,
+    Http2,
+}
+
+/// `host:port`, or `{ address: host:port, weight: N }`. An IP address is sent as an endpoint (EDS);
+/// a DNS name makes the service a `STRICT_DNS` cluster.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum EndpointSpec {
+    Address(String),
+    Weighted {
+        address: String,
+        #[serde(default = "one")]
+        weight: u32,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl EndpointSpec {
+    pub fn address(&self) -> &str {
+        match self {
+            EndpointSpec::Address(a) | EndpointSpec::Weighted { address: a, .. } => a,
+        }
+    }
+
+    pub fn weight(&self) -> u32 {
+        match self {
+            EndpointSpec::Address(_) => 1,
+            EndpointSpec::Weighted { weight, .. } => *weight,
+        }
+    }
+
+    /// The host and port, if the address has both.
+    pub fn host_port(&self) -> Option<(&str, u16)> {
+        let (host, port) = self.address().rsplit_once(':')?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Some((host, port.parse().ok()?)).filter(|(h, p)| !h.is_empty() && *p != 0)
+    }
+}
+
+/// A route: requests on `listener` for one of `hosts` that match go to `to`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// The file and the position in it this object came from, for error messages.
+    #[serde(skip)]
+    pub origin: Option<(String, usize)>,
+    pub name: String,
+    pub listener: String,
+    #[serde(default = "any_host")]
+    pub hosts: Vec<String>,
+    #[serde(default, rename = "match")]
+    pub matcher: MatchSpec,
+    /// The services, with weights for a canary split.
+    pub to: Vec<TargetSpec>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub timeout: Option<Duration>,
+}
+
+fn any_host() -> Vec<String> {
+    vec!["*".into()]
+}
+
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    pub prefix: Option<String>,
+    pub path: Option<String>,
+    /// Exact header values that must be present.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    pub service: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+/// Every problem in a mesh config, each naming the object and field.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{}", .0.join("\n"))]
+pub struct MeshErrors(pub Vec<String>);
+
+impl Mesh {
+    /// Appends another file's objects (the config directory is read file by file), remembering
+    /// which file each came from.
+    pub fn extend_from(&mut self, file: &str, mut other: Mesh) {
+        for (i, l) in other.listeners.iter_mut().enumerate() {
+            l.origin = Some((file.to_string(), i));
+        }
+        for (i, s) in other.services.iter_mut().enumerate() {
+            s.origin = Some((file.to_string(), i));
+        }
+        for (i, r) in other.routes.iter_mut().enumerate() {
+            r.origin = Some((file.to_string(), i));
+        }
+        self.extend(other);
+    }
+
+    /// Appends another config's objects.
+    pub fn extend(&mut self, other: Mesh) {
+        self.listeners.extend(other.listeners);
+        self.services.extend(other.services);
+        self.routes.extend(other.routes);
+    }
+
+    /// Checks references, names and values; all problems at once.
+    pub fn validate(&self) -> Result<(), MeshErrors> {
+        let mut errors = Vec::new();
+        let mut listeners = HashSet::new();
+        let mut ports = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let at = at("listeners", i, &l.name, &l.origin);
+            if l.name.is_empty() {
+                errors.push(format!("{at}: name: must not be empty"));
+            }
+            if !listeners.insert(l.name.as_str()) {
+                errors.push(format!("{at}: name: duplicate listener name"));
+            }
+            if l.port == 0 {
+                errors.push(format!("{at}: port: must be 1-65535"));
+            } else if !ports.insert((l.address.as_str(), l.port)) {
+                errors.push(format!("{at}: port: {}:{} is used by another listener", l.address, l.port));
+            }
+            if l.address.parse::<std::net::IpAddr>().is_err() {
+                errors.push(format!("{at}: address: '{}' is not an IP address", l.address));
+            }
+        }
+        let mut services = HashSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let at = at("services", i, &s.name, &s.origin);
+            if s.name.is_empty() {
+                errors.push(format!("{at}: name: must not be empty"));
+            }
+            if !services.insert(s.name.as_str()) {
+                errors.push(format!("{at}: name: duplicate service name"));
+            }
+            if s.endpoints.is_empty() {
+                errors.push(format!("{at}: endpoints: at least one endpoint is needed"));
+            }
+            for (j, e) in s.endpoints.iter().enumerate() {
+                if e.host_port().is_none() {
+                    errors.push(format!("{at}: endpoints[{j}]: '{}' is not host:port", e.address()));
+                }
+                if e.weight() == 0 {
+                    errors.push(format!("{at}: endpoints[{j}].weight: must be at least 1"));
+                }
+            }
+        }
+        let mut routes = HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = at("routes", i, &r.name, &r.origin);
+            if !routes.insert(r.name.as_str()) {
+                errors.push(format!("{at}: name: duplicate route name"));
+            }
+            if !listeners.contains(r.listener.as_str()) {
+                errors.push(format!("{at}: listener: unknown listener '{}'", r.listener));
+            }
+            if r.hosts.is_empty() {
+                errors.push(format!("{at}: hosts: at least one host (or \"*\") is needed"));
+            }
+            match (&r.matcher.prefix, &r.matcher.path) {
+                (Some(_), Some(_)) => errors.push(format!("{at}: match: set one of prefix and path")),
+                (Some(p), None) | (None, Some(p)) if !p.starts_with('/') => {
+                    errors.push(format!("{at}: match: '{p}' must start with '/'"))
+                }
+                _ => {}
+            }
+            if r.to.is_empty() {
+                errors.push(format!("{at}: to: at least one service is needed"));
+            }
+            for (j, t) in r.to.iter().enumerate() {
+                if !services.contains(t.service.as_str()) {
+                    errors.push(format!("{at}: to[{j}].service: unknown service '{}'", t.service));
+                }
+                if t.weight == 0 && r.to.len() > 1 {
+                    errors.push(format!("{at}: to[{j}].weight: must be at least 1"));
+                }
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(MeshErrors(errors)) }
+    }
+}
+
+/// Names an object in errors: `mesh.yaml: routes[2] 'canary'` (its file and position there).
+fn at(kind: &str, index: usize, name: &str, origin: &Option<(String, usize)>) -> String {
+    match origin {
+        Some((file, i)) => format!("{file}: {kind}[{i}] '{name}'"),
+        None => format!("{kind}[{index}] '{name}'"),
+    }
+}
+
+/// Reads one YAML document; errors name the field path and line.
+pub fn parse(text: &str) -> Result<Mesh, String> {
+    if text.trim().is_empty() {
+        return Ok(Mesh::default());
+    }
+    // The YAML reader's errors carry the field path and the line.
+    yaml_serde::from_str(text).map_err(|e| e.to_string())
+}
+
+/// `timeout: 5s` style durations (humantime), optional.
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_named_by_object_and_field() {
+        let mesh = parse(
+            "listeners: [{ name: http, port: 10000 }]\n\
+             services: [{ name: a, endpoints: ['127.0.0.1:1', 'nope'] }]\n\
+             routes:\n\
+             - { name: r, listener: web, to: [{ service: b }], match: { prefix: x } }\n",
+        )
+        .unwrap();
+        let errors = mesh.validate().unwrap_err().0;
+        assert_eq!(
+            errors,
+            [
+                "services[0] 'a': endpoints[1]: 'nope' is not host:port",
+                "routes[0] 'r': listener: unknown listener 'web'",
+                "routes[0] 'r': match: 'x' must start with '/'",
+                "routes[0] 'r': to[0].service: unknown service 'b'",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_path() {
+        let err = parse("services: [{ name: a, endpoints: ['127.0.0.1:1'], weights: 3 }]").unwrap_err();
+        assert!(err.starts_with("services[0]: unknown field `weights`"), "{err}");
+        let err = parse("listeners: [{ name: a, port: web }]").unwrap_err();
+        assert!(err.starts_with("listeners[0].port: invalid type"), "{err}");
+    }
+}

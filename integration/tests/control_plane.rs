@@ -1,0 +1,206 @@
+//! The control plane end to end: the real `strait-control` binary serving a watched config directory
+//! over ADS, and a real Envoy (State of the World and delta) as its client: every resource ACKed (the
+//! versions in Envoy's `/config_dump` are the control plane's), traffic routed as configured, a
+//! change followed, a canary weight honoured, and a bad config rejected while the last good one
+//! keeps serving.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+const CONTROL: &str = env!("CARGO_BIN_EXE_strait-control");
+
+/// A running `strait-control`, killed on drop.
+struct Control {
+    child: Child,
+    xds: SocketAddr,
+}
+
+impl Control {
+    async fn start(dir: &Path) -> Control {
+        let xds: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let child = Command::new(CONTROL)
+            .args(["serve", "--config-dir"])
+            .arg(dir)
+            .args(["--xds-address", &xds.to_string(), "-l", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start strait-control");
+        let mut control = Control { child, xds };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(xds).await.is_err() {
+            assert!(control.child.try_wait().unwrap().is_none(), "strait-control exited");
+            assert!(Instant::now() < deadline, "strait-control did not listen on {xds}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        control
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The version `strait-control validate` computes for a directory (what it will serve).
+fn expected_version(dir: &Path) -> String {
+    let out = Command::new(CONTROL).arg("validate").arg(dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split("version ").nth(1).and_then(|v| v.split(',').next()).unwrap().to_string()
+}
+
+fn mesh(port: u16, a: SocketAddr, b: SocketAddr, to: &str) -> String {
+    format!(
+        "listeners: [{{ name: http, port: {port} }}]\n\
+         services:\n\
+         - {{ name: a, endpoints: ['{a}'] }}\n\
+         - {{ name: b, endpoints: ['{b}'] }}\n\
+         routes:\n\
+         - {{ name: main, listener: http, to: {to}, timeout: 5s }}\n"
+    )
+}
+
+fn envoy_bootstrap(admin: u16, xds: SocketAddr, api_type: &str) -> String {
+    format!(
+        r#"node: {{ id: envoy-under-test, cluster: test }}
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: xds
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}] }}]
+"#,
+        xds.port()
+    )
+}
+
+/// The versions Envoy reports (set only once it accepted a response): its listeners, its clusters
+/// and its route configuration.
+async fn envoy_versions(envoy: &Envoy) -> [String; 3] {
+    let (_, text) = get_text(&format!("http://{}/config_dump", envoy.admin)).await.unwrap();
+    let dump: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let config = |kind: &str| {
+        dump["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["@type"].as_str().is_some_and(|t| t.ends_with(&format!(".{kind}"))))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    [
+        text(&config("ListenersConfigDump")["version_info"]),
+        text(&config("ClustersConfigDump")["version_info"]),
+        text(&config("RoutesConfigDump")["dynamic_route_configs"][0]["version_info"]),
+    ]
+}
+
+/// Waits until Envoy has accepted everything the control plane serves at `version`: listeners and
+/// clusters carry that version (State of the World and delta alike), and the route configuration
+/// has arrived (delta versions it per resource).
+async fn wait_for_version(envoy: &Envoy, version: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let versions = envoy_versions(envoy).await;
+        if versions[0] == version && versions[1] == version && !versions[2].is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "Envoy has {versions:?}, expected {version}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until Envoy's route configuration is no longer `old` (a pushed route change was accepted).
+async fn wait_for_route_change(envoy: &Envoy, old: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let route = envoy_versions(envoy).await[2].clone();
+        if route != old {
+            return route;
+        }
+        assert!(Instant::now() < deadline, "Envoy's route configuration is still at {old}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Counts which service answered `n` requests.
+async fn shares(url: &str, n: usize) -> (usize, usize) {
+    let client = http1_client();
+    let (mut a, mut b) = (0, 0);
+    for _ in 0..n {
+        let reply = get(&client, url, &[]).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        match reply.service().as_str() {
+            "a" => a += 1,
+            "b" => b += 1,
+            other => panic!("answered by {other}"),
+        }
+    }
+    (a, b)
+}
+
+#[tokio::test]
+async fn envoy_follows_strait_control_over_ads_sotw_and_delta() {
+    if require_tool("envoy").is_none() {
+        return;
+    }
+    let (a, b) = (echo("a").await, echo("b").await);
+    for api_type in ["GRPC", "DELTA_GRPC"] {
+        let dir = TempDir::new("control");
+        let port = free_port();
+        write_file(&dir.0, "mesh.yaml", &mesh(port, a, b, "[{ service: a }]"));
+        let control = Control::start(&dir.0).await;
+        let admin = free_port();
+        let envoy = Envoy::start(&envoy_bootstrap(admin, control.xds, api_type), admin).await.unwrap();
+        let url = format!("http://127.0.0.1:{port}/");
+
+        // Every resource accepted at the control plane's version, and traffic as configured.
+        wait_for_version(&envoy, &expected_version(&dir.0)).await;
+        assert_eq!(shares(&url, 20).await, (20, 0), "{api_type}");
+
+        // A change is pushed without the client asking: all traffic moves to b.
+        let first = envoy_versions(&envoy).await[2].clone();
+        write_file(&dir.0, "mesh.yaml", &mesh(port, a, b, "[{ service: b }]"));
+        let moved = wait_for_route_change(&envoy, &first).await;
+        assert_eq!(shares(&url, 20).await, (0, 20), "{api_type}");
+
+        // A canary split: 25% to b.
+        write_file(&dir.0, "mesh.yaml", &mesh(port, a, b, "[{ service: a, weight: 75 }, { service: b, weight: 25 }]"));
+        let split = wait_for_route_change(&envoy, &moved).await;
+        let (to_a, to_b) = shares(&url, 400).await;
+        assert!((60..=140).contains(&to_b), "{api_type}: b got {to_b} of 400 (a {to_a}), expected about 100");
+
+        // A bad config is rejected whole: Envoy stays on the last good version and keeps serving.
+        write_file(&dir.0, "zz-broken.yaml", "routes: [{ name: x, listener: http, to: [{ service: missing }] }]\n");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(envoy_versions(&envoy).await[2], split, "{api_type}");
+        let (to_a, to_b) = shares(&url, 40).await;
+        assert_eq!(to_a + to_b, 40);
+        drop(envoy);
+        drop(control);
+    }
+}
