@@ -37,7 +37,13 @@ pub async fn serve(
     let initial = load(source.as_ref()).map_err(|e| anyhow::anyhow!("{}:\n{e}", source.describe()))?;
     tracing::info!(version = initial.version, "serving {}", source.describe());
     let (tx, rx) = watch::channel(Arc::new(initial));
-    tokio::spawn(follow(source, tx));
+    // Ending the follower drops the watch sender, which ends every ADS stream, so a shutdown does not
+    // wait on streams that never finish by themselves (clients reconnect to the next instance).
+    let follower = tokio::spawn(follow(source, tx));
+    let shutdown = async move {
+        shutdown.await;
+        follower.abort();
+    };
     let listener = tokio::net::TcpListener::bind(xds).await.map_err(|e| anyhow::anyhow!("bind {xds}: {e}"))?;
     tracing::info!(%xds, "xDS (ADS) listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

@@ -3,6 +3,7 @@
 //! its own multi-threaded runtime; admin, DNS and reloads run on a small control runtime.
 
 use crate::admin::{self, AdminState};
+use crate::ads;
 use crate::listeners::ListenerManager;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::xds::{self, BuildOptions, ConfigErrors};
@@ -55,9 +56,32 @@ struct Proxy {
     shared: SharedSnapshot,
     listeners: ListenerManager,
     control: tokio::runtime::Handle,
+    /// The bootstrap as read from its source (its static resources).
+    base: Bootstrap,
+    /// The last accepted config from ADS, merged with `base` on every apply.
+    dynamic: Option<ads::Resolved>,
 }
 
 impl Proxy {
+    /// The bootstrap's static resources plus everything accepted over ADS.
+    fn effective(&self, dynamic: Option<&ads::Resolved>) -> Bootstrap {
+        let mut bootstrap = self.base.clone();
+        if let Some(d) = dynamic {
+            let resources = bootstrap.static_resources.get_or_insert_with(Default::default);
+            resources.listeners.extend(d.listeners.iter().cloned());
+            resources.clusters.extend(d.clusters.iter().cloned());
+        }
+        bootstrap
+    }
+
+    /// Applies config accepted over ADS; on success it becomes the dynamic part of every later apply.
+    async fn apply_dynamic(&mut self, resolved: ads::Resolved) -> Result<(), String> {
+        let bootstrap = self.effective(Some(&resolved));
+        self.apply(&bootstrap).await.map_err(|e| format!("{e:#}"))?;
+        self.dynamic = Some(resolved);
+        Ok(())
+    }
+
     /// Builds, resolves, binds and publishes a new config. On any error the running config stays.
     /// Either way the descriptor pool used to read it is dropped and its memory handed back.
     async fn apply(&mut self, bootstrap: &Bootstrap) -> anyhow::Result<()> {
@@ -93,7 +117,15 @@ impl Proxy {
 
     async fn reload(&mut self) {
         let result = match self.options.source.read() {
-            Ok(b) => self.apply(&b).await,
+            Ok(base) => {
+                let previous = std::mem::replace(&mut self.base, base);
+                let bootstrap = self.effective(self.dynamic.as_ref());
+                let result = self.apply(&bootstrap).await;
+                if result.is_err() {
+                    self.base = previous;
+                }
+                result
+            }
             Err(e) => Err(e.into()),
         };
         if let Err(e) = result {
@@ -116,6 +148,7 @@ pub struct Started {
 pub fn run(options: Options, on_started: impl FnOnce(&Started) + Send + 'static) -> anyhow::Result<()> {
     crate::telemetry::prometheus();
     let bootstrap = options.source.read().map_err(anyhow::Error::from).context("invalid config")?;
+    let ads_settings = ads::settings(&bootstrap).map_err(anyhow::Error::msg).context("invalid config")?;
     let data_plane = DataPlane::start(options.concurrency)?;
     let control = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
@@ -123,15 +156,27 @@ pub fn run(options: Options, on_started: impl FnOnce(&Started) + Send + 'static)
     let quit = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(false));
     let listeners = ListenerManager::new(shared.clone(), shutdown.clone(), data_plane.handles());
-    let mut proxy =
-        Proxy { options: options.clone(), shared: shared.clone(), listeners, control: control.handle().clone() };
+    let mut proxy = Proxy {
+        options: options.clone(),
+        shared: shared.clone(),
+        listeners,
+        control: control.handle().clone(),
+        base: bootstrap.clone(),
+        dynamic: None,
+    };
+    let ads_status = ads::SharedStatus::default();
 
     let result = control.block_on(async {
         proxy.apply(&bootstrap).await.context("cannot start")?;
         let admin_stop = CancellationToken::new();
         let admin_addr = match shared.load().admin {
             Some(addr) => {
-                let state = AdminState { shared: shared.clone(), ready: ready.clone(), quit: quit.clone() };
+                let state = AdminState {
+                    shared: shared.clone(),
+                    ready: ready.clone(),
+                    quit: quit.clone(),
+                    ads: ads_settings.as_ref().map(|_| ads_status.clone()),
+                };
                 Some(
                     admin::serve(addr, state, admin_stop.clone())
                         .await
@@ -140,9 +185,18 @@ pub fn run(options: Options, on_started: impl FnOnce(&Started) + Send + 'static)
             }
             None => None,
         };
-        ready.store(true, Ordering::Release);
+        // With ADS the proxy is ready once the control plane's first complete config is applied
+        // (the control loop applies it); until then admin answers and `/ready` says 503.
+        let (updates_tx, mut updates) = tokio::sync::mpsc::channel(4);
+        match ads_settings {
+            Some(settings) => {
+                tracing::info!(server = %settings.server, delta = settings.delta, "config from ADS");
+                tokio::spawn(ads::run(settings, updates_tx, ads_status.clone()));
+            }
+            None => ready.store(true, Ordering::Release),
+        }
         on_started(&Started { admin: admin_addr, listeners: proxy.listeners.bound_addresses() });
-        control_loop(&mut proxy, &quit).await;
+        control_loop(&mut proxy, &quit, &mut updates, &ready).await;
         ready.store(false, Ordering::Release);
         tracing::info!(drain_time = ?options.drain_time, "draining");
         let clean = proxy.listeners.drain(options.drain_time).await;
@@ -192,7 +246,23 @@ impl DataPlane {
     }
 }
 
-async fn control_loop(proxy: &mut Proxy, quit: &CancellationToken) {
+/// Applies an update from the ADS client and answers it (the client ACKs or NACKs on that answer).
+async fn apply_update(proxy: &mut Proxy, update: ads::Update, ready: &AtomicBool) {
+    let result = proxy.apply_dynamic(update.resolved).await;
+    if let Err(e) = &result {
+        tracing::error!("config from ADS rejected, the running config stays:\n{e}");
+    } else if update.complete {
+        ready.store(true, Ordering::Release);
+    }
+    let _ = update.reply.send(result);
+}
+
+async fn control_loop(
+    proxy: &mut Proxy,
+    quit: &CancellationToken,
+    updates: &mut tokio::sync::mpsc::Receiver<ads::Update>,
+    ready: &AtomicBool,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
         (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
@@ -214,6 +284,7 @@ async fn control_loop(proxy: &mut Proxy, quit: &CancellationToken) {
             _ = term.recv() => return,
             _ = int.recv() => return,
             _ = quit.cancelled() => return,
+            Some(update) = updates.recv() => apply_update(proxy, update, ready).await,
             _ = memory_tick.tick() => crate::sys::return_memory_after_closes(&mut closed_seen, &mut last_trim),
             _ = watch_tick.tick(), if proxy.options.watch => {
                 let modified = proxy.options.source.modified();

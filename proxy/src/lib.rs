@@ -5,6 +5,7 @@
 //! [`snapshot::Snapshot`], published atomically by [`app`].
 
 pub mod admin;
+pub mod ads;
 pub mod app;
 pub mod demo;
 pub mod http;

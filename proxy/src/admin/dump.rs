@@ -13,13 +13,28 @@ fn timestamp(t: std::time::SystemTime) -> Timestamp {
     Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
-/// The running config as Envoy's admin `ConfigDump` JSON.
-pub fn config_dump(s: &Snapshot) -> Result<String, String> {
+/// The running config as Envoy's admin `ConfigDump` JSON. With ADS, each type's `version_info` is the
+/// control plane's last accepted version, and a rejected update shows as an `error_state` with the
+/// rejected version and the error sent back in the NACK.
+pub fn config_dump(s: &Snapshot, ads: Option<&crate::ads::AdsStatus>) -> Result<String, String> {
     use envoy_types_any::pack;
+    use xds_proto::type_url::{CLUSTER, LISTENER};
     let resources = s.bootstrap.static_resources.clone().unwrap_or_default();
     let updated = Some(timestamp(s.applied_at));
+    let version = |t: &str| ads.and_then(|a| a.versions.get(t).cloned()).unwrap_or_else(|| s.version.to_string());
+    let rejected = |t: &str| {
+        ads.and_then(|a| a.last_nack.get(t)).map(|(version, error)| admin::UpdateFailureState {
+            details: error.clone(),
+            version_info: version.clone(),
+            ..Default::default()
+        })
+    };
     let listeners = admin::ListenersConfigDump {
-        version_info: s.version.to_string(),
+        version_info: version(LISTENER),
+        dynamic_listeners: rejected(LISTENER)
+            .map(|e| admin::listeners_config_dump::DynamicListener { error_state: Some(e), ..Default::default() })
+            .into_iter()
+            .collect(),
         static_listeners: resources
             .listeners
             .iter()
@@ -28,10 +43,13 @@ pub fn config_dump(s: &Snapshot) -> Result<String, String> {
                 last_updated: updated,
             })
             .collect(),
-        ..Default::default()
     };
     let clusters = admin::ClustersConfigDump {
-        version_info: s.version.to_string(),
+        version_info: version(CLUSTER),
+        dynamic_active_clusters: rejected(CLUSTER)
+            .map(|e| admin::clusters_config_dump::DynamicCluster { error_state: Some(e), ..Default::default() })
+            .into_iter()
+            .collect(),
         static_clusters: resources
             .clusters
             .iter()

@@ -25,6 +25,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// Cancelled by `/quitquitquit`: the process drains and exits.
     pub quit: CancellationToken,
+    /// ADS versions and rejections, when config comes from a control plane.
+    pub ads: Option<crate::ads::SharedStatus>,
 }
 
 /// Binds the admin address and serves it until `stop` is cancelled.
@@ -76,10 +78,13 @@ fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
         (&Method::GET, "/stats/prometheus") => {
             text(StatusCode::OK, "text/plain; version=0.0.4", crate::telemetry::prometheus().render())
         }
-        (&Method::GET, "/config_dump") => match dump::config_dump(&state.shared.load()) {
-            Ok(json) => text(StatusCode::OK, "application/json", json),
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e),
-        },
+        (&Method::GET, "/config_dump") => {
+            let ads = state.ads.as_ref().map(|a| a.lock().unwrap_or_else(|e| e.into_inner()).clone());
+            match dump::config_dump(&state.shared.load(), ads.as_ref()) {
+                Ok(json) => text(StatusCode::OK, "application/json", json),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e),
+            }
+        }
         (&Method::GET, "/clusters") => {
             let snapshot = state.shared.load();
             if query.split('&').any(|p| p == "format=json") {

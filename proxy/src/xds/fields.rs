@@ -8,7 +8,15 @@ use std::sync::Mutex;
 /// The fields Strait implements, per message type. Message types not listed are taken whole (well-known
 /// types, wrappers, `Node`); a set field missing from its type's list is reported.
 const SUPPORTED: &[(&str, &[&str])] = &[
-    ("envoy.config.bootstrap.v3.Bootstrap", &["admin", "static_resources", "node"]),
+    ("envoy.config.bootstrap.v3.Bootstrap", &["admin", "static_resources", "dynamic_resources", "node"]),
+    ("envoy.config.bootstrap.v3.Bootstrap.DynamicResources", &["lds_config", "cds_config", "ads_config"]),
+    ("envoy.config.core.v3.ConfigSource", &["ads", "resource_api_version"]),
+    (
+        "envoy.config.core.v3.ApiConfigSource",
+        &["api_type", "transport_api_version", "grpc_services", "set_node_on_first_message_only"],
+    ),
+    ("envoy.config.core.v3.GrpcService", &["envoy_grpc"]),
+    ("envoy.config.core.v3.GrpcService.EnvoyGrpc", &["cluster_name"]),
     ("envoy.config.bootstrap.v3.Admin", &["address"]),
     ("envoy.config.bootstrap.v3.Bootstrap.StaticResources", &["listeners", "clusters"]),
     ("envoy.config.core.v3.Address", &["socket_address"]),

@@ -21,6 +21,11 @@ use std::path::Path;
 use std::sync::Arc;
 use xds_proto::{Bootstrap, Format};
 
+/// An Envoy `Address` as a socket address (IP and port).
+pub fn socket_address_of(address: &xds_proto::pb::envoy::config::core::v3::Address) -> Result<SocketAddr, ConfigError> {
+    convert::socket_address(Some(address), "address")
+}
+
 /// How strictly to treat fields Strait does not implement.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BuildOptions {

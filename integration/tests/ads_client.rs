@@ -1,0 +1,154 @@
+//! The proxy configured over ADS by `strait-control` (run in-process here: real gRPC over a real
+//! socket), State of the World and delta: ready only once the first complete config is applied,
+//! routes as pushed, follows a change, NACKs what it cannot apply (shown in `/config_dump`) while
+//! serving on, and keeps serving with the control plane gone, converging once it is back.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::*;
+use tokio::sync::oneshot;
+
+/// `strait-control` serving `dir` on `xds` until the returned sender is dropped or fired.
+async fn control_plane(dir: &Path, xds: SocketAddr) -> oneshot::Sender<()> {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let source = Arc::new(strait_control::store::Directory(PathBuf::from(dir)));
+    tokio::spawn(strait_control::serve(source, xds, async move {
+        let _ = stopped.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(xds).await.is_err() {
+        assert!(Instant::now() < deadline, "control plane did not listen on {xds}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop
+}
+
+fn mesh(port: u16, a: SocketAddr, b: SocketAddr, service: &str) -> String {
+    format!(
+        "listeners: [{{ name: http, port: {port} }}]\n\
+         services: [{{ name: a, endpoints: ['{a}'] }}, {{ name: b, endpoints: ['{b}'] }}]\n\
+         routes: [{{ name: main, listener: http, to: [{{ service: {service} }}] }}]\n"
+    )
+}
+
+fn bootstrap(admin: u16, xds: SocketAddr, api_type: &str) -> String {
+    format!(
+        r#"node: {{ id: strait-under-test, cluster: test }}
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: xds
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}] }}]
+"#,
+        xds.port()
+    )
+}
+
+/// Polls until a request is answered by `service`.
+async fn wait_for_service(url: &str, service: &str) {
+    let client = http1_client();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = get(&client, url, &[]).await;
+        if reply.status == 200 && reply.service() == service {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still answered by {} ({})", reply.service(), reply.status);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn all_from(url: &str, service: &str, n: usize) {
+    let client = http1_client();
+    for _ in 0..n {
+        let reply = get(&client, url, &[]).await;
+        assert_eq!((reply.status, reply.service().as_str()), (200, service), "{reply:?}");
+    }
+}
+
+/// The listeners' `version_info` and the last rejection's details in `/config_dump`.
+async fn listener_dump(proxy: &Proxy) -> (String, String) {
+    let dump: serde_json::Value = serde_json::from_str(&proxy.admin_text("/config_dump").await).unwrap();
+    let listeners = dump["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["@type"].as_str().is_some_and(|t| t.ends_with(".ListenersConfigDump")))
+        .cloned()
+        .unwrap();
+    let details = listeners["dynamic_listeners"][0]["error_state"]["details"].as_str().unwrap_or_default();
+    (listeners["version_info"].as_str().unwrap_or_default().to_string(), details.to_string())
+}
+
+#[tokio::test]
+async fn strait_proxy_follows_strait_control_sotw_and_delta() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    for api_type in ["GRPC", "DELTA_GRPC"] {
+        let dir = TempDir::new("ads");
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}/");
+        write_file(&dir.0, "mesh.yaml", &mesh(port, a, b, "a"));
+        let xds: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let stop = control_plane(&dir.0, xds).await;
+        let admin = free_port();
+        // Ready means the control plane's config is applied: traffic flows at once.
+        let proxy = Proxy::start(&bootstrap(admin, xds, api_type), admin).await;
+        all_from(&url, "a", 20).await;
+        let (version, _) = listener_dump(&proxy).await;
+        assert!(!version.is_empty(), "{api_type}: no ADS version in /config_dump");
+
+        // A pushed change is followed.
+        write_file(&dir.0, "mesh.yaml", &mesh(port, a, b, "b"));
+        wait_for_service(&url, "b").await;
+        all_from(&url, "b", 20).await;
+
+        // A config the proxy cannot apply (its listener port is taken) is NACKed with the reason,
+        // shown in /config_dump; the proxy keeps serving the last good config.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken_port = taken.local_addr().unwrap().port();
+        write_file(&dir.0, "mesh.yaml", &mesh(taken_port, a, b, "b"));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let (kept, details) = loop {
+            let (version, details) = listener_dump(&proxy).await;
+            if !details.is_empty() {
+                break (version, details);
+            }
+            assert!(Instant::now() < deadline, "{api_type}: no NACK in /config_dump");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(details.contains("cannot bind"), "{api_type}: {details}");
+        assert_eq!(kept, listener_dump(&proxy).await.0);
+        all_from(&url, "b", 20).await;
+
+        // The control plane goes away: nothing fails meanwhile. It comes back with a new config: the
+        // proxy reconnects and converges.
+        drop(stop);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        all_from(&url, "b", 50).await;
+        write_file(&dir.0, "mesh.yaml", &mesh(port, a, b, "a"));
+        let stop = control_plane(&dir.0, xds).await;
+        wait_for_service(&url, "a").await;
+        all_from(&url, "a", 20).await;
+        drop(stop);
+        drop(proxy);
+    }
+}
