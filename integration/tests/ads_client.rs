@@ -36,33 +36,6 @@ fn mesh(port: u16, a: SocketAddr, b: SocketAddr, service: &str) -> String {
     )
 }
 
-fn bootstrap(admin: u16, xds: SocketAddr, api_type: &str) -> String {
-    format!(
-        r#"node: {{ id: strait-under-test, cluster: test }}
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}] }}]
-"#,
-        xds.port()
-    )
-}
-
 /// Polls until a request is answered by `service`.
 async fn wait_for_service(url: &str, service: &str) {
     let client = http1_client();
@@ -111,7 +84,7 @@ async fn strait_proxy_follows_strait_control_sotw_and_delta() {
         let stop = control_plane(&dir.0, xds).await;
         let admin = free_port();
         // Ready means the control plane's config is applied: traffic flows at once.
-        let proxy = Proxy::start(&bootstrap(admin, xds, api_type), admin).await;
+        let proxy = Proxy::start(&ads_bootstrap("strait-under-test", admin, xds, api_type), admin).await;
         all_from(&url, "a", 20).await;
         let (version, _) = listener_dump(&proxy).await;
         assert!(!version.is_empty(), "{api_type}: no ADS version in /config_dump");

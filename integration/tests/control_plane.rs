@@ -69,34 +69,6 @@ fn mesh(port: u16, a: SocketAddr, b: SocketAddr, to: &str) -> String {
     )
 }
 
-fn envoy_bootstrap(admin: u16, xds: SocketAddr, api_type: &str) -> String {
-    format!(
-        r#"node: {{ id: envoy-under-test, cluster: test }}
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}] }}]
-"#,
-        xds.port()
-    )
-}
-
 /// The versions Envoy reports (set only once it accepted a response): its listeners, its clusters
 /// and its route configuration.
 async fn envoy_versions(envoy: &Envoy) -> [String; 3] {
@@ -175,7 +147,8 @@ async fn envoy_follows_strait_control_over_ads_sotw_and_delta() {
         write_file(&dir.0, "mesh.yaml", &mesh(port, a, b, "[{ service: a }]"));
         let control = Control::start(&dir.0).await;
         let admin = free_port();
-        let envoy = Envoy::start(&envoy_bootstrap(admin, control.xds, api_type), admin).await.unwrap();
+        let envoy =
+            Envoy::start(&ads_bootstrap("envoy-under-test", admin, control.xds, api_type), admin).await.unwrap();
         let url = format!("http://127.0.0.1:{port}/");
 
         // Every resource accepted at the control plane's version, and traffic as configured.
