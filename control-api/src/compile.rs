@@ -106,6 +106,29 @@ fn route_json(route: &RouteSpec) -> Value {
             .collect();
         matcher.insert("headers".into(), json!(headers));
     }
+    if let Some(redirect) = &route.redirect {
+        let code = match redirect.status {
+            301 => "MOVED_PERMANENTLY",
+            303 => "SEE_OTHER",
+            307 => "TEMPORARY_REDIRECT",
+            308 => "PERMANENT_REDIRECT",
+            _ => "FOUND",
+        };
+        let mut action = json!({ "response_code": code });
+        match (&redirect.prefix, &redirect.path) {
+            (Some(prefix), _) => action["prefix_rewrite"] = json!(prefix),
+            (None, Some(path)) => action["path_redirect"] = json!(path),
+            (None, None) => {}
+        }
+        return json!({ "name": route.name, "match": matcher, "redirect": action });
+    }
+    if let Some(direct) = &route.direct {
+        let mut action = json!({ "status": direct.status });
+        if let Some(body) = &direct.body {
+            action["body"] = json!({ "inline_string": body });
+        }
+        return json!({ "name": route.name, "match": matcher, "direct_response": action });
+    }
     let mut action = match route.to.as_slice() {
         [single] => json!({ "cluster": single.service }),
         many => json!({ "weighted_clusters": { "clusters": many.iter()
@@ -113,6 +136,9 @@ fn route_json(route: &RouteSpec) -> Value {
     };
     if let Some(timeout) = route.timeout {
         action["timeout"] = json!(format!("{}s", timeout.as_secs_f64()));
+    }
+    if let Some(prefix) = &route.prefix_rewrite {
+        action["prefix_rewrite"] = json!(prefix);
     }
     json!({ "name": route.name, "match": matcher, "route": action })
 }

@@ -110,10 +110,40 @@ pub struct RouteSpec {
     pub hosts: Vec<String>,
     #[serde(default, rename = "match")]
     pub matcher: MatchSpec,
-    /// The services, with weights for a canary split.
+    /// The services, with weights for a canary split. Exactly one of `to`, `redirect` and `direct`.
+    #[serde(default)]
     pub to: Vec<TargetSpec>,
+    /// Replaces the matched prefix before the request goes upstream.
+    pub prefix_rewrite: Option<String>,
+    /// Answers with a redirect instead.
+    pub redirect: Option<RedirectSpec>,
+    /// Answers directly instead.
+    pub direct: Option<DirectSpec>,
     #[serde(default, with = "humantime_serde_opt")]
     pub timeout: Option<Duration>,
+}
+
+/// A redirect: the matched prefix replaced by `prefix`, or the whole path by `path`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectSpec {
+    pub prefix: Option<String>,
+    pub path: Option<String>,
+    /// 301, 302 (default), 303, 307 or 308.
+    #[serde(default = "found")]
+    pub status: u16,
+}
+
+fn found() -> u16 {
+    302
+}
+
+/// A response from the proxy itself.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DirectSpec {
+    pub status: u16,
+    pub body: Option<String>,
 }
 
 fn any_host() -> Vec<String> {
@@ -228,8 +258,26 @@ impl Mesh {
                 }
                 _ => {}
             }
-            if r.to.is_empty() {
-                errors.push(format!("{at}: to: at least one service is needed"));
+            let actions =
+                usize::from(!r.to.is_empty()) + usize::from(r.redirect.is_some()) + usize::from(r.direct.is_some());
+            if actions != 1 {
+                errors.push(format!("{at}: set exactly one of to (services), redirect and direct"));
+            }
+            if let Some(redirect) = &r.redirect {
+                if redirect.prefix.is_some() == redirect.path.is_some() {
+                    errors.push(format!("{at}: redirect: set one of prefix and path"));
+                }
+                if ![301, 302, 303, 307, 308].contains(&redirect.status) {
+                    errors.push(format!("{at}: redirect.status: {} is not 301, 302, 303, 307 or 308", redirect.status));
+                }
+            }
+            if let Some(direct) = &r.direct
+                && !(200..=599).contains(&direct.status)
+            {
+                errors.push(format!("{at}: direct.status: {} is not an HTTP status (200-599)", direct.status));
+            }
+            if r.prefix_rewrite.is_some() && r.to.is_empty() {
+                errors.push(format!("{at}: prefix_rewrite: only for routes to services"));
             }
             for (j, t) in r.to.iter().enumerate() {
                 if !services.contains(t.service.as_str()) {

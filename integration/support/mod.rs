@@ -317,7 +317,7 @@ impl Envoy {
 }
 
 /// Waits until a proxy's admin `/ready` answers 200; fails if the process exits or time runs out.
-async fn wait_ready(what: &str, child: &mut Child, admin: SocketAddr, limit: Duration) {
+pub async fn wait_ready(what: &str, child: &mut Child, admin: SocketAddr, limit: Duration) {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
