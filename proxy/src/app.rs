@@ -250,9 +250,13 @@ impl DataPlane {
 async fn apply_update(proxy: &mut Proxy, update: ads::Update, ready: &AtomicBool) {
     let result = proxy.apply_dynamic(update.resolved).await;
     if let Err(e) = &result {
+        metrics::counter!("strait_ads_update_rejected_total").increment(1);
         tracing::error!("config from ADS rejected, the running config stays:\n{e}");
-    } else if update.complete {
-        ready.store(true, Ordering::Release);
+    } else {
+        metrics::counter!("strait_ads_update_success_total").increment(1);
+        if update.complete {
+            ready.store(true, Ordering::Release);
+        }
     }
     let _ = update.reply.send(result);
 }
