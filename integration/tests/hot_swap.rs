@@ -24,10 +24,13 @@ use tokio_stream::wrappers::ReceiverStream;
 
 const DURATION: Duration = Duration::from_secs(30);
 
+/// A request body fed message by message: the client half of a long gRPC stream.
+type StreamingBody = StreamBody<ReceiverStream<Result<Frame<Bytes>, Infallible>>>;
+
 fn mesh(port: u16, upstreams: &[SocketAddr; 4], k: usize) -> String {
     let [a, b, c, g] = upstreams;
     let wa = 10 + (k * 7) % 80;
-    let timeout = if k % 2 == 0 { "5s" } else { "4s" };
+    let timeout = if k.is_multiple_of(2) { "5s" } else { "4s" };
     format!(
         "listeners: [{{ name: http, port: {port} }}]\n\
          services:\n\
@@ -85,8 +88,7 @@ async fn config_changes_every_100ms_under_load_lose_nothing() {
 
     // The long gRPC stream: a message every 50 ms, each echo read back before the next.
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
-    let grpc: Client<_, StreamBody<ReceiverStream<Result<Frame<Bytes>, Infallible>>>> =
-        Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    let grpc: Client<_, StreamingBody> = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
     let request = http::Request::post(format!("http://127.0.0.1:{port}/pkg.Echo/Stream"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
