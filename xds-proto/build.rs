@@ -1,12 +1,18 @@
-//! Extracts the complete Envoy `FileDescriptorSet` shipped inside the `envoy-types` package, strips the
-//! source comments (3.3 MB -> ~0.6 MB) and writes it to `OUT_DIR`, so the proxy can read Envoy's YAML and
-//! JSON config into the real protobuf types at run time.
+//! Two jobs: compiles Strait's own management API (`proto/strait/control/v1/mesh.proto`) with `protox`
+//! (pure Rust, no `protoc` needed) and `tonic-prost-build`; and extracts the complete Envoy
+//! `FileDescriptorSet` shipped inside the `envoy-types` package, strips the source comments (3.3 MB ->
+//! ~0.6 MB) and writes it to `OUT_DIR`, so the proxy can read Envoy's YAML and JSON config into the
+//! real protobuf types at run time.
 
 use prost::Message;
 use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=proto");
+    let api = protox::compile(["strait/control/v1/mesh.proto"], ["proto"]).unwrap_or_else(|e| panic!("{e:?}"));
+    tonic_prost_build::configure().compile_fds(api).expect("generating the management API");
+
     println!("cargo:rerun-if-changed=Cargo.toml");
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let metadata = cargo_metadata::MetadataCommand::new()

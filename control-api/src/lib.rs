@@ -4,23 +4,23 @@
 //! compile is reported whole and the last good one keeps being served.
 
 pub mod ads;
+pub mod api;
 pub mod compile;
+pub mod control;
 pub mod mesh;
 pub mod resources;
 pub mod store;
 
+use control::Control;
 use resources::Resources;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use store::MeshSource;
-use tokio::sync::watch;
 
 /// Loads, validates and compiles the whole config from `source`.
 pub fn load(source: &dyn MeshSource) -> Result<Resources, String> {
-    let mesh = source.load()?;
-    mesh.validate().map_err(|e| e.to_string())?;
-    compile::compile(&mesh)
+    control::compile_checked(&source.load()?)
 }
 
 /// How often the source is checked for changes; a change is read once it has been quiet this long,
@@ -28,50 +28,105 @@ pub fn load(source: &dyn MeshSource) -> Result<Resources, String> {
 const POLL: Duration = Duration::from_millis(250);
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
-/// Serves ADS on `xds` until `shutdown` resolves, following changes to `source`.
+/// Where the control plane listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    /// xDS (ADS) for proxies.
+    pub xds: SocketAddr,
+    /// The management API (`strait.control.v1.MeshService`), if served.
+    pub api: Option<SocketAddr>,
+}
+
+/// Serves ADS (and the management API) until `shutdown` resolves, following changes to `source`.
 pub async fn serve(
     source: Arc<dyn MeshSource>,
     xds: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let initial = load(source.as_ref()).map_err(|e| anyhow::anyhow!("{}:\n{e}", source.describe()))?;
-    tracing::info!(version = initial.version, "serving {}", source.describe());
-    let (tx, rx) = watch::channel(Arc::new(initial));
-    // Ending the follower drops the watch sender, which ends every ADS stream, so a shutdown does not
-    // wait on streams that never finish by themselves (clients reconnect to the next instance).
-    let follower = tokio::spawn(follow(source, tx));
+    serve_all(source, Addresses { xds, api: None }, shutdown).await
+}
+
+/// Serves ADS and, if asked, the management API until `shutdown` resolves.
+pub async fn serve_all(
+    source: Arc<dyn MeshSource>,
+    addresses: Addresses,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let control = Control::new(source.clone()).map_err(|e| anyhow::anyhow!("{}:\n{e}", source.describe()))?;
+    tracing::info!(version = control.current().version, "serving {}", control.describe());
+    let xds_listener = tokio::net::TcpListener::bind(addresses.xds)
+        .await
+        .map_err(|e| anyhow::anyhow!("bind {}: {e}", addresses.xds))?;
+    let api_listener = match addresses.api {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("bind {addr}: {e}"))?),
+        None => None,
+    };
+    tracing::info!(xds = %addresses.xds, "xDS (ADS) listening");
+    // Ending the follower drops the watch senders' last user, which ends every ADS stream, so a
+    // shutdown does not wait on streams that never finish by themselves.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let follower = tokio::spawn(follow(control.clone(), stop_rx.clone()));
+    let ads = ads::Ads::new(control.resources(), stop_rx.clone());
+    let stop_api = stop_rx.clone();
+    let api = api_listener.map(|listener| {
+        tracing::info!(api = ?addresses.api, "management API listening");
+        let service = api::MeshApi::new(control.clone(), stop_rx.clone()).into_service();
+        tokio::spawn(tonic::transport::Server::builder().serve_with_incoming_shutdown(
+            service,
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stopped(stop_api),
+        ))
+    });
     let shutdown = async move {
         shutdown.await;
+        let _ = stop_tx.send(true);
         follower.abort();
     };
-    let listener = tokio::net::TcpListener::bind(xds).await.map_err(|e| anyhow::anyhow!("bind {xds}: {e}"))?;
-    tracing::info!(%xds, "xDS (ADS) listening");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
-        .serve_with_incoming_shutdown(ads::Ads::new(rx).into_service(), incoming, shutdown)
+        .serve_with_incoming_shutdown(
+            ads.into_service(),
+            tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
+            shutdown,
+        )
         .await?;
+    if let Some(api) = api {
+        let _ = api.await;
+    }
     Ok(())
 }
 
 /// Polls the source; publishes each new good config, logs a bad one and keeps the last good.
-async fn follow(source: Arc<dyn MeshSource>, tx: watch::Sender<Arc<Resources>>) {
-    let mut seen = source.fingerprint();
+async fn follow(control: Arc<Control>, stop: tokio::sync::watch::Receiver<bool>) {
+    let source_changed = |seen: &mut Vec<_>| {
+        let now = control_fingerprint(&control);
+        let changed = now != *seen;
+        *seen = now;
+        changed
+    };
+    let mut seen = control_fingerprint(&control);
     loop {
-        tokio::time::sleep(POLL).await;
-        let now = source.fingerprint();
-        if now == seen {
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            () = stopped(stop.clone()) => return,
+        }
+        if !source_changed(&mut seen) && !control.needs_reload() {
             continue;
         }
-        // Let a burst of writes settle.
+        // Let a burst of writes settle, and read only a settled state: a file being rewritten
+        // (truncated, then written) changes the fingerprint while it is read, and is read again.
         tokio::time::sleep(DEBOUNCE).await;
-        seen = source.fingerprint();
-        match load(source.as_ref()) {
-            Ok(next) if next.version == tx.borrow().version => {}
-            Ok(next) => {
-                tracing::info!(version = next.version, "config changed: pushing");
-                tx.send_replace(Arc::new(next));
-            }
-            Err(e) => tracing::error!("config rejected, still serving the last good one:\n{e}"),
-        }
+        source_changed(&mut seen);
+        control.reload_if(|| control_fingerprint(&control) == seen);
     }
+}
+
+/// Resolves once `stop` turns true; never, if its sender is gone without stopping.
+pub(crate) async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn control_fingerprint(control: &Control) -> Vec<(std::path::PathBuf, Option<std::time::SystemTime>, u64)> {
+    control.fingerprint()
 }

@@ -1,10 +1,14 @@
-//! `strait-control`: the control plane's command line.
+//! `strait-control`: the control plane's command line: `serve`, and the management API's client
+//! commands (`apply`, `diff`, `get`, `delete`).
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use strait_control::store::{Directory, Embedded, MeshSource};
+use xds_proto::control as pb;
+use xds_proto::control::mesh_service_client::MeshServiceClient;
 
 #[derive(Parser)]
 #[command(name = "strait-control", version, about = "Strait's control plane: mesh config served to proxies over xDS")]
@@ -15,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve xDS (ADS) for the config in a directory, or for the embedded example.
+    /// Serve xDS (ADS) and the management API for a config directory, or for the embedded example.
     Serve {
         /// A directory of mesh YAML files, watched for changes (default: the embedded example).
         #[arg(long)]
@@ -23,9 +27,43 @@ enum Command {
         /// Where proxies connect for xDS.
         #[arg(long, default_value = "127.0.0.1:15010")]
         xds_address: SocketAddr,
+        /// Where the management API (and this CLI) connects.
+        #[arg(long, default_value = "127.0.0.1:15011")]
+        api_address: SocketAddr,
         /// Log level (error, warn, info, debug, trace).
         #[arg(short = 'l', long, default_value = "info")]
         log_level: String,
+    },
+    /// Create or replace the objects in a mesh YAML file through the management API.
+    Apply {
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+        /// Validate and show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, default_value = "http://127.0.0.1:15011")]
+        server: String,
+    },
+    /// What applying a file would change (a dry run).
+    Diff {
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+        #[arg(long, default_value = "http://127.0.0.1:15011")]
+        server: String,
+    },
+    /// Print the mesh being served, as YAML, with its version.
+    Get {
+        #[arg(long, default_value = "http://127.0.0.1:15011")]
+        server: String,
+    },
+    /// Delete objects applied through the API: KIND NAME (kind: listener, service, route).
+    Delete {
+        kind: String,
+        names: Vec<String>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, default_value = "http://127.0.0.1:15011")]
+        server: String,
     },
     /// Check a config directory and print every problem.
     Validate { config_dir: PathBuf },
@@ -33,10 +71,11 @@ enum Command {
     Example,
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Serve { config_dir, xds_address, log_level } => {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let result = match cli.command {
+        Command::Serve { config_dir, xds_address, api_address, log_level } => {
             tracing_subscriber::fmt()
                 // The level is for Strait's own logs; the HTTP/2 and gRPC libraries stay at info.
                 .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
@@ -48,7 +87,6 @@ fn main() -> std::process::ExitCode {
                 Some(dir) => Arc::new(Directory(dir)),
                 None => Arc::new(Embedded),
             };
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
             let shutdown = async {
                 let mut term =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
@@ -57,14 +95,13 @@ fn main() -> std::process::ExitCode {
                     _ = tokio::signal::ctrl_c() => {}
                 }
             };
-            match runtime.block_on(strait_control::serve(source, xds_address, shutdown)) {
-                Ok(()) => std::process::ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("strait-control: {e}");
-                    std::process::ExitCode::FAILURE
-                }
-            }
+            let addresses = strait_control::Addresses { xds: xds_address, api: Some(api_address) };
+            runtime.block_on(strait_control::serve_all(source, addresses, shutdown))
         }
+        Command::Apply { file, dry_run, server } => runtime.block_on(apply(&file, dry_run, &server)),
+        Command::Diff { file, server } => runtime.block_on(apply(&file, true, &server)),
+        Command::Get { server } => runtime.block_on(get(&server)),
+        Command::Delete { kind, names, dry_run, server } => runtime.block_on(delete(kind, names, dry_run, &server)),
         Command::Validate { config_dir } => match strait_control::load(&Directory(config_dir.clone())) {
             Ok(resources) => {
                 println!(
@@ -74,16 +111,73 @@ fn main() -> std::process::ExitCode {
                     resources.count(xds_proto::type_url::LISTENER),
                     resources.count(xds_proto::type_url::CLUSTER)
                 );
-                std::process::ExitCode::SUCCESS
+                Ok(())
             }
-            Err(e) => {
-                eprintln!("{}:\n{e}", config_dir.display());
-                std::process::ExitCode::FAILURE
-            }
+            Err(e) => Err(anyhow::anyhow!("{}:\n{e}", config_dir.display())),
         },
         Command::Example => {
             print!("{}", strait_control::store::EMBEDDED_DEFAULT);
-            std::process::ExitCode::SUCCESS
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strait-control: {e:#}");
+            ExitCode::FAILURE
         }
     }
+}
+
+async fn client(server: &str) -> anyhow::Result<MeshServiceClient<tonic::transport::Channel>> {
+    MeshServiceClient::connect(server.to_string())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the management API at {server}: {e}"))
+}
+
+fn rpc_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", status.message())
+}
+
+fn print_changes(response: pb::ChangeResponse, dry_run: bool) {
+    let verb = if dry_run { "would change" } else { "changed" };
+    if response.changes.is_empty() {
+        println!("nothing to change (version {})", response.version);
+    }
+    for change in &response.changes {
+        println!("{verb}: {change}");
+    }
+    if !response.changes.is_empty() {
+        println!("version {}{}", response.version, if dry_run { " (dry run: nothing applied)" } else { "" });
+    }
+}
+
+async fn apply(file: &std::path::Path, dry_run: bool, server: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let mesh = strait_control::mesh::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let objects = strait_control::api::to_proto(&mesh);
+    let response = client(server)
+        .await?
+        .apply(pb::ApplyRequest { objects: Some(objects), dry_run })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    print_changes(response, dry_run);
+    Ok(())
+}
+
+async fn get(server: &str) -> anyhow::Result<()> {
+    let state = client(server).await?.list(pb::ListRequest {}).await.map_err(rpc_error)?.into_inner();
+    let mesh = strait_control::api::from_proto(state.mesh.unwrap_or_default()).map_err(anyhow::Error::msg)?;
+    println!("# version {}", state.version);
+    print!("{}", yaml_serde::to_string(&mesh)?);
+    Ok(())
+}
+
+async fn delete(kind: String, names: Vec<String>, dry_run: bool, server: &str) -> anyhow::Result<()> {
+    let objects = names.into_iter().map(|name| pb::ObjectRef { kind: kind.clone(), name }).collect();
+    let response =
+        client(server).await?.delete(pb::DeleteRequest { objects, dry_run }).await.map_err(rpc_error)?.into_inner();
+    print_changes(response, dry_run);
+    Ok(())
 }

@@ -1,12 +1,12 @@
 //! The friendly mesh config: listeners, services and routes in a YAML that fits on one screen,
 //! validated whole (every problem named by object and field) before anything is compiled.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::time::Duration;
 
 /// A whole mesh config: the union of every file in the config directory.
-#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Mesh {
     #[serde(default)]
@@ -18,7 +18,7 @@ pub struct Mesh {
 }
 
 /// Where proxies accept traffic.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSpec {
     /// The file and the position in it this object came from, for error messages.
@@ -35,7 +35,7 @@ fn default_address() -> String {
 }
 
 /// A service: a set of endpoints that routes send traffic to.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// The file and the position in it this object came from, for error messages.
@@ -46,11 +46,11 @@ pub struct ServiceSpec {
     /// `http1` (default) or `http2` towards the endpoints.
     #[serde(default)]
     pub protocol: Protocol,
-    #[serde(default, with = "humantime_serde_opt")]
+    #[serde(default, with = "humantime_serde_opt", skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Duration>,
 }
 
-#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -60,7 +60,7 @@ pub enum Protocol {
 
 /// `host:port`, or `{ address: host:port, weight: N }`. An IP address is sent as an endpoint (EDS);
 /// a DNS name makes the service a `STRICT_DNS` cluster.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum EndpointSpec {
     Address(String),
@@ -98,7 +98,7 @@ impl EndpointSpec {
 }
 
 /// A route: requests on `listener` for one of `hosts` that match go to `to`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
     /// The file and the position in it this object came from, for error messages.
@@ -114,20 +114,25 @@ pub struct RouteSpec {
     #[serde(default)]
     pub to: Vec<TargetSpec>,
     /// Replaces the matched prefix before the request goes upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prefix_rewrite: Option<String>,
     /// Answers with a redirect instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub redirect: Option<RedirectSpec>,
     /// Answers directly instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub direct: Option<DirectSpec>,
-    #[serde(default, with = "humantime_serde_opt")]
+    #[serde(default, with = "humantime_serde_opt", skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
 }
 
 /// A redirect: the matched prefix replaced by `prefix`, or the whole path by `path`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RedirectSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// 301, 302 (default), 303, 307 or 308.
     #[serde(default = "found")]
@@ -139,10 +144,11 @@ fn found() -> u16 {
 }
 
 /// A response from the proxy itself.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DirectSpec {
     pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
 }
 
@@ -150,17 +156,19 @@ fn any_host() -> Vec<String> {
     vec!["*".into()]
 }
 
-#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MatchSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// Exact header values that must be present.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub headers: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSpec {
     pub service: String,
@@ -311,8 +319,15 @@ pub fn parse(text: &str) -> Result<Mesh, String> {
 
 /// `timeout: 5s` style durations (humantime), optional.
 mod humantime_serde_opt {
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let text: Option<String> = Option::deserialize(d)?;

@@ -13,7 +13,15 @@ pub trait MeshSource: Send + Sync + 'static {
     fn fingerprint(&self) -> Vec<(PathBuf, Option<SystemTime>, u64)>;
     /// What to call it in logs.
     fn describe(&self) -> String;
+    /// Where objects applied through the management API are kept (read back by [`MeshSource::load`]),
+    /// or `None` to keep them in memory.
+    fn api_file(&self) -> Option<PathBuf> {
+        None
+    }
 }
+
+/// The file in a config directory that holds what the management API applied.
+pub const API_FILE: &str = "zz-applied-by-api.yaml";
 
 /// The example config built into the binary.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.yaml");
@@ -23,7 +31,12 @@ pub struct Embedded;
 
 impl MeshSource for Embedded {
     fn load(&self) -> Result<Mesh, String> {
-        mesh::parse(EMBEDDED_DEFAULT).map_err(|e| format!("embedded default: {e}"))
+        let mut mesh = Mesh::default();
+        mesh.extend_from(
+            "the embedded default",
+            mesh::parse(EMBEDDED_DEFAULT).map_err(|e| format!("embedded default: {e}"))?,
+        );
+        Ok(mesh)
     }
     fn fingerprint(&self) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
         Vec::new()
@@ -44,7 +57,9 @@ impl Directory {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
             .collect();
-        files.sort();
+        // What the management API applied comes first, so a pushed route is matched before the
+        // files' routes (a catch-all in a file does not hide it); then the files in name order.
+        files.sort_by_key(|p| (p.file_name().and_then(|n| n.to_str()) != Some(API_FILE), p.clone()));
         Ok(files)
     }
 }
@@ -76,6 +91,10 @@ impl MeshSource for Directory {
 
     fn describe(&self) -> String {
         format!("config directory {}", self.0.display())
+    }
+
+    fn api_file(&self) -> Option<PathBuf> {
+        Some(self.0.join(API_FILE))
     }
 }
 

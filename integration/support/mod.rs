@@ -282,9 +282,13 @@ pub fn static_cluster(name: &str, addrs: &[SocketAddr], extra: &str) -> String {
     )
 }
 
+/// Writes a file the way config should be replaced: written beside it, then renamed over it, so a
+/// watcher never reads half a file.
 pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &p).unwrap();
     p
 }
 

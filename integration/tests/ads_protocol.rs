@@ -38,7 +38,8 @@ fn resources(services: &[(&str, &str)]) -> Arc<Resources> {
 
 async fn server(initial: Arc<Resources>) -> (watch::Sender<Arc<Resources>>, Arc<AdsStats>, String) {
     let (tx, rx) = watch::channel(initial);
-    let ads = Ads::new(rx);
+    let (_, stop) = watch::channel(false);
+    let ads = Ads::new(rx, stop);
     let stats = ads.stats();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

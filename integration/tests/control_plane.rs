@@ -19,27 +19,43 @@ const CONTROL: &str = env!("CARGO_BIN_EXE_strait-control");
 struct Control {
     child: Child,
     xds: SocketAddr,
+    api: SocketAddr,
 }
 
 impl Control {
     async fn start(dir: &Path) -> Control {
         let xds: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let api: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        Control::start_on(dir, xds, api).await
+    }
+
+    async fn start_on(dir: &Path, xds: SocketAddr, api: SocketAddr) -> Control {
         let child = Command::new(CONTROL)
             .args(["serve", "--config-dir"])
             .arg(dir)
-            .args(["--xds-address", &xds.to_string(), "-l", "warn"])
+            .args(["--xds-address", &xds.to_string(), "--api-address", &api.to_string(), "-l", "warn"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start strait-control");
-        let mut control = Control { child, xds };
+        let mut control = Control { child, xds, api };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(xds).await.is_err() {
+        while tokio::net::TcpStream::connect(api).await.is_err() {
             assert!(control.child.try_wait().unwrap().is_none(), "strait-control exited");
-            assert!(Instant::now() < deadline, "strait-control did not listen on {xds}");
+            assert!(Instant::now() < deadline, "strait-control did not listen on {api}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         control
+    }
+}
+
+impl Control {
+    /// Runs a CLI command against this control plane's management API: (success, stdout + stderr).
+    fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out =
+            Command::new(CONTROL).args(args).args(["--server", &format!("http://{}", self.api)]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
     }
 }
 
@@ -176,4 +192,70 @@ async fn envoy_follows_strait_control_over_ads_sotw_and_delta() {
         drop(envoy);
         drop(control);
     }
+}
+
+#[tokio::test]
+async fn the_management_api_changes_what_envoy_serves() {
+    if require_tool("envoy").is_none() {
+        return;
+    }
+    let (a, b) = (echo("a").await, echo("b").await);
+    let dir = TempDir::new("control-api");
+    let port = free_port();
+    write_file(&dir.0, "mesh.yaml", &mesh(port, a, b, "[{ service: a }]"));
+    let control = Control::start(&dir.0).await;
+    let admin = free_port();
+    let envoy = Envoy::start(&ads_bootstrap("envoy-under-test", admin, control.xds, "GRPC"), admin).await.unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+    wait_for_version(&envoy, &expected_version(&dir.0)).await;
+    let first = envoy_versions(&envoy).await[2].clone();
+
+    // A new route pushed through the API (`strait-control apply -f`), after a dry run that changes nothing.
+    let push = write_file(
+        &dir.0,
+        "push.yaml.txt",
+        "routes: [{ name: to-b, listener: http, match: { prefix: /b }, to: [{ service: b }] }]\n",
+    );
+    let (ok, out) = control.cli(&["diff", "-f", push.to_str().unwrap()]);
+    assert!(ok && out.contains("would change: created route to-b"), "{out}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(envoy_versions(&envoy).await[2], first, "a dry run changed nothing");
+    let (ok, out) = control.cli(&["apply", "-f", push.to_str().unwrap()]);
+    assert!(ok && out.contains("changed: created route to-b"), "{out}");
+    let second = wait_for_route_change(&envoy, &first).await;
+    let client = http1_client();
+    assert_eq!(get(&client, &format!("{url}b/x"), &[]).await.service(), "b");
+    assert_eq!(get(&client, &url, &[]).await.service(), "a");
+
+    // An invalid push is rejected whole, naming the object and field; nothing changes.
+    let bad = write_file(
+        &dir.0,
+        "bad.yaml.txt",
+        "services: [{ name: c, endpoints: ['127.0.0.1:9'] }]\nroutes: [{ name: broken, listener: nope, to: [{ service: c }] }]\n",
+    );
+    let (ok, out) = control.cli(&["apply", "-f", bad.to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("zz-applied-by-api.yaml: routes[1] 'broken': listener: unknown listener 'nope'"),
+        "{out}"
+    );
+    let (_, listed) = control.cli(&["get"]);
+    assert!(listed.contains("to-b") && !listed.contains("broken") && !listed.contains("name: c\n"), "{listed}");
+    // An object a config file defines is changed in that file, not through the API.
+    let own = write_file(&dir.0, "own.yaml.txt", &format!("services: [{{ name: a, endpoints: ['{b}'] }}]\n"));
+    let (ok, out) = control.cli(&["apply", "-f", own.to_str().unwrap()]);
+    assert!(!ok && out.contains("service 'a' is defined in mesh.yaml"), "{out}");
+
+    // Applied objects survive a restart of the control plane.
+    let (xds, api) = (control.xds, control.api);
+    drop(control);
+    let control = Control::start_on(&dir.0, xds, api).await;
+    let (_, listed) = control.cli(&["get"]);
+    assert!(listed.contains("to-b"), "{listed}");
+
+    // Deleted through the API: the route is gone from Envoy.
+    let (ok, out) = control.cli(&["delete", "route", "to-b"]);
+    assert!(ok && out.contains("deleted route to-b"), "{out}");
+    wait_for_route_change(&envoy, &second).await;
+    assert_eq!(get(&client, &format!("{url}b/x"), &[]).await.service(), "a");
+    drop(envoy);
 }

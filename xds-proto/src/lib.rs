@@ -10,6 +10,12 @@ pub use document::{
 };
 pub use envoy_types::pb;
 
+/// Strait's own management API (`strait.control.v1`): mesh objects and the `MeshService`.
+pub mod control {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("strait.control.v1");
+}
+
 /// The Envoy bootstrap message, the root of every config file the proxy reads.
 pub use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 

@@ -34,12 +34,14 @@ pub struct AdsStats {
 #[derive(Debug, Clone)]
 pub struct Ads {
     resources: watch::Receiver<Arc<Resources>>,
+    /// Turns true when the control plane shuts down: every stream ends (clients reconnect elsewhere).
+    stop: watch::Receiver<bool>,
     stats: Arc<AdsStats>,
 }
 
 impl Ads {
-    pub fn new(resources: watch::Receiver<Arc<Resources>>) -> Self {
-        Ads { resources, stats: Arc::default() }
+    pub fn new(resources: watch::Receiver<Arc<Resources>>, stop: watch::Receiver<bool>) -> Self {
+        Ads { resources, stop, stats: Arc::default() }
     }
 
     pub fn stats(&self) -> Arc<AdsStats> {
@@ -64,7 +66,8 @@ impl AggregatedDiscoveryService for Ads {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
         self.stats.streams.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(sotw::serve(request.into_inner(), self.resources.clone(), tx, self.stats.clone()));
+        let stream = sotw::serve(request.into_inner(), self.resources.clone(), tx, self.stats.clone());
+        tokio::spawn(until_stopped(stream, self.stop.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -74,8 +77,17 @@ impl AggregatedDiscoveryService for Ads {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
         self.stats.streams.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(delta::serve(request.into_inner(), self.resources.clone(), tx, self.stats.clone()));
+        let stream = delta::serve(request.into_inner(), self.resources.clone(), tx, self.stats.clone());
+        tokio::spawn(until_stopped(stream, self.stop.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Runs a stream until it ends or the control plane stops.
+async fn until_stopped(stream: impl Future<Output = ()>, stop: watch::Receiver<bool>) {
+    tokio::select! {
+        () = stream => {}
+        () = crate::stopped(stop) => {}
     }
 }
 

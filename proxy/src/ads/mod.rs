@@ -238,6 +238,16 @@ impl Session<'_> {
                     Err(e) => outcome = Err(e),
                 }
             }
+            if t != type_url::LISTENER && t != type_url::CLUSTER {
+                // Routes and endpoints are not full state: a response carries what changed among the
+                // subscribed names, and absence is not deletion. Keep the rest that is still wanted.
+                let wanted = subscribed.get(t).cloned().unwrap_or_default();
+                for (name, old) in self.state.of_type(t) {
+                    if wanted.contains(name) && !items.contains_key(name) {
+                        items.insert(name.clone(), old.clone());
+                    }
+                }
+            }
             candidate.resources.insert(t, items);
             candidate.versions.insert(t, response.version_info.clone());
             if outcome.is_ok() {

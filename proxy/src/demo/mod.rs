@@ -35,6 +35,8 @@ pub fn run(concurrency: usize) -> anyhow::Result<()> {
     std::fs::write(&mesh_file, MESH)?;
     let source = std::sync::Arc::new(strait_control::store::Directory(mesh_dir));
     let xds = std::net::SocketAddr::from(XDS);
+    // Something else on the xDS port would configure the demo's proxy: refuse to start instead.
+    drop(std::net::TcpListener::bind(xds).map_err(|e| anyhow::anyhow!("demo control plane cannot bind {xds}: {e}"))?);
     let control = upstreams.spawn(strait_control::serve(source, xds, std::future::pending()));
     // The proxy connects once the control plane listens.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -1,0 +1,227 @@
+//! The management API (`strait.control.v1.MeshService`): apply, delete (both with dry run), list and
+//! watch the mesh objects, over gRPC. Objects convert to and from the mesh YAML's types, so the API,
+//! the files and the CLI say the same things.
+
+use crate::control::{ChangeError, Changed, Control, Served};
+use crate::mesh::{self, Mesh};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use xds_proto::control as pb;
+use xds_proto::control::mesh_service_server::{MeshService, MeshServiceServer};
+
+#[derive(Debug, Clone)]
+pub struct MeshApi {
+    control: Arc<Control>,
+    stop: watch::Receiver<bool>,
+}
+
+impl MeshApi {
+    pub fn new(control: Arc<Control>, stop: watch::Receiver<bool>) -> Self {
+        MeshApi { control, stop }
+    }
+
+    pub fn into_service(self) -> MeshServiceServer<Self> {
+        MeshServiceServer::new(self)
+    }
+}
+
+fn status(e: ChangeError) -> Status {
+    match e {
+        ChangeError::Invalid(m) => Status::invalid_argument(m),
+        ChangeError::NotFound(m) => Status::not_found(m),
+        ChangeError::OwnedByFile(m) => Status::failed_precondition(m),
+        ChangeError::Storage(m) => Status::internal(m),
+    }
+}
+
+fn changed(c: Changed) -> Response<pb::ChangeResponse> {
+    Response::new(pb::ChangeResponse { version: c.version, changes: c.changes })
+}
+
+fn state(served: &Served) -> pb::MeshState {
+    pb::MeshState { version: served.version.clone(), mesh: Some(to_proto(&served.mesh)) }
+}
+
+type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::MeshState, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl MeshService for MeshApi {
+    async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ChangeResponse>, Status> {
+        let request = request.into_inner();
+        let objects = from_proto(request.objects.unwrap_or_default()).map_err(Status::invalid_argument)?;
+        let control = self.control.clone();
+        let result = tokio::task::spawn_blocking(move || control.apply(objects, request.dry_run))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        result.map(changed).map_err(status)
+    }
+
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::ChangeResponse>, Status> {
+        let request = request.into_inner();
+        let refs: Vec<(String, String)> = request.objects.into_iter().map(|o| (o.kind, o.name)).collect();
+        let control = self.control.clone();
+        let result = tokio::task::spawn_blocking(move || control.delete(&refs, request.dry_run))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        result.map(changed).map_err(status)
+    }
+
+    async fn list(&self, _: Request<pb::ListRequest>) -> Result<Response<pb::MeshState>, Status> {
+        Ok(Response::new(state(&self.control.current())))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, _: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let mut served = self.control.served();
+        let stop = self.stop.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let current = state(&served.borrow_and_update().clone());
+                if tx.send(Ok(current)).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = served.changed() => if changed.is_err() { return },
+                    () = crate::stopped(stop.clone()) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+fn duration(text: &str, field: &str) -> Result<Option<Duration>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    humantime::parse_duration(text).map(Some).map_err(|e| format!("{field}: '{text}': {e}"))
+}
+
+fn format_duration(d: Option<Duration>) -> String {
+    d.map(|d| humantime::format_duration(d).to_string()).unwrap_or_default()
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// API objects to the mesh's own types; errors name the object and field.
+pub fn from_proto(m: pb::Mesh) -> Result<Mesh, String> {
+    let listeners = m
+        .listeners
+        .into_iter()
+        .map(|l| mesh::ListenerSpec {
+            name: l.name,
+            address: non_empty(l.address).unwrap_or_else(|| "127.0.0.1".into()),
+            port: u16::try_from(l.port).unwrap_or(0),
+            origin: None,
+        })
+        .collect();
+    let mut services = Vec::new();
+    for s in m.services {
+        let protocol = match s.protocol.as_str() {
+            "" | "http1" => mesh::Protocol::Http1,
+            "http2" => mesh::Protocol::Http2,
+            other => return Err(format!("service '{}': protocol: '{other}' is not http1 or http2", s.name)),
+        };
+        let at = format!("service '{}'", s.name);
+        services.push(mesh::ServiceSpec {
+            connect_timeout: duration(&s.connect_timeout, &format!("{at}: connect_timeout"))?,
+            endpoints: s
+                .endpoints
+                .into_iter()
+                .map(|e| mesh::EndpointSpec::Weighted { address: e.address, weight: e.weight.max(1) })
+                .collect(),
+            name: s.name,
+            protocol,
+            origin: None,
+        });
+    }
+    let mut routes = Vec::new();
+    for r in m.routes {
+        let at = format!("route '{}'", r.name);
+        let matcher = r.r#match.unwrap_or_default();
+        routes.push(mesh::RouteSpec {
+            timeout: duration(&r.timeout, &format!("{at}: timeout"))?,
+            name: r.name,
+            listener: r.listener,
+            hosts: if r.hosts.is_empty() { vec!["*".into()] } else { r.hosts },
+            matcher: mesh::MatchSpec {
+                prefix: non_empty(matcher.prefix),
+                path: non_empty(matcher.path),
+                headers: matcher.headers.into_iter().collect(),
+            },
+            to: r.to.into_iter().map(|t| mesh::TargetSpec { service: t.service, weight: t.weight.max(1) }).collect(),
+            prefix_rewrite: non_empty(r.prefix_rewrite),
+            redirect: r.redirect.map(|d| mesh::RedirectSpec {
+                prefix: non_empty(d.prefix),
+                path: non_empty(d.path),
+                status: if d.status == 0 { 302 } else { u16::try_from(d.status).unwrap_or(0) },
+            }),
+            direct: r
+                .direct
+                .map(|d| mesh::DirectSpec { status: u16::try_from(d.status).unwrap_or(0), body: non_empty(d.body) }),
+            origin: None,
+        });
+    }
+    Ok(Mesh { listeners, services, routes })
+}
+
+/// The mesh's types as API objects.
+pub fn to_proto(m: &Mesh) -> pb::Mesh {
+    pb::Mesh {
+        listeners: m
+            .listeners
+            .iter()
+            .map(|l| pb::Listener { name: l.name.clone(), address: l.address.clone(), port: u32::from(l.port) })
+            .collect(),
+        services: m
+            .services
+            .iter()
+            .map(|s| pb::Service {
+                name: s.name.clone(),
+                endpoints: s
+                    .endpoints
+                    .iter()
+                    .map(|e| pb::Endpoint { address: e.address().to_string(), weight: e.weight() })
+                    .collect(),
+                protocol: match s.protocol {
+                    mesh::Protocol::Http1 => "http1".into(),
+                    mesh::Protocol::Http2 => "http2".into(),
+                },
+                connect_timeout: format_duration(s.connect_timeout),
+            })
+            .collect(),
+        routes: m
+            .routes
+            .iter()
+            .map(|r| pb::Route {
+                name: r.name.clone(),
+                listener: r.listener.clone(),
+                hosts: r.hosts.clone(),
+                r#match: Some(pb::Match {
+                    prefix: r.matcher.prefix.clone().unwrap_or_default(),
+                    path: r.matcher.path.clone().unwrap_or_default(),
+                    headers: r.matcher.headers.clone().into_iter().collect(),
+                }),
+                to: r.to.iter().map(|t| pb::Target { service: t.service.clone(), weight: t.weight }).collect(),
+                prefix_rewrite: r.prefix_rewrite.clone().unwrap_or_default(),
+                redirect: r.redirect.as_ref().map(|d| pb::Redirect {
+                    prefix: d.prefix.clone().unwrap_or_default(),
+                    path: d.path.clone().unwrap_or_default(),
+                    status: u32::from(d.status),
+                }),
+                direct: r
+                    .direct
+                    .as_ref()
+                    .map(|d| pb::Direct { status: u32::from(d.status), body: d.body.clone().unwrap_or_default() }),
+                timeout: format_duration(r.timeout),
+            })
+            .collect(),
+    }
+}
