@@ -119,6 +119,7 @@ pub fn from_proto(m: pb::Mesh) -> Result<Mesh, String> {
             name: l.name,
             address: non_empty(l.address).unwrap_or_else(|| "127.0.0.1".into()),
             port: u16::try_from(l.port).unwrap_or(0),
+            nodes: l.nodes,
             origin: None,
         })
         .collect();
@@ -178,7 +179,12 @@ pub fn to_proto(m: &Mesh) -> pb::Mesh {
         listeners: m
             .listeners
             .iter()
-            .map(|l| pb::Listener { name: l.name.clone(), address: l.address.clone(), port: u32::from(l.port) })
+            .map(|l| pb::Listener {
+                name: l.name.clone(),
+                address: l.address.clone(),
+                port: u32::from(l.port),
+                nodes: l.nodes.clone(),
+            })
             .collect(),
         services: m
             .services

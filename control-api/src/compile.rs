@@ -5,7 +5,7 @@
 //! type, so what is served is checked against Envoy's schema.
 
 use crate::mesh::{Mesh, Protocol, RouteSpec, ServiceSpec};
-use crate::resources::Resources;
+use crate::resources::{Resources, Scope};
 use serde_json::{Value, json};
 use xds_proto::pb::envoy::config::cluster::v3::Cluster;
 use xds_proto::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -33,9 +33,23 @@ pub fn compile(mesh: &Mesh) -> Result<Resources, String> {
             &route_config_json(&listener.name, &routes),
         )?);
     }
+    let scopes = mesh
+        .listeners
+        .iter()
+        .map(|l| Scope {
+            listener: l.name.clone(),
+            nodes: l.nodes.clone(),
+            services: mesh
+                .routes
+                .iter()
+                .filter(|r| r.listener == l.name)
+                .flat_map(|r| r.to.iter().map(|t| t.service.clone()))
+                .collect(),
+        })
+        .collect();
     // The descriptor pool is only needed while compiling.
     xds_proto::release_descriptor_pool();
-    Ok(Resources::new(items))
+    Ok(Resources::new(items).with_scopes(scopes))
 }
 
 fn pack<T: prost::Message + prost::Name + Default>(

@@ -28,6 +28,10 @@ pub struct ListenerSpec {
     #[serde(default = "default_address")]
     pub address: String,
     pub port: u16,
+    /// The proxies (Envoy `node.cluster`) that get this listener, its routes and the services they
+    /// use; empty: every proxy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
 }
 
 fn default_address() -> String {

@@ -2,8 +2,9 @@
 //! content hashes, so the same config gives the same versions across restarts (a proxy that already
 //! has them is not sent them again).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use xds_proto::pb::google::protobuf::Any;
 use xds_proto::type_url;
 
@@ -15,12 +16,22 @@ pub struct Resource {
     pub body: Any,
 }
 
+/// Who gets a listener: the proxies (`node.cluster`) it is for, and the services its routes use.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scope {
+    pub listener: String,
+    /// Empty: every proxy.
+    pub nodes: Vec<String>,
+    pub services: BTreeSet<String>,
+}
+
 /// Every resource, by type URL then name.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Resources {
     /// Changes whenever any resource changes (a hash of all of them).
     pub version: String,
     by_type: BTreeMap<&'static str, BTreeMap<String, Resource>>,
+    scopes: Vec<Scope>,
 }
 
 /// The types served, in the order Envoy wants them applied (clusters before the listeners and
@@ -48,7 +59,38 @@ impl Resources {
             (type_url, &name, &version).hash(&mut all);
             by_type.entry(type_url).or_default().insert(name.clone(), Resource { name, version, body });
         }
-        Resources { version: format!("{:016x}", all.finish()), by_type }
+        Resources { version: format!("{:016x}", all.finish()), by_type, scopes: Vec::new() }
+    }
+
+    pub fn with_scopes(mut self, scopes: Vec<Scope>) -> Self {
+        self.scopes = scopes;
+        self
+    }
+
+    /// What one proxy (by its `node.cluster`) is served: the listeners for it (and their route
+    /// configurations), and the services those routes use plus those no listener uses; listeners
+    /// for other proxies and the services only they use are left out. The whole set when no
+    /// listener is restricted.
+    pub fn view(self: &Arc<Self>, node_cluster: &str) -> Arc<Resources> {
+        if self.scopes.iter().all(|s| s.nodes.is_empty()) {
+            return self.clone();
+        }
+        let mine = |s: &Scope| s.nodes.is_empty() || s.nodes.iter().any(|n| n == node_cluster);
+        let listeners: BTreeSet<&str> = self.scopes.iter().filter(|s| mine(s)).map(|s| s.listener.as_str()).collect();
+        let used: BTreeSet<&str> =
+            self.scopes.iter().filter(|s| mine(s)).flat_map(|s| s.services.iter().map(String::as_str)).collect();
+        let others: BTreeSet<&str> =
+            self.scopes.iter().filter(|s| !mine(s)).flat_map(|s| s.services.iter().map(String::as_str)).collect();
+        let keep = |type_url: &str, name: &str| match type_url {
+            type_url::LISTENER | type_url::ROUTE_CONFIGURATION => listeners.contains(name),
+            _ => used.contains(name) || !others.contains(name),
+        };
+        let items = self
+            .by_type
+            .iter()
+            .flat_map(|(t, m)| m.values().filter(|r| keep(t, &r.name)).map(|r| (*t, r.name.clone(), r.body.clone())))
+            .collect();
+        Arc::new(Resources::new(items))
     }
 
     /// The resources of one type, by name.

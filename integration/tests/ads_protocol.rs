@@ -218,3 +218,46 @@ async fn delta_sends_only_what_the_client_lacks() {
     assert_eq!(resource_names(&response), ["a"]);
     assert_eq!(response.removed_resources, ["gone"]);
 }
+
+#[tokio::test]
+async fn each_proxy_gets_the_listeners_for_its_node_cluster_and_what_they_use() {
+    let mesh = strait_control::mesh::parse(
+        "listeners:\n\
+         - { name: web, port: 10000, nodes: [frontend] }\n\
+         - { name: internal, port: 10001, nodes: [backend] }\n\
+         services:\n\
+         - { name: a, endpoints: ['127.0.0.1:1'] }\n\
+         - { name: b, endpoints: ['127.0.0.1:2'] }\n\
+         - { name: shared, endpoints: ['127.0.0.1:3'] }\n\
+         routes:\n\
+         - { name: w, listener: web, to: [{ service: a }] }\n\
+         - { name: i, listener: internal, to: [{ service: b }] }\n",
+    )
+    .unwrap();
+    mesh.validate().unwrap();
+    let (_publish, _stats, url) = server(Arc::new(strait_control::compile::compile(&mesh).unwrap())).await;
+    for (cluster, listener, clusters) in
+        [("frontend", vec!["web"], vec!["a", "shared"]), ("backend", vec!["internal"], vec!["b", "shared"])]
+    {
+        let mut client = Sotw::open(&url).await;
+        let node = xds_proto::pb::envoy::config::core::v3::Node {
+            id: format!("{cluster}-1"),
+            cluster: cluster.into(),
+            ..Default::default()
+        };
+        let first = DiscoveryRequest { node: Some(node), type_url: CLUSTER.into(), ..Default::default() };
+        client.tx.send(first).await.unwrap();
+        assert_eq!(names(&client.next().await.expect("clusters")), clusters, "{cluster}");
+        client.send(xds_proto::type_url::LISTENER, &[], "", "", None).await;
+        let listeners = client.next().await.expect("listeners");
+        let got: Vec<String> = listeners
+            .resources
+            .iter()
+            .map(|any| {
+                use prost::Message;
+                xds_proto::pb::envoy::config::listener::v3::Listener::decode(any.value.as_slice()).unwrap().name
+            })
+            .collect();
+        assert_eq!(got, listener, "{cluster}");
+    }
+}

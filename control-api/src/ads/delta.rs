@@ -30,18 +30,18 @@ pub(super) async fn serve(
     stats: Arc<AdsStats>,
 ) {
     let mut subscriptions: HashMap<&'static str, Subscription> = HashMap::new();
-    let mut node = String::new();
+    let mut node = super::Peer::default();
     let mut nonce = 0u64;
     loop {
         tokio::select! {
             next = super::next_request(&mut requests, &mut node, "delta") => {
                 let Some((request, type_url)) = next else { break };
                 let sub = subscriptions.entry(type_url).or_default();
-                if !super::ack_or_nack(&request, sub.last_nonce.as_deref(), &node, &stats) {
+                if !super::ack_or_nack(&request, sub.last_nonce.as_deref(), &node.id, &stats) {
                     continue;
                 }
                 subscribe(sub, type_url, &request);
-                let current = resources.borrow().clone();
+                let current = resources.borrow().clone().view(&node.cluster);
                 if let Some(response) = diff(sub, type_url, &current, &mut nonce)
                     && !send(&tx, response, &stats).await
                 {
@@ -52,7 +52,7 @@ pub(super) async fn serve(
                 if changed.is_err() {
                     break;
                 }
-                let current = resources.borrow_and_update().clone();
+                let current = resources.borrow_and_update().clone().view(&node.cluster);
                 for type_url in crate::resources::TYPES {
                     let Some(sub) = subscriptions.get_mut(type_url) else { continue };
                     if let Some(response) = diff(sub, type_url, &current, &mut nonce)
@@ -64,7 +64,7 @@ pub(super) async fn serve(
             }
         }
     }
-    tracing::info!(node, "delta ADS stream closed");
+    tracing::info!(node = node.id, "delta ADS stream closed");
 }
 
 async fn send(

@@ -91,6 +91,14 @@ async fn until_stopped(stream: impl Future<Output = ()>, stop: watch::Receiver<b
     }
 }
 
+/// The client at the other end of a stream, from its first request: its id (for logs) and its
+/// cluster (which config it gets, see [`Resources::view`]).
+#[derive(Debug, Default)]
+struct Peer {
+    id: String,
+    cluster: String,
+}
+
 /// What both request variants (State of the World and delta) have in common.
 trait XdsRequest {
     fn node(&self) -> Option<&Node>;
@@ -125,7 +133,7 @@ xds_request!(DeltaDiscoveryRequest);
 /// skipped (the stream stays up).
 async fn next_request<R: XdsRequest>(
     requests: &mut Streaming<R>,
-    node: &mut String,
+    node: &mut Peer,
     variant: &str,
 ) -> Option<(R, &'static str)> {
     loop {
@@ -133,17 +141,20 @@ async fn next_request<R: XdsRequest>(
             Ok(Some(r)) => r,
             Ok(None) => return None,
             Err(e) => {
-                tracing::debug!(node, error = %e, "{variant} ADS stream ended");
+                tracing::debug!(node = node.id, error = %e, "{variant} ADS stream ended");
                 return None;
             }
         };
-        if node.is_empty() {
-            *node = request.node().map(|n| n.id.clone()).filter(|id| !id.is_empty()).unwrap_or("(no node id)".into());
-            tracing::info!(node, "{variant} ADS stream opened");
+        if node.id.is_empty() {
+            node.id = request.node().map(|n| n.id.clone()).filter(|id| !id.is_empty()).unwrap_or("(no node id)".into());
+            node.cluster = request.node().map(|n| n.cluster.clone()).unwrap_or_default();
+            tracing::info!(node = node.id, cluster = node.cluster, "{variant} ADS stream opened");
         }
         match crate::resources::known_type(request.type_url()) {
             Some(type_url) => return Some((request, type_url)),
-            None => tracing::warn!(node, type_url = request.type_url(), "request for an unknown type: ignored"),
+            None => {
+                tracing::warn!(node = node.id, type_url = request.type_url(), "request for an unknown type: ignored")
+            }
         }
     }
 }

@@ -30,16 +30,17 @@ pub(super) async fn serve(
     stats: Arc<AdsStats>,
 ) {
     let mut subscriptions: HashMap<&'static str, Subscription> = HashMap::new();
-    let mut node = String::new();
+    let mut node = super::Peer::default();
     let mut nonce = 0u64;
     loop {
-        let current = resources.borrow_and_update().clone();
+        let latest = resources.borrow_and_update().clone();
         tokio::select! {
             next = super::next_request(&mut requests, &mut node, "state-of-the-world") => {
                 let Some((request, type_url)) = next else { break };
+                let current = latest.view(&node.cluster);
                 let sub = subscriptions.entry(type_url).or_default();
                 let last_nonce = sub.sent.as_ref().map(|(_, n)| n.as_str());
-                if !super::ack_or_nack(&request, last_nonce, &node, &stats) {
+                if !super::ack_or_nack(&request, last_nonce, &node.id, &stats) {
                     continue;
                 }
                 let changed = subscription_changed(sub, &request);
@@ -56,7 +57,7 @@ pub(super) async fn serve(
                 if changed.is_err() {
                     break;
                 }
-                let current = resources.borrow().clone();
+                let current = resources.borrow().clone().view(&node.cluster);
                 for type_url in crate::resources::TYPES {
                     let Some(sub) = subscriptions.get_mut(type_url) else { continue };
                     if sub.sent.as_ref().is_some_and(|(v, _)| *v == current.version) {
@@ -72,7 +73,7 @@ pub(super) async fn serve(
             }
         }
     }
-    tracing::info!(node, "state-of-the-world ADS stream closed");
+    tracing::info!(node = node.id, "state-of-the-world ADS stream closed");
 }
 
 /// Records the request's subscription; true if it differs from what was subscribed before.
