@@ -125,3 +125,75 @@ async fn strait_proxy_follows_strait_control_sotw_and_delta() {
         drop(proxy);
     }
 }
+
+/// One route set for a listener (the same for Strait's and Envoy's).
+fn routes_for(listener: &str) -> String {
+    [
+        "{ name: L-health, listener: L, match: { path: /healthz }, direct: { status: 200, body: ok } }",
+        "{ name: L-old, listener: L, match: { prefix: /old }, redirect: { prefix: /new } }",
+        "{ name: L-api, listener: L, match: { prefix: /api/ }, to: [{ service: b }], prefix_rewrite: /v2/ }",
+        "{ name: L-canary, listener: L, match: { prefix: /, headers: { x-canary: 'yes' } }, to: [{ service: b }] }",
+        "{ name: L-main, listener: L, to: [{ service: a }] }",
+    ]
+    .iter()
+    .map(|r| {
+        format!(
+            "- {}\n",
+            r.replace("L-", &format!("{listener}-")).replace("listener: L", &format!("listener: {listener}"))
+        )
+    })
+    .collect()
+}
+
+#[tokio::test]
+async fn strait_and_envoy_driven_by_the_same_control_plane_answer_the_same() {
+    if require_tool("envoy").is_none() {
+        return;
+    }
+    let (a, b) = (echo("a").await, echo("b").await);
+    let dir = TempDir::new("ads-differential");
+    let (strait_port, envoy_port) = (free_port(), free_port());
+    // One control plane; each proxy gets its own listener (by node cluster) with the same routes.
+    let mesh = format!(
+        "listeners:\n\
+         - {{ name: s, port: {strait_port}, nodes: [strait] }}\n\
+         - {{ name: e, port: {envoy_port}, nodes: [envoy] }}\n\
+         services: [{{ name: a, endpoints: ['{a}'] }}, {{ name: b, endpoints: ['{b}'] }}]\n\
+         routes:\n{}{}",
+        routes_for("s"),
+        routes_for("e")
+    );
+    write_file(&dir.0, "mesh.yaml", &mesh);
+    let xds: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let _stop = control_plane(&dir.0, xds).await;
+    let bootstrap = |cluster: &str, admin: u16| {
+        ads_bootstrap("peer", admin, xds, "GRPC").replace("cluster: test", &format!("cluster: {cluster}"))
+    };
+    let (strait_admin, envoy_admin) = (free_port(), free_port());
+    let _strait = Proxy::start(&bootstrap("strait", strait_admin), strait_admin).await;
+    let _envoy = Envoy::start(&bootstrap("envoy", envoy_admin), envoy_admin).await.unwrap();
+
+    let client = http1_client();
+    for (path, headers) in [
+        ("/", vec![]),
+        ("/healthz", vec![]),
+        ("/old/page?x=1", vec![]),
+        ("/api/users", vec![]),
+        ("/anything", vec![("x-canary", "yes")]),
+    ] {
+        let answer = |port: u16| {
+            let (client, headers) = (client.clone(), headers.clone());
+            async move {
+                let reply = get(&client, &format!("http://127.0.0.1:{port}{path}"), &headers).await;
+                let upstream = if reply.status == 200 && reply.body != "ok" {
+                    let json = reply.json();
+                    (reply.service(), json["path"].as_str().unwrap_or_default().to_string())
+                } else {
+                    (String::new(), reply.body.clone())
+                };
+                (reply.status, upstream, reply.header("location").map(|l| l.replace(&port.to_string(), "PORT")))
+            }
+        };
+        assert_eq!(answer(strait_port).await, answer(envoy_port).await, "{path} {headers:?}");
+    }
+}
