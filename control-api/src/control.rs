@@ -115,19 +115,14 @@ impl Control {
         self.in_memory.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Re-reads the source and publishes it if it changed; a bad config is logged, the last good one
-    /// stays.
-    pub fn reload(&self) {
-        self.reload_if(|| true);
-    }
-
     /// True when a read was discarded because the source changed while it was read.
     pub fn needs_reload(&self) -> bool {
         self.unsettled.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Like [`Control::reload`], but what was read is used only if `settled()` still holds after
-    /// reading (the files did not change meanwhile); otherwise it is read again on the next poll.
+    /// Re-reads the source and publishes it if it changed; a bad config is logged and the last good
+    /// one stays. What was read is used only if `settled()` still holds after reading (the files did
+    /// not change meanwhile); otherwise it is read again on the next poll.
     pub fn reload_if(&self, settled: impl Fn() -> bool) {
         let _one = self.changing.lock().unwrap_or_else(|e| e.into_inner());
         let read = self.full();

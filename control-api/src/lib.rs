@@ -98,12 +98,12 @@ pub async fn serve_all(
 /// Polls the source; publishes each new good config, logs a bad one and keeps the last good.
 async fn follow(control: Arc<Control>, stop: tokio::sync::watch::Receiver<bool>) {
     let source_changed = |seen: &mut Vec<_>| {
-        let now = control_fingerprint(&control);
+        let now = control.fingerprint();
         let changed = now != *seen;
         *seen = now;
         changed
     };
-    let mut seen = control_fingerprint(&control);
+    let mut seen = control.fingerprint();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
@@ -116,7 +116,7 @@ async fn follow(control: Arc<Control>, stop: tokio::sync::watch::Receiver<bool>)
         // (truncated, then written) changes the fingerprint while it is read, and is read again.
         tokio::time::sleep(DEBOUNCE).await;
         source_changed(&mut seen);
-        control.reload_if(|| control_fingerprint(&control) == seen);
+        control.reload_if(|| control.fingerprint() == seen);
     }
 }
 
@@ -125,8 +125,4 @@ pub(crate) async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
     if stop.wait_for(|s| *s).await.is_err() {
         std::future::pending::<()>().await;
     }
-}
-
-fn control_fingerprint(control: &Control) -> Vec<(std::path::PathBuf, Option<std::time::SystemTime>, u64)> {
-    control.fingerprint()
 }
