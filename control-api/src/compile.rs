@@ -33,6 +33,19 @@ pub fn compile(mesh: &Mesh) -> Result<Resources, String> {
             &route_config_json(&listener.name, &routes),
         )?);
     }
+    // Proxyless gRPC clients ask for a listener named after their target (`xds:///name`): each route
+    // host that is a plain name gets an API listener whose routes are its mesh listener's.
+    let mut named_only = std::collections::BTreeSet::new();
+    for route in &mesh.routes {
+        for host in &route.hosts {
+            let plain = !host.contains('*') && !host.is_empty();
+            let taken = mesh.listeners.iter().any(|l| &l.name == host) || named_only.contains(host);
+            if plain && !taken {
+                items.push(pack::<Listener>(type_url::LISTENER, host, &api_listener_json(host, &route.listener))?);
+                named_only.insert(host.clone());
+            }
+        }
+    }
     let scopes = mesh
         .listeners
         .iter()
@@ -49,7 +62,7 @@ pub fn compile(mesh: &Mesh) -> Result<Resources, String> {
         .collect();
     // The descriptor pool is only needed while compiling.
     xds_proto::release_descriptor_pool();
-    Ok(Resources::new(items).with_scopes(scopes))
+    Ok(Resources::new(items).with_scopes(scopes, named_only))
 }
 
 fn pack<T: prost::Message + prost::Name + Default>(
@@ -79,6 +92,19 @@ fn listener_json(l: &crate::mesh::ListenerSpec) -> Value {
                 "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": { "@type": type_url::ROUTER } }]
             }
         }] }]
+    })
+}
+
+/// An API listener (no socket): what a proxyless gRPC client resolves `xds:///{name}` to.
+fn api_listener_json(name: &str, route_config: &str) -> Value {
+    json!({
+        "name": name,
+        "api_listener": { "api_listener": {
+            "@type": type_url::HTTP_CONNECTION_MANAGER,
+            "stat_prefix": name,
+            "rds": { "config_source": ads(), "route_config_name": route_config },
+            "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": { "@type": type_url::ROUTER } }]
+        } }
     })
 }
 
@@ -161,7 +187,8 @@ fn route_json(route: &RouteSpec) -> Value {
 fn service_resources(s: &ServiceSpec) -> (Value, Option<Value>) {
     let endpoints = json!({
         "cluster_name": s.name,
-        "endpoints": [{ "lb_endpoints": s.endpoints.iter().map(|e| {
+        // A locality with a weight: gRPC's xDS client requires both (Envoy does not mind).
+        "endpoints": [{ "locality": {}, "load_balancing_weight": 1, "lb_endpoints": s.endpoints.iter().map(|e| {
             let (host, port) = e.host_port().expect("validated");
             json!({ "endpoint": { "address": { "socket_address": { "address": host, "port_value": port } } },
                     "load_balancing_weight": e.weight() })

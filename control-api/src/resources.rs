@@ -32,6 +32,9 @@ pub struct Resources {
     pub version: String,
     by_type: BTreeMap<&'static str, BTreeMap<String, Resource>>,
     scopes: Vec<Scope>,
+    /// Listeners served only to a client that names them (API listeners for proxyless gRPC): a
+    /// wildcard subscription (Envoy, Strait) never sees them.
+    named_only: BTreeSet<String>,
 }
 
 /// The types served, in the order Envoy wants them applied (clusters before the listeners and
@@ -59,12 +62,23 @@ impl Resources {
             (type_url, &name, &version).hash(&mut all);
             by_type.entry(type_url).or_default().insert(name.clone(), Resource { name, version, body });
         }
-        Resources { version: format!("{:016x}", all.finish()), by_type, scopes: Vec::new() }
+        Resources {
+            version: format!("{:016x}", all.finish()),
+            by_type,
+            scopes: Vec::new(),
+            named_only: BTreeSet::new(),
+        }
     }
 
-    pub fn with_scopes(mut self, scopes: Vec<Scope>) -> Self {
+    pub fn with_scopes(mut self, scopes: Vec<Scope>, named_only: BTreeSet<String>) -> Self {
         self.scopes = scopes;
+        self.named_only = named_only;
         self
+    }
+
+    /// What a wildcard subscription gets of a type: all but the named-only listeners.
+    pub fn wildcard(&self, type_url: &str) -> impl Iterator<Item = &Resource> {
+        self.of_type(type_url).filter(move |r| type_url != type_url::LISTENER || !self.named_only.contains(&r.name))
     }
 
     /// What one proxy (by its `node.cluster`) is served: the listeners for it (and their route
@@ -82,7 +96,8 @@ impl Resources {
         let others: BTreeSet<&str> =
             self.scopes.iter().filter(|s| !mine(s)).flat_map(|s| s.services.iter().map(String::as_str)).collect();
         let keep = |type_url: &str, name: &str| match type_url {
-            type_url::LISTENER | type_url::ROUTE_CONFIGURATION => listeners.contains(name),
+            type_url::LISTENER => listeners.contains(name) || self.named_only.contains(name),
+            type_url::ROUTE_CONFIGURATION => listeners.contains(name) || self.scopes.iter().all(|s| s.listener != name),
             _ => used.contains(name) || !others.contains(name),
         };
         let items = self
@@ -90,7 +105,7 @@ impl Resources {
             .iter()
             .flat_map(|(t, m)| m.values().filter(|r| keep(t, &r.name)).map(|r| (*t, r.name.clone(), r.body.clone())))
             .collect();
-        Arc::new(Resources::new(items))
+        Arc::new(Resources::new(items).with_scopes(Vec::new(), self.named_only.clone()))
     }
 
     /// The resources of one type, by name.

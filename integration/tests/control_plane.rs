@@ -259,3 +259,43 @@ async fn the_management_api_changes_what_envoy_serves() {
     assert_eq!(get(&client, &format!("{url}b/x"), &[]).await.service(), "a");
     drop(envoy);
 }
+
+#[tokio::test]
+async fn a_proxyless_grpc_client_resolves_through_strait_control_and_follows_a_weight_change() {
+    let Some(python) = require_tool("python3") else { return };
+    let has_grpcio = Command::new(&python).args(["-c", "import grpc"]).status().is_ok_and(|s| s.success());
+    if !has_grpcio {
+        assert!(!in_ci(), "Python grpcio is not installed (CI=true): .ci/run must install it");
+        eprintln!("\n*** SKIPPING: Python grpcio is not installed; this test runs in CI (CI=true) ***\n");
+        return;
+    }
+    let (a, b) = (echo("a").await, echo("b").await);
+    let dir = TempDir::new("proxyless");
+    let grpc_mesh = |to: &str| {
+        format!(
+            "listeners: [{{ name: grpc, port: {} }}]\n\
+             services: [{{ name: a, endpoints: ['{a}'], protocol: http2 }}, {{ name: b, endpoints: ['{b}'], protocol: http2 }}]\n\
+             routes: [{{ name: echo, listener: grpc, hosts: [echo], to: {to} }}]\n",
+            free_port()
+        )
+    };
+    write_file(&dir.0, "mesh.yaml", &grpc_mesh("[{ service: a }]"));
+    let control = Control::start(&dir.0).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../integration/python/xds_client.py");
+    let client = tokio::process::Command::new(&python)
+        .args([script, &control.xds.to_string(), "echo", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    // While it calls, the route moves to b.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    write_file(&dir.0, "mesh.yaml", &grpc_mesh("[{ service: b }]"));
+    let out = client.wait_with_output().await.unwrap();
+    assert!(out.status.success(), "the proxyless client failed");
+    let served: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect();
+    assert_eq!(served.len(), 60);
+    assert_eq!(served.first().map(String::as_str), Some("a"), "{served:?}");
+    assert_eq!(served.last().map(String::as_str), Some("b"), "{served:?}");
+    drop(control);
+}

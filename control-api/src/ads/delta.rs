@@ -109,7 +109,9 @@ fn diff(
     current: &Resources,
     nonce: &mut u64,
 ) -> Option<DeltaDiscoveryResponse> {
-    let wanted = |name: &str| sub.wildcard || sub.names.contains(name);
+    let wildcard: std::collections::BTreeSet<&str> =
+        if sub.wildcard { current.wildcard(type_url).map(|r| r.name.as_str()).collect() } else { Default::default() };
+    let wanted = |name: &str| wildcard.contains(name) || sub.names.contains(name);
     let resources: Vec<Resource> = current
         .of_type(type_url)
         .filter(|r| wanted(&r.name) && sub.client.get(&r.name) != Some(&r.version))

@@ -90,7 +90,7 @@ fn subscription_changed(sub: &mut Subscription, request: &DiscoveryRequest) -> b
 
 fn respond(sub: &mut Subscription, type_url: &'static str, current: &Resources, nonce: u64) -> DiscoveryResponse {
     let resources = if sub.wildcard {
-        current.of_type(type_url).map(|r| r.body.clone()).collect()
+        current.wildcard(type_url).map(|r| r.body.clone()).collect()
     } else {
         sub.names.iter().filter_map(|n| current.get(type_url, n)).map(|r| r.body.clone()).collect()
     };

@@ -180,7 +180,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     ("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", &["choice_count"]),
     ("envoy.config.endpoint.v3.ClusterLoadAssignment", &["cluster_name", "endpoints"]),
-    ("envoy.config.endpoint.v3.LocalityLbEndpoints", &["lb_endpoints", "locality", "priority"]),
+    // `load_balancing_weight` only matters with locality-weighted balancing (not configurable here), as
+    // in Envoy, where it is ignored without `locality_weighted_lb_config` too.
+    (
+        "envoy.config.endpoint.v3.LocalityLbEndpoints",
+        &["lb_endpoints", "locality", "priority", "load_balancing_weight"],
+    ),
     ("envoy.config.endpoint.v3.LbEndpoint", &["endpoint", "health_status", "load_balancing_weight"]),
     ("envoy.config.endpoint.v3.Endpoint", &["address", "hostname"]),
     (
