@@ -92,6 +92,20 @@ impl Drop for Cluster {
 impl Cluster {
     /// Builds a cluster; STATIC endpoints are parsed now, DNS ones are resolved by `start_discovery`.
     pub fn new(config: ClusterConfig) -> Arc<Self> {
+        Self::replacing(config, None)
+    }
+
+    /// Builds a cluster that replaces `previous` (same name, changed config): when the connections
+    /// would be made the same way (protocol, connect timeout, pool settings), an endpoint that stays
+    /// keeps its pool and in-flight count; only the changed endpoints are new.
+    pub fn replacing(config: ClusterConfig, previous: Option<&Cluster>) -> Arc<Self> {
+        let previous = previous
+            .filter(|p| {
+                p.config.protocol == config.protocol
+                    && p.config.connect_timeout == config.connect_timeout
+                    && p.config.pool == config.pool
+            })
+            .map(|p| p.endpoints.load_full());
         let stats = ClusterStats::new(&config.name);
         let initial = if config.discovery == Discovery::Static {
             let addrs = config
@@ -99,7 +113,7 @@ impl Cluster {
                 .iter()
                 .filter_map(|e| Some((SocketAddr::new(e.host.parse().ok()?, e.port), e.weight, e.health)))
                 .collect::<Vec<_>>();
-            EndpointSet::build(&config, addrs, None)
+            EndpointSet::build(&config, addrs, previous.as_deref())
         } else {
             EndpointSet::build(&config, Vec::new(), None)
         };

@@ -91,9 +91,12 @@ pub fn build_snapshot(
                     ));
                     continue;
                 }
-                let reused =
-                    previous.and_then(|p| p.clusters.get(&config.name)).filter(|old| old.config == config).cloned();
-                let cluster = reused.unwrap_or_else(|| Cluster::new(config));
+                let old = previous.and_then(|p| p.clusters.get(&config.name));
+                let cluster = match old {
+                    Some(old) if old.config == config => old.clone(),
+                    // A changed cluster keeps the pools of the endpoints that stay.
+                    _ => Cluster::replacing(config, old.map(|c| c.as_ref())),
+                };
                 clusters.insert(cluster.config.name.clone(), cluster);
             }
             Err(e) => errors.push(e.within(&format!("static_resources.clusters[{i}]"))),

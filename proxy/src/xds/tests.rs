@@ -82,6 +82,35 @@ fn unchanged_clusters_are_carried_over_and_changed_ones_rebuilt() {
 }
 
 #[test]
+fn a_changed_endpoint_set_keeps_the_pools_of_the_endpoints_that_stay() {
+    let cluster = |ports: &[u16]| {
+        let endpoints: Vec<String> = ports
+            .iter()
+            .map(|p| {
+                format!(
+                    "{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }} }}"
+                )
+            })
+            .collect();
+        format!(
+            "  - name: c\n    load_assignment: {{ cluster_name: c, endpoints: [{{ lb_endpoints: [{}] }}] }}\n",
+            endpoints.join(", ")
+        )
+    };
+    let first = build_snapshot(&bootstrap(&cluster(&[9001, 9002])), None, BuildOptions::default()).unwrap();
+    let next = build_snapshot(&bootstrap(&cluster(&[9001, 9003])), Some(&first), BuildOptions::default()).unwrap();
+    let pool = |s: &Snapshot, port: u16| {
+        s.clusters["c"].endpoints().all.iter().find(|e| e.addr.port() == port).map(|e| e.pool.clone()).unwrap()
+    };
+    assert!(Arc::ptr_eq(&pool(&first, 9001), &pool(&next, 9001)), "the endpoint that stays keeps its pool");
+    assert_eq!(next.clusters["c"].endpoints().all.len(), 2);
+    // A change in how connections are made (here the connect timeout) starts fresh pools.
+    let slower = cluster(&[9001, 9003]).replace("  - name: c\n", "  - name: c\n    connect_timeout: 9s\n");
+    let fresh = build_snapshot(&bootstrap(&slower), Some(&next), BuildOptions::default()).unwrap();
+    assert!(!Arc::ptr_eq(&pool(&next, 9001), &pool(&fresh, 9001)));
+}
+
+#[test]
 fn unsupported_fields_are_found_inside_typed_configs() {
     let mut b =
         bootstrap(&CLUSTER.replace("  - name: c\n", "  - name: c\n    per_connection_buffer_limit_bytes: 1024\n"));
