@@ -142,29 +142,5 @@ pub const ROUTES: &str = r#"
 /// A bootstrap (for Strait or Envoy) that takes all its config over ADS from `xds`, State of the World
 /// (`api_type` GRPC) or delta (DELTA_GRPC).
 pub fn ads_bootstrap(node: &str, admin: u16, xds: std::net::SocketAddr, api_type: &str) -> String {
-    format!(
-        r#"node: {{ id: {node}, cluster: test }}
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}] }}]
-"#,
-        xds.port()
-    )
+    strait_proxy::mesh::ads_bootstrap(node, "test", ([127, 0, 0, 1], admin).into(), xds, api_type)
 }

@@ -108,6 +108,12 @@ impl Proxy {
         proxy
     }
 
+    /// A proxy process started some other way (a subcommand), killed on drop.
+    pub fn adopt(child: Child, admin_port: u16) -> Proxy {
+        let dir = TempDir::new("adopted");
+        Proxy { child, admin: ([127, 0, 0, 1], admin_port).into(), config_path: dir.0.join("none"), _dir: dir }
+    }
+
     pub async fn admin_text(&self, path: &str) -> String {
         get_text(&format!("http://{}{path}", self.admin)).await.unwrap().1
     }

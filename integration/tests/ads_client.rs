@@ -197,3 +197,25 @@ async fn strait_and_envoy_driven_by_the_same_control_plane_answer_the_same() {
         assert_eq!(answer(strait_port).await, answer(envoy_port).await, "{path} {headers:?}");
     }
 }
+
+#[tokio::test]
+async fn strait_proxy_runs_a_mesh_directory_standalone() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let dir = TempDir::new("mesh-standalone");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/");
+    write_file(&dir.0, "mesh.yaml", &mesh(port, a, b, "a"));
+    let admin = free_port();
+    let child = std::process::Command::new(BIN)
+        .args(["mesh", dir.0.to_str().unwrap(), "--admin", &format!("127.0.0.1:{admin}"), "--concurrency", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut proxy = Proxy::adopt(child, admin);
+    wait_ready("strait-proxy mesh", &mut proxy.child, proxy.admin, Duration::from_secs(20)).await;
+    all_from(&url, "a", 10).await;
+    write_file(&dir.0, "mesh.yaml", &mesh(port, a, b, "b"));
+    wait_for_service(&url, "b").await;
+    all_from(&url, "b", 10).await;
+}

@@ -10,6 +10,7 @@ pub mod app;
 pub mod demo;
 pub mod http;
 pub mod listeners;
+pub mod mesh;
 pub mod routing;
 pub mod snapshot;
 pub mod sys;

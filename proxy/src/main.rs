@@ -1,5 +1,5 @@
-//! `strait-proxy`: run from an Envoy-format bootstrap (`-c FILE`), check one (`validate FILE`), or run
-//! the built-in demo (`demo`).
+//! `strait-proxy`: run from an Envoy-format bootstrap (`-c FILE`), check one (`validate FILE`), run a
+//! mesh config directory standalone (`mesh DIR`), or run the built-in demo (`demo`).
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -53,6 +53,17 @@ enum Command {
         #[arg(long)]
         concurrency: Option<usize>,
     },
+    /// Run a mesh config directory (strait-control's YAML) standalone; edits apply live.
+    Mesh {
+        config_dir: PathBuf,
+        /// The node cluster this proxy is (listeners with `nodes:` are for some clusters only).
+        #[arg(long, default_value = "strait")]
+        node_cluster: String,
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: std::net::SocketAddr,
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
 }
 
 fn init_logging(level: &str) {
@@ -87,6 +98,15 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Some(Command::Mesh { config_dir, node_cluster, admin, concurrency }) => {
+            init_logging("info");
+            report(strait_proxy::mesh::run(
+                config_dir,
+                &node_cluster,
+                admin,
+                concurrency.unwrap_or_else(default_concurrency),
+            ))
         }
         Some(Command::Demo { concurrency }) => {
             init_logging("info");

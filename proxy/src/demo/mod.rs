@@ -33,24 +33,7 @@ pub fn run(concurrency: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(&mesh_dir)?;
     let mesh_file = mesh_dir.join("mesh.yaml");
     std::fs::write(&mesh_file, MESH)?;
-    let source = std::sync::Arc::new(strait_control::store::Directory(mesh_dir));
-    let xds = std::net::SocketAddr::from(XDS);
-    // Something else on the xDS port would configure the demo's proxy: refuse to start instead.
-    drop(std::net::TcpListener::bind(xds).map_err(|e| anyhow::anyhow!("demo control plane cannot bind {xds}: {e}"))?);
-    let control = upstreams.spawn(strait_control::serve(source, xds, std::future::pending()));
-    // The proxy connects once the control plane listens.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(xds).is_err() {
-        if control.is_finished() {
-            let error = upstreams.block_on(control).map_err(anyhow::Error::from).and_then(|r| r).err();
-            return Err(anyhow::anyhow!(
-                "demo control plane did not start: {}",
-                error.map_or(String::new(), |e| format!("{e:#}"))
-            ));
-        }
-        anyhow::ensure!(std::time::Instant::now() < deadline, "demo control plane did not listen on {xds}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::mesh::start_control_plane(&upstreams, mesh_dir, std::net::SocketAddr::from(XDS))?;
     let mesh_file = mesh_file.display().to_string();
     let options = Options {
         source: ConfigSource::Embedded(CONFIG.to_string()),
