@@ -37,22 +37,6 @@ pub struct Resources {
     named_only: BTreeSet<String>,
 }
 
-/// The types served, in the order Envoy wants them applied (clusters before the listeners and
-/// routes that use them, endpoints with their clusters).
-pub const TYPES: [&str; 4] =
-    [type_url::CLUSTER, type_url::CLUSTER_LOAD_ASSIGNMENT, type_url::LISTENER, type_url::ROUTE_CONFIGURATION];
-
-/// The canonical `&'static str` of a known type URL.
-pub fn known_type(url: &str) -> Option<&'static str> {
-    TYPES.into_iter().find(|t| *t == url)
-}
-
-/// LDS and CDS are "full state" types: a State-of-the-World response always carries all of them and
-/// an empty first subscription means all of them (wildcard).
-pub fn is_full_state(type_url: &str) -> bool {
-    type_url == type_url::LISTENER || type_url == type_url::CLUSTER
-}
-
 impl Resources {
     pub fn new(items: Vec<(&'static str, String, Any)>) -> Self {
         let mut by_type: BTreeMap<&'static str, BTreeMap<String, Resource>> = BTreeMap::new();

@@ -31,4 +31,19 @@ pub mod type_url {
     pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
     pub const HTTP_PROTOCOL_OPTIONS: &str =
         "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+    /// The xDS types Strait serves and consumes over ADS, in the order Envoy wants them applied
+    /// (clusters and their endpoints before the listeners and routes that use them).
+    pub const ADS_TYPES: [&str; 4] = [CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION];
+
+    /// The canonical `&'static str` of an ADS type URL, if it is one.
+    pub fn ads_type(url: &str) -> Option<&'static str> {
+        ADS_TYPES.into_iter().find(|t| *t == url)
+    }
+
+    /// LDS and CDS are "full state": a State-of-the-World response carries all of them, and an empty
+    /// first subscription means all of them (wildcard). Routes and endpoints are asked for by name.
+    pub fn is_full_state(url: &str) -> bool {
+        url == LISTENER || url == CLUSTER
+    }
 }

@@ -4,13 +4,14 @@
 //! sent again until it changes.
 
 use super::AdsStats;
-use crate::resources::{Resources, is_full_state};
+use crate::resources::Resources;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 use xds_proto::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use xds_proto::type_url::is_full_state;
 
 /// One type's subscription on a stream.
 #[derive(Debug, Default)]
@@ -53,7 +54,7 @@ pub(super) async fn serve(
                     break;
                 }
                 let current = resources.borrow_and_update().clone().view(&node.cluster);
-                for type_url in crate::resources::TYPES {
+                for type_url in xds_proto::type_url::ADS_TYPES {
                     let Some(sub) = subscriptions.get_mut(type_url) else { continue };
                     if let Some(response) = diff(sub, type_url, &current, &mut nonce)
                         && !send(&tx, response, &stats).await

@@ -150,7 +150,7 @@ async fn next_request<R: XdsRequest>(
             node.cluster = request.node().map(|n| n.cluster.clone()).unwrap_or_default();
             tracing::info!(node = node.id, cluster = node.cluster, "{variant} ADS stream opened");
         }
-        match crate::resources::known_type(request.type_url()) {
+        match xds_proto::type_url::ads_type(request.type_url()) {
             Some(type_url) => return Some((request, type_url)),
             None => {
                 tracing::warn!(node = node.id, type_url = request.type_url(), "request for an unknown type: ignored")

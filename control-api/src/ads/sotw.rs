@@ -6,13 +6,14 @@
 //! are pushed without being asked.
 
 use super::AdsStats;
-use crate::resources::{Resources, is_full_state};
+use crate::resources::Resources;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 use xds_proto::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use xds_proto::type_url::is_full_state;
 
 /// One type's subscription on a stream.
 #[derive(Debug, Default)]
@@ -58,7 +59,7 @@ pub(super) async fn serve(
                     break;
                 }
                 let current = resources.borrow().clone().view(&node.cluster);
-                for type_url in crate::resources::TYPES {
+                for type_url in xds_proto::type_url::ADS_TYPES {
                     let Some(sub) = subscriptions.get_mut(type_url) else { continue };
                     if sub.sent.as_ref().is_some_and(|(v, _)| *v == current.version) {
                         continue;

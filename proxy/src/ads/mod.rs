@@ -11,7 +11,7 @@ mod state;
 
 pub use state::Resolved;
 
-use state::{Received, State, known_type};
+use state::{Received, State};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -24,6 +24,7 @@ use xds_proto::pb::envoy::service::discovery::v3::aggregated_discovery_service_c
 use xds_proto::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use xds_proto::pb::google::rpc::Status as RpcStatus;
 use xds_proto::type_url;
+use xds_proto::type_url::{ADS_TYPES, ads_type, is_full_state};
 
 /// Where and how to reach the control plane.
 #[derive(Debug, Clone)]
@@ -141,6 +142,16 @@ fn resource_name(any: &xds_proto::pb::google::protobuf::Any) -> Result<String, S
         .map_err(|e| format!("a {} cannot be decoded: {e}", any.type_url))
 }
 
+/// What a new stream subscribes to: listeners and clusters (wildcard), and the routes and endpoints
+/// the current config needs (on a reconnect).
+fn initial_subscriptions(wanted: &BTreeMap<&'static str, BTreeSet<String>>) -> Vec<(&'static str, BTreeSet<String>)> {
+    ADS_TYPES
+        .into_iter()
+        .map(|t| (t, wanted.get(t).cloned().unwrap_or_default()))
+        .filter(|(t, names)| is_full_state(t) || !names.is_empty())
+        .collect()
+}
+
 /// One connection to the control plane.
 struct Session<'a> {
     settings: &'a Settings,
@@ -209,20 +220,16 @@ impl Session<'_> {
                 response_nonce: nonce,
                 ..Default::default()
             };
-        for t in state::TYPES {
-            let wildcard = t == type_url::LISTENER || t == type_url::CLUSTER;
-            let names = subscribed.get(t).cloned().unwrap_or_default();
-            if wildcard || !names.is_empty() {
-                let version = self.state.versions.get(t).cloned().unwrap_or_default();
-                tx.send(request(t, &names, version, String::new())).await?;
-            }
+        for (t, names) in initial_subscriptions(&subscribed) {
+            let version = self.state.versions.get(t).cloned().unwrap_or_default();
+            tx.send(request(t, &names, version, String::new())).await?;
         }
         let mut responses = client.stream_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
         set_status(self.status, |s| s.connected = true);
         self.progressed = true;
         tracing::info!(server = %self.settings.server, "ADS stream (state of the world) open");
         while let Some(response) = responses.message().await? {
-            let Some(t) = known_type(&response.type_url) else {
+            let Some(t) = ads_type(&response.type_url) else {
                 tracing::warn!(type_url = response.type_url, "ADS response of an unknown type: ignored");
                 continue;
             };
@@ -238,7 +245,7 @@ impl Session<'_> {
                     Err(e) => outcome = Err(e),
                 }
             }
-            if t != type_url::LISTENER && t != type_url::CLUSTER {
+            if !is_full_state(t) {
                 // Routes and endpoints are not full state: a response carries what changed among the
                 // subscribed names, and absence is not deletion. Keep the rest that is still wanted.
                 let wanted = subscribed.get(t).cloned().unwrap_or_default();
@@ -286,28 +293,24 @@ impl Session<'_> {
         let mut client = self.client().await?;
         let (tx, rx) = mpsc::channel(16);
         let mut subscribed: BTreeMap<&'static str, BTreeSet<String>> = self.wanted();
-        for t in state::TYPES {
-            let wildcard = t == type_url::LISTENER || t == type_url::CLUSTER;
-            let names = subscribed.get(t).cloned().unwrap_or_default();
-            if wildcard || !names.is_empty() {
-                let initial_resource_versions =
-                    self.state.of_type(t).map(|(name, r)| (name.clone(), r.version.clone())).collect();
-                tx.send(DeltaDiscoveryRequest {
-                    node: self.settings.node.clone(),
-                    type_url: t.to_string(),
-                    resource_names_subscribe: names.into_iter().collect(),
-                    initial_resource_versions,
-                    ..Default::default()
-                })
-                .await?;
-            }
+        for (t, names) in initial_subscriptions(&subscribed) {
+            let initial_resource_versions =
+                self.state.of_type(t).map(|(name, r)| (name.clone(), r.version.clone())).collect();
+            tx.send(DeltaDiscoveryRequest {
+                node: self.settings.node.clone(),
+                type_url: t.to_string(),
+                resource_names_subscribe: names.into_iter().collect(),
+                initial_resource_versions,
+                ..Default::default()
+            })
+            .await?;
         }
         let mut responses = client.delta_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
         set_status(self.status, |s| s.connected = true);
         self.progressed = true;
         tracing::info!(server = %self.settings.server, "ADS stream (delta) open");
         while let Some(response) = responses.message().await? {
-            let Some(t) = known_type(&response.type_url) else {
+            let Some(t) = ads_type(&response.type_url) else {
                 tracing::warn!(type_url = response.type_url, "ADS response of an unknown type: ignored");
                 continue;
             };

@@ -15,14 +15,6 @@ use xds_proto::pb::envoy::extensions::filters::network::http_connection_manager:
 use xds_proto::pb::google::protobuf::Any;
 use xds_proto::type_url;
 
-/// The xDS types the proxy subscribes to, in the order they are requested.
-pub const TYPES: [&str; 4] =
-    [type_url::CLUSTER, type_url::CLUSTER_LOAD_ASSIGNMENT, type_url::LISTENER, type_url::ROUTE_CONFIGURATION];
-
-pub fn known_type(url: &str) -> Option<&'static str> {
-    TYPES.into_iter().find(|t| *t == url)
-}
-
 /// One received resource.
 #[derive(Debug, Clone)]
 pub struct Received {
