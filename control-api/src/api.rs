@@ -119,7 +119,15 @@ pub fn from_proto(m: pb::Mesh) -> Result<Mesh, String> {
             name: l.name,
             address: non_empty(l.address).unwrap_or_else(|| "127.0.0.1".into()),
             port: u16::try_from(l.port).unwrap_or(0),
-            nodes: l.nodes,
+            nodes: l
+                .nodes
+                .into_iter()
+                .map(|n| mesh::NodeSelector {
+                    id: non_empty(n.id),
+                    cluster: non_empty(n.cluster),
+                    metadata: n.metadata.into_iter().collect(),
+                })
+                .collect(),
             origin: None,
         })
         .collect();
@@ -183,7 +191,15 @@ pub fn to_proto(m: &Mesh) -> pb::Mesh {
                 name: l.name.clone(),
                 address: l.address.clone(),
                 port: u32::from(l.port),
-                nodes: l.nodes.clone(),
+                nodes: l
+                    .nodes
+                    .iter()
+                    .map(|n| pb::NodeSelector {
+                        id: n.id.clone().unwrap_or_default(),
+                        cluster: n.cluster.clone().unwrap_or_default(),
+                        metadata: n.metadata.clone().into_iter().collect(),
+                    })
+                    .collect(),
             })
             .collect(),
         services: m

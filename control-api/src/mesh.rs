@@ -2,7 +2,7 @@
 //! validated whole (every problem named by object and field) before anything is compiled.
 
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 /// A whole mesh config: the union of every file in the config directory.
@@ -28,10 +28,76 @@ pub struct ListenerSpec {
     #[serde(default = "default_address")]
     pub address: String,
     pub port: u16,
-    /// The proxies (Envoy `node.cluster`) that get this listener, its routes and the services they
-    /// use; empty: every proxy.
+    /// The proxies that get this listener, its routes and the services they use; empty: every
+    /// proxy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub nodes: Vec<String>,
+    pub nodes: Vec<NodeSelector>,
+}
+
+/// Which proxies a listener is for. Written as a bare name (the proxy's Envoy `node.cluster`) or
+/// as `{ id, cluster, metadata }`, every part given having to match: `metadata` keys name fields
+/// of the node's metadata, nested ones with dots (`LABELS.app`), compared as text.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(from = "NodeSelectorForm", into = "NodeSelectorForm")]
+pub struct NodeSelector {
+    pub id: Option<String>,
+    pub cluster: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The identity a proxy gives in its xDS requests (`node`): what [`NodeSelector`]s match on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeIdentity {
+    pub id: String,
+    pub cluster: String,
+    /// `node.metadata`, flattened: nested fields as `outer.inner`, every scalar as text.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl NodeSelector {
+    pub fn matches(&self, node: &NodeIdentity) -> bool {
+        self.id.as_ref().is_none_or(|id| *id == node.id)
+            && self.cluster.as_ref().is_none_or(|c| *c == node.cluster)
+            && self.metadata.iter().all(|(k, v)| node.metadata.get(k) == Some(v))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.id.is_none() && self.cluster.is_none() && self.metadata.is_empty()
+    }
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(untagged)]
+enum NodeSelectorForm {
+    Cluster(String),
+    Match {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cluster: Option<String>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        metadata: BTreeMap<String, String>,
+    },
+}
+
+impl From<NodeSelectorForm> for NodeSelector {
+    fn from(form: NodeSelectorForm) -> Self {
+        match form {
+            NodeSelectorForm::Cluster(cluster) => NodeSelector { cluster: Some(cluster), ..Default::default() },
+            NodeSelectorForm::Match { id, cluster, metadata } => NodeSelector { id, cluster, metadata },
+        }
+    }
+}
+
+impl From<NodeSelector> for NodeSelectorForm {
+    fn from(s: NodeSelector) -> Self {
+        match s {
+            NodeSelector { id: None, cluster: Some(cluster), metadata } if metadata.is_empty() => {
+                NodeSelectorForm::Cluster(cluster)
+            }
+            NodeSelector { id, cluster, metadata } => NodeSelectorForm::Match { id, cluster, metadata },
+        }
+    }
 }
 
 fn default_address() -> String {
@@ -229,6 +295,12 @@ impl Mesh {
             if l.address.parse::<std::net::IpAddr>().is_err() {
                 errors.push(format!("{at}: address: '{}' is not an IP address", l.address));
             }
+            for (j, n) in l.nodes.iter().enumerate() {
+                if n.is_empty() || n.cluster.as_deref() == Some("") || n.id.as_deref() == Some("") {
+                    errors
+                        .push(format!("{at}: nodes[{j}]: give a node cluster, or a non-empty id, cluster or metadata"));
+                }
+            }
         }
         let mut services = HashSet::new();
         for (i, s) in self.services.iter().enumerate() {
@@ -362,6 +434,38 @@ mod tests {
                 "routes[0] 'r': to[0].service: unknown service 'b'",
             ]
         );
+    }
+
+    #[test]
+    fn node_selectors_read_as_a_cluster_name_or_a_match_and_write_back_the_same() {
+        let mesh = parse(
+            "listeners:\n\
+             - { name: a, port: 1, nodes: [web, { id: web-1 }, { cluster: api, metadata: { LABELS.app: api } }] }\n\
+             - { name: b, port: 2, nodes: [{}, { id: '' }] }\n",
+        )
+        .unwrap();
+        let errors = mesh.validate().unwrap_err().0;
+        assert_eq!(
+            errors,
+            [
+                "listeners[1] 'b': nodes[0]: give a node cluster, or a non-empty id, cluster or metadata",
+                "listeners[1] 'b': nodes[1]: give a node cluster, or a non-empty id, cluster or metadata",
+            ]
+        );
+        let nodes = &mesh.listeners[0].nodes;
+        let api = NodeIdentity {
+            id: "api-7".into(),
+            cluster: "api".into(),
+            metadata: [("LABELS.app".to_string(), "api".to_string())].into(),
+        };
+        let matched: Vec<bool> = nodes.iter().map(|n| n.matches(&api)).collect();
+        assert_eq!(matched, [false, false, true]);
+        let web1 = NodeIdentity { id: "web-1".into(), cluster: "other".into(), ..Default::default() };
+        assert_eq!(nodes.iter().map(|n| n.matches(&web1)).collect::<Vec<_>>(), [false, true, false]);
+        let written = yaml_serde::to_string(&mesh.listeners[0]).unwrap();
+        assert!(written.contains("- web\n"), "{written}");
+        let back: ListenerSpec = yaml_serde::from_str(&written).unwrap();
+        assert_eq!(back.nodes, *nodes);
     }
 
     #[test]

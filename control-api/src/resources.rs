@@ -2,6 +2,7 @@
 //! content hashes, so the same config gives the same versions across restarts (a proxy that already
 //! has them is not sent them again).
 
+use crate::mesh::{NodeIdentity, NodeSelector};
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -16,12 +17,12 @@ pub struct Resource {
     pub body: Any,
 }
 
-/// Who gets a listener: the proxies (`node.cluster`) it is for, and the services its routes use.
+/// Who gets a listener: the proxies it is for, and the services its routes use.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Scope {
     pub listener: String,
-    /// Empty: every proxy.
-    pub nodes: Vec<String>,
+    /// Any of these proxies; empty: every proxy.
+    pub nodes: Vec<NodeSelector>,
     pub services: BTreeSet<String>,
 }
 
@@ -65,15 +66,15 @@ impl Resources {
         self.of_type(type_url).filter(move |r| type_url != type_url::LISTENER || !self.named_only.contains(&r.name))
     }
 
-    /// What one proxy (by its `node.cluster`) is served: the listeners for it (and their route
+    /// What one proxy (by its `node`) is served: the listeners for it (and their route
     /// configurations), and the services those routes use plus those no listener uses; listeners
     /// for other proxies and the services only they use are left out. The whole set when no
     /// listener is restricted.
-    pub fn view(self: &Arc<Self>, node_cluster: &str) -> Arc<Resources> {
+    pub fn view(self: &Arc<Self>, node: &NodeIdentity) -> Arc<Resources> {
         if self.scopes.iter().all(|s| s.nodes.is_empty()) {
             return self.clone();
         }
-        let mine = |s: &Scope| s.nodes.is_empty() || s.nodes.iter().any(|n| n == node_cluster);
+        let mine = |s: &Scope| s.nodes.is_empty() || s.nodes.iter().any(|n| n.matches(node));
         let listeners: BTreeSet<&str> = self.scopes.iter().filter(|s| mine(s)).map(|s| s.listener.as_str()).collect();
         let used: BTreeSet<&str> =
             self.scopes.iter().filter(|s| mine(s)).flat_map(|s| s.services.iter().map(String::as_str)).collect();

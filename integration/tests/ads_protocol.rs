@@ -219,35 +219,60 @@ async fn delta_sends_only_what_the_client_lacks() {
     assert_eq!(response.removed_resources, ["gone"]);
 }
 
+/// A node as a proxy sends it: id, cluster and `{ LABELS: { version } }` metadata.
+fn node(id: &str, cluster: &str, version: Option<&str>) -> xds_proto::pb::envoy::config::core::v3::Node {
+    use xds_proto::pb::google::protobuf::{Struct, Value, value::Kind};
+    let text = |s: &str| Value { kind: Some(Kind::StringValue(s.into())) };
+    let metadata = version.map(|v| Struct {
+        fields: [
+            (
+                "LABELS".to_string(),
+                Value { kind: Some(Kind::StructValue(Struct { fields: [("version".to_string(), text(v))].into() })) },
+            ),
+            ("ISTIO_VERSION".to_string(), text("1.0")),
+        ]
+        .into(),
+    });
+    xds_proto::pb::envoy::config::core::v3::Node {
+        id: id.into(),
+        cluster: cluster.into(),
+        metadata,
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
-async fn each_proxy_gets_the_listeners_for_its_node_cluster_and_what_they_use() {
+async fn each_proxy_gets_the_listeners_for_its_node_and_what_they_use() {
     let mesh = strait_control::mesh::parse(
         "listeners:\n\
          - { name: web, port: 10000, nodes: [frontend] }\n\
          - { name: internal, port: 10001, nodes: [backend] }\n\
+         - { name: canary, port: 10002, nodes: [{ cluster: frontend, metadata: { LABELS.version: v2 } }, { id: debug-1 }] }\n\
          services:\n\
          - { name: a, endpoints: ['127.0.0.1:1'] }\n\
          - { name: b, endpoints: ['127.0.0.1:2'] }\n\
+         - { name: c, endpoints: ['127.0.0.1:4'] }\n\
          - { name: shared, endpoints: ['127.0.0.1:3'] }\n\
          routes:\n\
          - { name: w, listener: web, to: [{ service: a }] }\n\
-         - { name: i, listener: internal, to: [{ service: b }] }\n",
+         - { name: i, listener: internal, to: [{ service: b }] }\n\
+         - { name: k, listener: canary, to: [{ service: c }] }\n",
     )
     .unwrap();
     mesh.validate().unwrap();
     let (_publish, _stats, url) = server(Arc::new(strait_control::compile::compile(&mesh).unwrap())).await;
-    for (cluster, listener, clusters) in
-        [("frontend", vec!["web"], vec!["a", "shared"]), ("backend", vec!["internal"], vec!["b", "shared"])]
-    {
+    let cases = [
+        (node("frontend-1", "frontend", Some("v1")), vec!["web"], vec!["a", "shared"]),
+        (node("frontend-2", "frontend", Some("v2")), vec!["canary", "web"], vec!["a", "c", "shared"]),
+        (node("backend-1", "backend", Some("v2")), vec!["internal"], vec!["b", "shared"]),
+        (node("debug-1", "backend", None), vec!["canary", "internal"], vec!["b", "c", "shared"]),
+    ];
+    for (node, listener, clusters) in cases {
+        let id = node.id.clone();
         let mut client = Sotw::open(&url).await;
-        let node = xds_proto::pb::envoy::config::core::v3::Node {
-            id: format!("{cluster}-1"),
-            cluster: cluster.into(),
-            ..Default::default()
-        };
         let first = DiscoveryRequest { node: Some(node), type_url: CLUSTER.into(), ..Default::default() };
         client.tx.send(first).await.unwrap();
-        assert_eq!(names(&client.next().await.expect("clusters")), clusters, "{cluster}");
+        assert_eq!(names(&client.next().await.expect("clusters")), clusters, "{id}");
         client.send(xds_proto::type_url::LISTENER, &[], "", "", None).await;
         let listeners = client.next().await.expect("listeners");
         let got: Vec<String> = listeners
@@ -258,6 +283,6 @@ async fn each_proxy_gets_the_listeners_for_its_node_cluster_and_what_they_use() 
                 xds_proto::pb::envoy::config::listener::v3::Listener::decode(any.value.as_slice()).unwrap().name
             })
             .collect();
-        assert_eq!(got, listener, "{cluster}");
+        assert_eq!(got, listener, "{id}");
     }
 }

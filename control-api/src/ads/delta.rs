@@ -42,7 +42,7 @@ pub(super) async fn serve(
                     continue;
                 }
                 subscribe(sub, type_url, &request);
-                let current = resources.borrow().clone().view(&node.cluster);
+                let current = resources.borrow().clone().view(&node.identity);
                 if let Some(response) = diff(sub, type_url, &current, &mut nonce)
                     && !send(&tx, response, &stats).await
                 {
@@ -53,7 +53,7 @@ pub(super) async fn serve(
                 if changed.is_err() {
                     break;
                 }
-                let current = resources.borrow_and_update().clone().view(&node.cluster);
+                let current = resources.borrow_and_update().clone().view(&node.identity);
                 for type_url in xds_proto::type_url::ADS_TYPES {
                     let Some(sub) = subscriptions.get_mut(type_url) else { continue };
                     if let Some(response) = diff(sub, type_url, &current, &mut nonce)

@@ -5,7 +5,9 @@
 mod delta;
 mod sotw;
 
+use crate::mesh::NodeIdentity;
 use crate::resources::Resources;
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +21,8 @@ use xds_proto::pb::envoy::service::discovery::v3::aggregated_discovery_service_s
 use xds_proto::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use xds_proto::pb::google::protobuf::Struct;
+use xds_proto::pb::google::protobuf::value::Kind;
 use xds_proto::pb::google::rpc::Status as RpcStatus;
 
 /// Counters over all streams.
@@ -91,12 +95,46 @@ async fn until_stopped(stream: impl Future<Output = ()>, stop: watch::Receiver<b
     }
 }
 
-/// The client at the other end of a stream, from its first request: its id (for logs) and its
-/// cluster (which config it gets, see [`Resources::view`]).
+/// The client at the other end of a stream, from its first request: a name for logs, and its
+/// identity (which config it gets, see [`Resources::view`]).
 #[derive(Debug, Default)]
 struct Peer {
     id: String,
-    cluster: String,
+    identity: NodeIdentity,
+}
+
+impl Peer {
+    fn from_node(node: Option<&Node>) -> Peer {
+        let identity = node
+            .map(|n| {
+                let mut metadata = BTreeMap::new();
+                if let Some(m) = &n.metadata {
+                    flatten("", m, &mut metadata);
+                }
+                NodeIdentity { id: n.id.clone(), cluster: n.cluster.clone(), metadata }
+            })
+            .unwrap_or_default();
+        let id = if identity.id.is_empty() { "(no node id)".to_string() } else { identity.id.clone() };
+        Peer { id, identity }
+    }
+}
+
+/// `node.metadata` as `dotted.key -> text` for every scalar, nested structs included.
+fn flatten(prefix: &str, fields: &Struct, out: &mut BTreeMap<String, String>) {
+    for (key, value) in &fields.fields {
+        let key = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        let text = match &value.kind {
+            Some(Kind::StringValue(s)) => s.clone(),
+            Some(Kind::NumberValue(n)) => n.to_string(),
+            Some(Kind::BoolValue(b)) => b.to_string(),
+            Some(Kind::StructValue(inner)) => {
+                flatten(&key, inner, out);
+                continue;
+            }
+            Some(Kind::NullValue(_) | Kind::ListValue(_)) | None => continue,
+        };
+        out.insert(key, text);
+    }
 }
 
 /// What both request variants (State of the World and delta) have in common.
@@ -146,9 +184,8 @@ async fn next_request<R: XdsRequest>(
             }
         };
         if node.id.is_empty() {
-            node.id = request.node().map(|n| n.id.clone()).filter(|id| !id.is_empty()).unwrap_or("(no node id)".into());
-            node.cluster = request.node().map(|n| n.cluster.clone()).unwrap_or_default();
-            tracing::info!(node = node.id, cluster = node.cluster, "{variant} ADS stream opened");
+            *node = Peer::from_node(request.node());
+            tracing::info!(node = node.id, cluster = node.identity.cluster, "{variant} ADS stream opened");
         }
         match xds_proto::type_url::ads_type(request.type_url()) {
             Some(type_url) => return Some((request, type_url)),

@@ -38,7 +38,7 @@ pub(super) async fn serve(
         tokio::select! {
             next = super::next_request(&mut requests, &mut node, "state-of-the-world") => {
                 let Some((request, type_url)) = next else { break };
-                let current = latest.view(&node.cluster);
+                let current = latest.view(&node.identity);
                 let sub = subscriptions.entry(type_url).or_default();
                 let last_nonce = sub.sent.as_ref().map(|(_, n)| n.as_str());
                 if !super::ack_or_nack(&request, last_nonce, &node.id, &stats) {
@@ -58,7 +58,7 @@ pub(super) async fn serve(
                 if changed.is_err() {
                     break;
                 }
-                let current = resources.borrow().clone().view(&node.cluster);
+                let current = resources.borrow().clone().view(&node.identity);
                 for type_url in xds_proto::type_url::ADS_TYPES {
                     let Some(sub) = subscriptions.get_mut(type_url) else { continue };
                     if sub.sent.as_ref().is_some_and(|(v, _)| *v == current.version) {
