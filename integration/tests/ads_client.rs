@@ -68,7 +68,12 @@ async fn listener_dump(proxy: &Proxy) -> (String, String) {
         .find(|c| c["@type"].as_str().is_some_and(|t| t.ends_with(".ListenersConfigDump")))
         .cloned()
         .unwrap();
-    let details = listeners["dynamic_listeners"][0]["error_state"]["details"].as_str().unwrap_or_default();
+    let details = listeners["dynamic_listeners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|l| l["error_state"]["details"].as_str())
+        .unwrap_or_default();
     (listeners["version_info"].as_str().unwrap_or_default().to_string(), details.to_string())
 }
 
@@ -122,6 +127,137 @@ async fn strait_proxy_follows_strait_control_sotw_and_delta() {
         wait_for_service(&url, "a").await;
         all_from(&url, "a", 20).await;
         drop(stop);
+        drop(proxy);
+    }
+}
+
+/// One section of `/config_dump`, by the end of its `@type`.
+fn dump_section(dump: &serde_json::Value, kind: &str) -> serde_json::Value {
+    dump["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["@type"].as_str().is_some_and(|t| t.ends_with(&format!(".{kind}"))))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {kind} in /config_dump"))
+}
+
+/// `strait-control`'s ADS service serving whatever is published, on a free port.
+async fn ads_server(
+    initial: Arc<strait_control::resources::Resources>,
+) -> (tokio::sync::watch::Sender<Arc<strait_control::resources::Resources>>, SocketAddr) {
+    let (publish, resources) = tokio::sync::watch::channel(initial);
+    let (_, stop) = tokio::sync::watch::channel(false);
+    let ads = strait_control::ads::Ads::new(resources, stop);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .serve_with_incoming(ads.into_service(), tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (publish, addr)
+}
+
+/// The same resources with the route configuration's first route matching on an invalid regex.
+fn with_broken_routes(good: &strait_control::resources::Resources) -> strait_control::resources::Resources {
+    use prost::Message;
+    use xds_proto::pb::envoy::config::route::v3::{RouteConfiguration, route_match::PathSpecifier};
+    use xds_proto::type_url::{ADS_TYPES, ROUTE_CONFIGURATION};
+    let mut items = Vec::new();
+    for t in ADS_TYPES {
+        for r in good.of_type(t) {
+            let mut body = r.body.clone();
+            if t == ROUTE_CONFIGURATION {
+                let mut rc = RouteConfiguration::decode(body.value.as_slice()).unwrap();
+                let regex = xds_proto::pb::envoy::r#type::matcher::v3::RegexMatcher {
+                    regex: "(unclosed".into(),
+                    ..Default::default()
+                };
+                rc.virtual_hosts[0].routes[0].r#match.as_mut().unwrap().path_specifier =
+                    Some(PathSpecifier::SafeRegex(regex));
+                body.value = rc.encode_to_vec();
+            }
+            items.push((t, r.name.clone(), body));
+        }
+    }
+    strait_control::resources::Resources::new(items)
+}
+
+#[tokio::test]
+async fn config_dump_shows_what_came_over_ads_and_each_types_last_rejection() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    for api_type in ["GRPC", "DELTA_GRPC"] {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}/");
+        let config = strait_control::mesh::parse(&mesh(port, a, b, "a")).unwrap();
+        let good = Arc::new(strait_control::compile::compile(&config).unwrap());
+        let (publish, xds) = ads_server(good.clone()).await;
+        let admin = free_port();
+        let proxy = Proxy::start(&ads_bootstrap("dumped", admin, xds, api_type), admin).await;
+        all_from(&url, "a", 5).await;
+
+        let dump: serde_json::Value = serde_json::from_str(&proxy.admin_text("/config_dump").await).unwrap();
+        let (clusters, listeners) =
+            (dump_section(&dump, "ClustersConfigDump"), dump_section(&dump, "ListenersConfigDump"));
+        let (routes, endpoints) = (dump_section(&dump, "RoutesConfigDump"), dump_section(&dump, "EndpointsConfigDump"));
+        let served = good.get(xds_proto::type_url::ROUTE_CONFIGURATION, "http").unwrap().version.clone();
+        let route_version = routes["dynamic_route_configs"][0]["version_info"].as_str().unwrap();
+        if api_type == "GRPC" {
+            // State of the world: every type at the version the control plane served.
+            assert_eq!(listeners["version_info"], good.version.as_str(), "{api_type}");
+            assert_eq!(clusters["version_info"], good.version.as_str(), "{api_type}");
+            assert_eq!(route_version, good.version, "{api_type}");
+        } else {
+            // Delta: each resource at its own version.
+            assert_eq!(route_version, served, "{api_type}");
+        }
+        let listener = &listeners["dynamic_listeners"][0];
+        assert_eq!(listener["name"], "http", "{api_type}: {listeners}");
+        assert_eq!(listener["active_state"]["listener"]["name"], "http", "{api_type}");
+        let names = |v: &serde_json::Value, field: &str| -> Vec<String> {
+            v.as_array().unwrap().iter().map(|e| e[field]["name"].as_str().unwrap_or_default().to_string()).collect()
+        };
+        assert_eq!(names(&clusters["dynamic_active_clusters"], "cluster"), ["a", "b"], "{api_type}");
+        assert!(
+            names(&clusters["static_clusters"], "cluster").iter().all(|n| n != "a"),
+            "{api_type}: a dynamic cluster listed as static"
+        );
+        assert_eq!(endpoints["dynamic_endpoint_configs"].as_array().unwrap().len(), 2, "{api_type}");
+        assert_eq!(routes["dynamic_route_configs"][0]["route_config"]["name"], "http", "{api_type}");
+
+        // Routes the proxy cannot accept: NACKed, the reason shown on the routes' dump; still serving.
+        publish.send_replace(Arc::new(with_broken_routes(&good)));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let rejected = loop {
+            let dump: serde_json::Value = serde_json::from_str(&proxy.admin_text("/config_dump").await).unwrap();
+            let routes = dump_section(&dump, "RoutesConfigDump");
+            let rejected = routes["dynamic_route_configs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|r| r["error_state"]["details"].as_str().map(str::to_string));
+            if let Some(rejected) = rejected {
+                assert_eq!(routes["dynamic_route_configs"][0]["version_info"], route_version, "{api_type}: kept");
+                break rejected;
+            }
+            assert!(Instant::now() < deadline, "{api_type}: no rejection in the routes' dump: {routes}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            rejected.starts_with(
+                "RouteConfiguration 'http': virtual_hosts[0].routes[0].match.safe_regex.regex: invalid regex"
+            ),
+            "{rejected}"
+        );
+        all_from(&url, "a", 5).await;
+
+        // Fixed: accepted, and the error state is gone.
+        let fixed = strait_control::mesh::parse(&mesh(port, a, b, "b")).unwrap();
+        publish.send_replace(Arc::new(strait_control::compile::compile(&fixed).unwrap()));
+        wait_for_service(&url, "b").await;
+        let dump: serde_json::Value = serde_json::from_str(&proxy.admin_text("/config_dump").await).unwrap();
+        let routes = dump_section(&dump, "RoutesConfigDump");
+        assert!(!routes.to_string().contains("error_state"), "{api_type}: {routes}");
         drop(proxy);
     }
 }

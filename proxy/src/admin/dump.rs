@@ -1,73 +1,91 @@
 //! `/config_dump` in Envoy's `envoy.admin.v3.ConfigDump` shape, and `/clusters` in Envoy's text and
 //! JSON forms.
 
+use crate::ads::{AdsStatus, Received};
 use crate::snapshot::Snapshot;
 use prost_reflect::{DynamicMessage, SerializeOptions};
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use xds_proto::pb::envoy::admin::v3 as admin;
-use xds_proto::pb::google::protobuf::Timestamp;
+use xds_proto::pb::google::protobuf::{Any, Timestamp};
+use xds_proto::type_url::{CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION};
 
 fn timestamp(t: std::time::SystemTime) -> Timestamp {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
-/// The running config as Envoy's admin `ConfigDump` JSON. With ADS, each type's `version_info` is the
-/// control plane's last accepted version, and a rejected update shows as an `error_state` with the
-/// rejected version and the error sent back in the NACK.
-pub fn config_dump(s: &Snapshot, ads: Option<&crate::ads::AdsStatus>) -> Result<String, String> {
-    use envoy_types_any::pack;
-    use xds_proto::type_url::{CLUSTER, LISTENER};
-    let resources = s.bootstrap.static_resources.clone().unwrap_or_default();
+/// The running config as Envoy's admin `ConfigDump` JSON: the bootstrap, then clusters, endpoints,
+/// listeners and routes. With ADS, resources from the control plane are the dynamic ones (active or
+/// warming, each with the version it came in and when); each type's `version_info` is its last
+/// accepted version; a rejected update shows as an entry with only an `error_state`: the rejected
+/// version and the error sent back in the NACK.
+pub fn config_dump(s: &Snapshot, ads: Option<&AdsStatus>) -> Result<String, String> {
+    let dump = ConfigDump::new(s, ads);
+    let mut base = s.bootstrap.clone();
+    if let Some(resources) = base.static_resources.as_mut() {
+        resources.listeners.retain(|l| !dump.is_dynamic(LISTENER, &l.name));
+        resources.clusters.retain(|c| !dump.is_dynamic(CLUSTER, &c.name));
+    }
     let updated = Some(timestamp(s.applied_at));
-    let version = |t: &str| ads.and_then(|a| a.versions.get(t).cloned()).unwrap_or_else(|| s.version.to_string());
-    let rejected = |t: &str| {
-        ads.and_then(|a| a.last_nack.get(t)).map(|(version, error)| admin::UpdateFailureState {
-            details: error.clone(),
-            version_info: version.clone(),
-            ..Default::default()
-        })
-    };
-    let listeners = admin::ListenersConfigDump {
-        version_info: version(LISTENER),
-        dynamic_listeners: rejected(LISTENER)
-            .map(|e| admin::listeners_config_dump::DynamicListener { error_state: Some(e), ..Default::default() })
-            .into_iter()
-            .collect(),
-        static_listeners: resources
-            .listeners
-            .iter()
-            .map(|l| admin::listeners_config_dump::StaticListener {
-                listener: Some(pack(l.clone())),
-                last_updated: updated,
-            })
-            .collect(),
-    };
+    let statics = base.static_resources.clone().unwrap_or_default();
     let clusters = admin::ClustersConfigDump {
-        version_info: version(CLUSTER),
-        dynamic_active_clusters: rejected(CLUSTER)
-            .map(|e| admin::clusters_config_dump::DynamicCluster { error_state: Some(e), ..Default::default() })
-            .into_iter()
-            .collect(),
-        static_clusters: resources
+        version_info: dump.version(CLUSTER),
+        static_clusters: statics
             .clusters
-            .iter()
-            .map(|c| admin::clusters_config_dump::StaticCluster {
-                cluster: Some(pack(c.clone())),
-                last_updated: updated,
+            .into_iter()
+            .map(|c| admin::clusters_config_dump::StaticCluster { cluster: Some(pack(c)), last_updated: updated })
+            .collect(),
+        dynamic_active_clusters: dump.dynamic(CLUSTER, false, cluster_entry).chain(dump.rejected(CLUSTER)).collect(),
+        dynamic_warming_clusters: dump.dynamic(CLUSTER, true, cluster_entry).collect(),
+    };
+    let endpoints = admin::EndpointsConfigDump {
+        dynamic_endpoint_configs: dump
+            .dynamic(CLUSTER_LOAD_ASSIGNMENT, false, |version_info, body, last_updated| {
+                admin::endpoints_config_dump::DynamicEndpointConfig {
+                    version_info,
+                    endpoint_config: Some(body),
+                    last_updated,
+                    ..Default::default()
+                }
             })
+            .chain(dump.rejected(CLUSTER_LOAD_ASSIGNMENT))
             .collect(),
         ..Default::default()
     };
-    let dump = admin::ConfigDump {
-        configs: vec![
-            pack(admin::BootstrapConfigDump { bootstrap: Some(s.bootstrap.clone()), last_updated: updated }),
-            pack(listeners),
-            pack(clusters),
-        ],
+    let listeners = admin::ListenersConfigDump {
+        version_info: dump.version(LISTENER),
+        static_listeners: statics
+            .listeners
+            .into_iter()
+            .map(|l| admin::listeners_config_dump::StaticListener { listener: Some(pack(l)), last_updated: updated })
+            .collect(),
+        dynamic_listeners: dump.dynamic_listeners().chain(dump.rejected(LISTENER)).collect(),
     };
-    let dynamic: DynamicMessage = xds_proto::to_dynamic(&dump).map_err(|e| e.to_string())?;
+    let routes = admin::RoutesConfigDump {
+        dynamic_route_configs: dump
+            .dynamic(ROUTE_CONFIGURATION, false, |version_info, body, last_updated| {
+                admin::routes_config_dump::DynamicRouteConfig {
+                    version_info,
+                    route_config: Some(body),
+                    last_updated,
+                    ..Default::default()
+                }
+            })
+            .chain(dump.rejected(ROUTE_CONFIGURATION))
+            .collect(),
+        ..Default::default()
+    };
+    let mut configs =
+        vec![pack(admin::BootstrapConfigDump { bootstrap: Some(base), last_updated: updated }), pack(clusters)];
+    if ads.is_some() {
+        configs.push(pack(endpoints));
+    }
+    configs.push(pack(listeners));
+    if ads.is_some() {
+        configs.push(pack(routes));
+    }
+    let dynamic: DynamicMessage = xds_proto::to_dynamic(&admin::ConfigDump { configs }).map_err(|e| e.to_string())?;
     let options = SerializeOptions::new().use_proto_field_name(true);
     let mut out = Vec::new();
     let mut ser = serde_json::Serializer::pretty(&mut out);
@@ -78,10 +96,112 @@ pub fn config_dump(s: &Snapshot, ads: Option<&crate::ads::AdsStatus>) -> Result<
     String::from_utf8(out).map_err(|e| e.to_string())
 }
 
-mod envoy_types_any {
-    pub fn pack<T: prost::Message + prost::Name>(m: T) -> xds_proto::pb::google::protobuf::Any {
-        xds_proto::pb::google::protobuf::Any { type_url: T::type_url(), value: m.encode_to_vec() }
+fn cluster_entry(
+    version_info: String,
+    body: Any,
+    last_updated: Option<Timestamp>,
+) -> admin::clusters_config_dump::DynamicCluster {
+    admin::clusters_config_dump::DynamicCluster {
+        version_info,
+        cluster: Some(body),
+        last_updated,
+        ..Default::default()
     }
+}
+
+/// The ADS side of a dump: what came from the control plane.
+struct ConfigDump<'a> {
+    snapshot_version: u64,
+    ads: Option<&'a AdsStatus>,
+}
+
+/// An admin dump entry that can carry a rejected update alone.
+trait WithErrorState: Default {
+    fn set_error_state(&mut self, e: admin::UpdateFailureState);
+}
+
+macro_rules! with_error_state {
+    ($($t:ty),*) => {$(
+        impl WithErrorState for $t {
+            fn set_error_state(&mut self, e: admin::UpdateFailureState) {
+                self.error_state = Some(e);
+            }
+        }
+    )*};
+}
+with_error_state!(
+    admin::clusters_config_dump::DynamicCluster,
+    admin::listeners_config_dump::DynamicListener,
+    admin::routes_config_dump::DynamicRouteConfig,
+    admin::endpoints_config_dump::DynamicEndpointConfig
+);
+
+impl<'a> ConfigDump<'a> {
+    fn new(s: &Snapshot, ads: Option<&'a AdsStatus>) -> Self {
+        ConfigDump { snapshot_version: s.version, ads }
+    }
+
+    fn accepted(&self, type_url: &str) -> impl Iterator<Item = (&'a String, &'a Received)> {
+        self.ads.and_then(|a| a.accepted.get(type_url)).into_iter().flatten()
+    }
+
+    fn is_dynamic(&self, type_url: &str, name: &str) -> bool {
+        self.ads.and_then(|a| a.accepted.get(type_url)).is_some_and(|m| m.contains_key(name))
+    }
+
+    fn is_warming(&self, type_url: &'static str, name: &str) -> bool {
+        self.ads.is_some_and(|a| a.warming.contains(&(type_url, name.to_string())))
+    }
+
+    /// The control plane's last accepted version of a type; the snapshot's own without one.
+    fn version(&self, type_url: &str) -> String {
+        self.ads.and_then(|a| a.versions.get(type_url).cloned()).unwrap_or_else(|| self.snapshot_version.to_string())
+    }
+
+    /// The accepted resources of a type that are (or are not) warming, as dump entries.
+    fn dynamic<T>(
+        &self,
+        type_url: &'static str,
+        warming: bool,
+        entry: impl Fn(String, Any, Option<Timestamp>) -> T,
+    ) -> impl Iterator<Item = T> {
+        self.accepted(type_url)
+            .filter(move |(name, _)| self.is_warming(type_url, name) == warming)
+            .map(move |(_, r)| entry(r.version.clone(), (*r.body).clone(), Some(timestamp(r.at))))
+    }
+
+    fn dynamic_listeners(&self) -> impl Iterator<Item = admin::listeners_config_dump::DynamicListener> {
+        self.accepted(LISTENER).map(|(name, r)| {
+            let state = admin::listeners_config_dump::DynamicListenerState {
+                version_info: r.version.clone(),
+                listener: Some((*r.body).clone()),
+                last_updated: Some(timestamp(r.at)),
+            };
+            let warming = self.is_warming(LISTENER, name);
+            admin::listeners_config_dump::DynamicListener {
+                name: name.clone(),
+                active_state: (!warming).then(|| state.clone()),
+                warming_state: warming.then_some(state),
+                ..Default::default()
+            }
+        })
+    }
+
+    /// The last rejected update of a type, as an entry with only its `error_state`.
+    fn rejected<T: WithErrorState>(&self, type_url: &str) -> Option<T> {
+        let (version, error) = self.ads?.last_nack.get(type_url)?;
+        let mut entry = T::default();
+        entry.set_error_state(admin::UpdateFailureState {
+            details: error.clone(),
+            version_info: version.clone(),
+            ..Default::default()
+        });
+        Some(entry)
+    }
+}
+
+fn pack<T: prost::Message + prost::Name>(m: T) -> Any {
+    Any { type_url: T::type_url(), value: m.encode_to_vec() }
 }
 
 /// Envoy's `/clusters` text: `cluster::host::stat::value` lines.

@@ -9,9 +9,9 @@
 
 mod state;
 
-pub use state::Resolved;
+pub use state::{Received, Resolved};
 
-use state::{Received, State};
+use state::State;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -89,8 +89,12 @@ pub struct Update {
 pub struct AdsStatus {
     pub connected: bool,
     pub versions: BTreeMap<String, String>,
-    /// type URL -> (the rejected version, the error sent back).
+    /// type URL -> (the rejected version, the error sent back), until the type's next accepted update.
     pub last_nack: BTreeMap<String, (String, String)>,
+    /// The accepted resources, by type URL and name, as received.
+    pub accepted: BTreeMap<&'static str, BTreeMap<String, Received>>,
+    /// Accepted listeners and clusters (type URL, name) still waiting for their routes or endpoints.
+    pub warming: BTreeSet<(&'static str, String)>,
 }
 
 pub type SharedStatus = Arc<Mutex<AdsStatus>>;
@@ -173,16 +177,24 @@ impl Session<'_> {
     }
 
     /// Checks a candidate state and hands it to the control loop; the error to NACK with, if any.
-    async fn try_apply(&mut self, candidate: &State) -> Result<(), String> {
+    async fn try_apply(&mut self, candidate: &mut State) -> Result<(), String> {
         let resolved = candidate.resolve().map_err(|errors| errors.join("; "))?;
         let complete = [type_url::LISTENER, type_url::CLUSTER].iter().all(|t| candidate.versions.contains_key(t))
             && resolved.warming.is_empty();
+        let active = resolved.clusters.iter().map(|c| (c.name.clone(), c.clone())).collect();
+        let warming = resolved.warming.clone();
         let (reply, result) = oneshot::channel();
         self.updates
             .send(Update { resolved, complete, reply })
             .await
             .map_err(|_| "the proxy is shutting down".to_string())?;
-        result.await.map_err(|_| "the proxy is shutting down".to_string())?
+        result.await.map_err(|_| "the proxy is shutting down".to_string())??;
+        candidate.active_clusters = active;
+        set_status(self.status, |s| {
+            s.accepted = candidate.resources.clone();
+            s.warming = warming;
+        });
+        Ok(())
     }
 
     /// The RDS and EDS names the accepted config needs.
@@ -200,6 +212,8 @@ impl Session<'_> {
                 s.last_nack.insert(type_url.to_string(), (version.to_string(), error.to_string()));
             }
             None => {
+                // As Envoy: an error state lasts until the next successful update of its type.
+                s.last_nack.remove(type_url);
                 s.versions.insert(type_url.to_string(), version.to_string());
             }
         });
@@ -240,7 +254,7 @@ impl Session<'_> {
             for any in response.resources {
                 match resource_name(&any) {
                     Ok(name) => {
-                        items.insert(name, Received { version: response.version_info.clone(), body: any });
+                        items.insert(name, Received::new(response.version_info.clone(), any));
                     }
                     Err(e) => outcome = Err(e),
                 }
@@ -258,7 +272,7 @@ impl Session<'_> {
             candidate.resources.insert(t, items);
             candidate.versions.insert(t, response.version_info.clone());
             if outcome.is_ok() {
-                outcome = self.try_apply(&candidate).await;
+                outcome = self.try_apply(&mut candidate).await;
             }
             let names = subscribed.get(t).cloned().unwrap_or_default();
             match outcome {
@@ -320,7 +334,7 @@ impl Session<'_> {
             for resource in response.resources {
                 match resource.resource {
                     Some(body) => {
-                        items.insert(resource.name, Received { version: resource.version, body });
+                        items.insert(resource.name, Received::new(resource.version, body));
                     }
                     None => outcome = Err(format!("resource '{}' has no body", resource.name)),
                 }
@@ -330,7 +344,7 @@ impl Session<'_> {
             }
             candidate.versions.insert(t, response.system_version_info.clone());
             if outcome.is_ok() {
-                outcome = self.try_apply(&candidate).await;
+                outcome = self.try_apply(&mut candidate).await;
             }
             let mut reply = DeltaDiscoveryRequest {
                 node: self.settings.node.clone(),

@@ -2,9 +2,11 @@
 //! route configuration (RDS) inline, EDS clusters their endpoints, so the same conversions as a static
 //! file apply. A listener whose routes have not arrived yet is held back (warming, as Envoy does).
 
-use crate::xds::{cluster_config, listener_config};
+use crate::xds::{cluster_config, listener_config, route_table};
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::SystemTime;
 use xds_proto::pb::envoy::config::cluster::v3::Cluster;
 use xds_proto::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
 use xds_proto::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -15,11 +17,19 @@ use xds_proto::pb::envoy::extensions::filters::network::http_connection_manager:
 use xds_proto::pb::google::protobuf::Any;
 use xds_proto::type_url;
 
-/// One received resource.
+/// One received resource (shared: the state is cloned for every candidate update and for
+/// `/config_dump`).
 #[derive(Debug, Clone)]
 pub struct Received {
     pub version: String,
-    pub body: Any,
+    pub body: Arc<Any>,
+    pub at: SystemTime,
+}
+
+impl Received {
+    pub fn new(version: String, body: Any) -> Self {
+        Received { version, body: Arc::new(body), at: SystemTime::now() }
+    }
 }
 
 /// Everything received and accepted so far.
@@ -28,6 +38,9 @@ pub struct State {
     pub resources: BTreeMap<&'static str, BTreeMap<String, Received>>,
     /// The last accepted `version_info` (State of the World) or `system_version_info` (delta), per type.
     pub versions: BTreeMap<&'static str, String>,
+    /// The clusters in use, as applied: a changed EDS cluster whose endpoints have not arrived yet
+    /// stays on this version meanwhile (warming, as Envoy does).
+    pub active_clusters: BTreeMap<String, Cluster>,
 }
 
 /// The dynamic part of the config, resolved and ready to merge with the bootstrap's static part.
@@ -39,8 +52,8 @@ pub struct Resolved {
     pub route_names: BTreeSet<String>,
     /// Clusters whose endpoints come over EDS (EDS subscriptions).
     pub eds_names: BTreeSet<String>,
-    /// Listeners or clusters still waiting for their routes or endpoints.
-    pub warming: Vec<String>,
+    /// Listeners or clusters (type URL, name) still waiting for their routes or endpoints.
+    pub warming: BTreeSet<(&'static str, String)>,
 }
 
 impl State {
@@ -52,8 +65,16 @@ impl State {
     pub fn resolve(&self) -> Result<Resolved, Vec<String>> {
         let mut errors = Vec::new();
         let mut out = Resolved::default();
-        let routes: BTreeMap<&str, RouteConfiguration> =
+        let mut routes: BTreeMap<&str, RouteConfiguration> =
             decode_all(self.of_type(type_url::ROUTE_CONFIGURATION), "RouteConfiguration", &mut errors);
+        // Route configurations are checked on their own, so a problem names them, not a listener.
+        routes.retain(|name, rc| match route_table(rc) {
+            Ok(_) => true,
+            Err(e) => {
+                errors.push(format!("RouteConfiguration '{name}': {e}"));
+                false
+            }
+        });
         let endpoints: BTreeMap<&str, ClusterLoadAssignment> =
             decode_all(self.of_type(type_url::CLUSTER_LOAD_ASSIGNMENT), "ClusterLoadAssignment", &mut errors);
 
@@ -66,13 +87,21 @@ impl State {
                     .map(|c| c.service_name)
                     .filter(|s| !s.is_empty())
                     .unwrap_or_else(|| name.to_string());
-                let assignment = endpoints.get(service.as_str()).cloned().unwrap_or_else(|| {
-                    out.warming.push(format!("cluster '{name}' (waiting for its endpoints)"));
-                    ClusterLoadAssignment { cluster_name: service.clone(), ..Default::default() }
-                });
+                out.eds_names.insert(service.clone());
+                match endpoints.get(service.as_str()) {
+                    Some(assignment) => cluster.load_assignment = Some(assignment.clone()),
+                    None => {
+                        out.warming.insert((type_url::CLUSTER, name.to_string()));
+                        if let Some(active) = self.active_clusters.get(name) {
+                            out.clusters.push(active.clone());
+                            continue;
+                        }
+                        // New: in place with no endpoints (503 `UH`) until they come.
+                        cluster.load_assignment =
+                            Some(ClusterLoadAssignment { cluster_name: service, ..Default::default() });
+                    }
+                }
                 cluster.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
-                cluster.load_assignment = Some(assignment);
-                out.eds_names.insert(service);
             }
             match cluster_config(&cluster) {
                 Ok(_) => out.clusters.push(cluster),
@@ -83,7 +112,9 @@ impl State {
         for (name, mut listener) in decode_all::<Listener>(self.of_type(type_url::LISTENER), "Listener", &mut errors) {
             match inline_routes(&mut listener, &routes, &mut out.route_names) {
                 Err(e) => errors.push(format!("Listener '{name}': {e}")),
-                Ok(false) => out.warming.push(format!("listener '{name}' (waiting for its routes)")),
+                Ok(false) => {
+                    out.warming.insert((type_url::LISTENER, name.to_string()));
+                }
                 Ok(true) => match listener_config(&listener) {
                     Ok(_) => out.listeners.push(listener),
                     Err(e) => errors.push(format!("Listener '{name}': {e}")),
@@ -139,7 +170,10 @@ fn inline_routes(
             wanted.insert(name.clone());
             match routes.get(name.as_str()) {
                 Some(rc) => {
-                    hcm.route_specifier = Some(RouteSpecifier::RouteConfig(rc.clone()));
+                    let mut rc = rc.clone();
+                    // Routes from RDS may name clusters not (yet) known: Envoy's default for RDS.
+                    rc.validate_clusters.get_or_insert(xds_proto::pb::google::protobuf::BoolValue { value: false });
+                    hcm.route_specifier = Some(RouteSpecifier::RouteConfig(rc));
                     any.value = hcm.encode_to_vec();
                 }
                 None => complete = false,
@@ -147,4 +181,112 @@ fn inline_routes(
         }
     }
     Ok(complete)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xds_proto::Format;
+
+    fn resource<T: Message + prost::Name + Default>(yaml: &str) -> (String, Received) {
+        let message: T = xds_proto::parse_document(yaml, Format::Yaml).unwrap();
+        let body = Any { type_url: T::type_url(), value: message.encode_to_vec() };
+        let name = yaml.split("name: ").nth(1).unwrap().split([',', ' ', '}']).next().unwrap().to_string();
+        (name, Received::new("1".into(), body))
+    }
+
+    fn eds_cluster(name: &str, service: &str) -> (String, Received) {
+        resource::<Cluster>(&format!(
+            "{{ name: {name}, type: EDS, eds_cluster_config: {{ service_name: {service}, eds_config: {{ ads: {{}} }} }} }}"
+        ))
+    }
+
+    fn endpoints(name: &str, port: u16) -> (String, Received) {
+        resource::<ClusterLoadAssignment>(&format!(
+            "{{ cluster_name: {name}, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: \
+             {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}] }}] }}"
+        ))
+    }
+
+    fn ports(resolved: &Resolved, cluster: &str) -> Vec<u32> {
+        let c = resolved.clusters.iter().find(|c| c.name == cluster).expect("the cluster is in the config");
+        let mut out = Vec::new();
+        for locality in &c.load_assignment.as_ref().unwrap().endpoints {
+            for e in &locality.lb_endpoints {
+                if let Some(xds_proto::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(ep)) =
+                    &e.host_identifier
+                {
+                    let Some(xds_proto::pb::envoy::config::core::v3::address::Address::SocketAddress(a)) =
+                        ep.address.as_ref().and_then(|a| a.address.as_ref())
+                    else {
+                        continue;
+                    };
+                    if let Some(xds_proto::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p)) =
+                        a.port_specifier
+                    {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_changed_eds_cluster_keeps_serving_its_old_version_until_its_endpoints_arrive() {
+        let mut state = State::default();
+        state.resources.insert(type_url::CLUSTER, [eds_cluster("web", "web-v1")].into());
+        state.resources.insert(type_url::CLUSTER_LOAD_ASSIGNMENT, [endpoints("web-v1", 8081)].into());
+        let first = state.resolve().unwrap();
+        assert!(first.warming.is_empty());
+        assert_eq!(ports(&first, "web"), [8081]);
+        state.active_clusters = first.clusters.iter().map(|c| (c.name.clone(), c.clone())).collect();
+
+        // The cluster now reads another assignment, not here yet; a new cluster arrives too.
+        state.resources.insert(type_url::CLUSTER, [eds_cluster("web", "web-v2"), eds_cluster("api", "api")].into());
+        let warming = state.resolve().unwrap();
+        assert_eq!(warming.warming.len(), 2, "{:?}", warming.warming);
+        assert_eq!(ports(&warming, "web"), [8081], "the old version serves meanwhile");
+        assert_eq!(ports(&warming, "api"), Vec::<u32>::new(), "a new cluster waits with no endpoints");
+        assert_eq!(warming.eds_names, ["api".to_string(), "web-v2".to_string()].into());
+
+        state
+            .resources
+            .insert(type_url::CLUSTER_LOAD_ASSIGNMENT, [endpoints("web-v2", 8082), endpoints("api", 8083)].into());
+        let warm = state.resolve().unwrap();
+        assert!(warm.warming.is_empty());
+        assert_eq!((ports(&warm, "web"), ports(&warm, "api")), (vec![8082], vec![8083]));
+    }
+
+    #[test]
+    fn routes_from_rds_may_name_a_cluster_not_known_yet() {
+        let mut state = State::default();
+        let hcm = "{ name: envoy.filters.network.http_connection_manager, typed_config: { '@type': \
+                   type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, \
+                   stat_prefix: in, rds: { route_config_name: in, config_source: { ads: {} } }, \
+                   http_filters: [{ name: router, typed_config: { '@type': \
+                   type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }] } }";
+        state.resources.insert(
+            type_url::LISTENER,
+            [resource::<Listener>(&format!(
+                "{{ name: in, address: {{ socket_address: {{ address: 127.0.0.1, port_value: 1 }} }}, \
+                 filter_chains: [{{ filters: [{hcm}] }}] }}"
+            ))]
+            .into(),
+        );
+        let waiting = state.resolve().unwrap();
+        assert!(waiting.listeners.is_empty(), "held back until its routes come");
+        assert_eq!(waiting.route_names, ["in".to_string()].into());
+        state.resources.insert(
+            type_url::ROUTE_CONFIGURATION,
+            [resource::<RouteConfiguration>(
+                "{ name: in, virtual_hosts: [{ name: all, domains: ['*'], \
+                 routes: [{ match: { prefix: / }, route: { cluster: not-yet } }] }] }",
+            )]
+            .into(),
+        );
+        let resolved = state.resolve().unwrap();
+        let listener = crate::xds::listener_config(&resolved.listeners[0]).unwrap();
+        assert!(listener.referenced_clusters().is_empty(), "not checked against the clusters (503 NC at runtime)");
+    }
 }

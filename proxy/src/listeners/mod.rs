@@ -38,6 +38,7 @@ impl ListenerConfig {
             ListenerKind::Tcp(t) => {
                 t.target.names().into_iter().map(|n| ("tcp_proxy.cluster".to_string(), n)).collect()
             }
+            ListenerKind::Http(h) if !h.routes.validate_clusters => Vec::new(),
             ListenerKind::Http(h) => {
                 let mut out = Vec::new();
                 for (i, vh) in h.routes.virtual_hosts.iter().enumerate() {

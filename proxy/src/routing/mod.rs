@@ -25,6 +25,9 @@ pub struct RouteTable {
     pub request_headers: HeaderMutation,
     pub response_headers: HeaderMutation,
     pub most_specific_header_mutations_wins: bool,
+    /// The config is refused when a route names a cluster that does not exist (Envoy's
+    /// `validate_clusters`: on for inline routes, off for RDS, where such a route answers 503 `NC`).
+    pub validate_clusters: bool,
 }
 
 #[derive(Debug)]

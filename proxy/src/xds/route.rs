@@ -34,6 +34,7 @@ pub fn route_table(rc: &route::RouteConfiguration) -> Result<RouteTable> {
         virtual_hosts,
         domains,
         ignore_port_in_host_matching: rc.ignore_port_in_host_matching,
+        validate_clusters: rc.validate_clusters.is_none_or(|v| v.value),
         request_headers: header_mutation(&rc.request_headers_to_add, &rc.request_headers_to_remove, "", "request")
             .map_err(strip_dot)?,
         response_headers: header_mutation(&rc.response_headers_to_add, &rc.response_headers_to_remove, "", "response")
