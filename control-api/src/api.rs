@@ -110,6 +110,18 @@ fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+fn operations_from_proto(o: pb::HeaderOperations) -> mesh::HeaderOperations {
+    mesh::HeaderOperations { set: o.set.into_iter().collect(), add: o.add.into_iter().collect(), remove: o.remove }
+}
+
+fn operations_to_proto(o: &mesh::HeaderOperations) -> pb::HeaderOperations {
+    pb::HeaderOperations {
+        set: o.set.clone().into_iter().collect(),
+        add: o.add.clone().into_iter().collect(),
+        remove: o.remove.clone(),
+    }
+}
+
 /// API objects to the mesh's own types; errors name the object and field.
 pub fn from_proto(m: pb::Mesh) -> Result<Mesh, String> {
     let listeners = m
@@ -157,6 +169,13 @@ pub fn from_proto(m: pb::Mesh) -> Result<Mesh, String> {
         let matcher = r.r#match.unwrap_or_default();
         routes.push(mesh::RouteSpec {
             timeout: duration(&r.timeout, &format!("{at}: timeout"))?,
+            headers: r
+                .headers
+                .map(|h| mesh::HeadersSpec {
+                    request: h.request.map(operations_from_proto).unwrap_or_default(),
+                    response: h.response.map(operations_from_proto).unwrap_or_default(),
+                })
+                .unwrap_or_default(),
             name: r.name,
             listener: r.listener,
             hosts: if r.hosts.is_empty() { vec!["*".into()] } else { r.hosts },
@@ -243,6 +262,10 @@ pub fn to_proto(m: &Mesh) -> pb::Mesh {
                     .as_ref()
                     .map(|d| pb::Direct { status: u32::from(d.status), body: d.body.clone().unwrap_or_default() }),
                 timeout: format_duration(r.timeout),
+                headers: (r.headers != mesh::HeadersSpec::default()).then(|| pb::Headers {
+                    request: Some(operations_to_proto(&r.headers.request)),
+                    response: Some(operations_to_proto(&r.headers.response)),
+                }),
             })
             .collect(),
     }

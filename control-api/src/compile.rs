@@ -4,7 +4,7 @@
 //! endpoints. Each resource is written in Envoy's own JSON form and read back into the real protobuf
 //! type, so what is served is checked against Envoy's schema.
 
-use crate::mesh::{Mesh, Protocol, RouteSpec, ServiceSpec};
+use crate::mesh::{HeadersSpec, Mesh, Protocol, RouteSpec, ServiceSpec};
 use crate::resources::{Resources, Scope};
 use serde_json::{Value, json};
 use xds_proto::pb::envoy::config::cluster::v3::Cluster;
@@ -130,7 +130,31 @@ fn route_config_json(name: &str, routes: &[&RouteSpec]) -> Value {
     json!({ "name": name, "virtual_hosts": virtual_hosts })
 }
 
+/// A route's header changes as Envoy's `*_headers_to_add` / `*_headers_to_remove` fields.
+fn header_fields(route: &mut Value, headers: &HeadersSpec) {
+    for (direction, ops) in [("request", &headers.request), ("response", &headers.response)] {
+        let set = ops.set.iter().map(|(k, v)| (k, v, "OVERWRITE_IF_EXISTS_OR_ADD"));
+        let add = ops.add.iter().map(|(k, v)| (k, v, "APPEND_IF_EXISTS_OR_ADD"));
+        let to_add: Vec<Value> = set
+            .chain(add)
+            .map(|(key, value, action)| json!({ "header": { "key": key, "value": value }, "append_action": action }))
+            .collect();
+        if !to_add.is_empty() {
+            route[format!("{direction}_headers_to_add")] = json!(to_add);
+        }
+        if !ops.remove.is_empty() {
+            route[format!("{direction}_headers_to_remove")] = json!(ops.remove);
+        }
+    }
+}
+
 fn route_json(route: &RouteSpec) -> Value {
+    let mut out = route_action_json(route);
+    header_fields(&mut out, &route.headers);
+    out
+}
+
+fn route_action_json(route: &RouteSpec) -> Value {
     let mut matcher = serde_json::Map::new();
     match (&route.matcher.prefix, &route.matcher.path) {
         (_, Some(path)) => matcher.insert("path".into(), json!(path)),

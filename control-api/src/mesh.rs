@@ -194,6 +194,66 @@ pub struct RouteSpec {
     pub direct: Option<DirectSpec>,
     #[serde(default, with = "humantime_serde_opt", skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// Header changes on the request going upstream and on the response going back.
+    #[serde(default, skip_serializing_if = "HeadersSpec::is_empty")]
+    pub headers: HeadersSpec,
+}
+
+/// Header changes, in the shape of Istio's VirtualService `headers`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeadersSpec {
+    #[serde(default, skip_serializing_if = "HeaderOperations::is_empty")]
+    pub request: HeaderOperations,
+    #[serde(default, skip_serializing_if = "HeaderOperations::is_empty")]
+    pub response: HeaderOperations,
+}
+
+/// `set` replaces a header (or adds it), `add` appends a value, `remove` drops it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOperations {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl HeadersSpec {
+    fn is_empty(&self) -> bool {
+        self.request.is_empty() && self.response.is_empty()
+    }
+}
+
+impl HeaderOperations {
+    fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Problems, each as `field: message` under `at` (e.g. `headers.request`).
+    fn problems(&self, at: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let names = self.set.keys().map(|n| ("set", n)).chain(self.add.keys().map(|n| ("add", n)));
+        for (op, name) in names.chain(self.remove.iter().map(|n| ("remove", n))) {
+            let token =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                out.push(format!("{at}.{op}: '{name}' is not a header name"));
+            } else if name.eq_ignore_ascii_case("host") {
+                out.push(format!("{at}.{op}: 'host' cannot be changed here (use a rewrite)"));
+            }
+        }
+        for (op, values) in [("set", &self.set), ("add", &self.add)] {
+            for (name, value) in values {
+                if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                    out.push(format!("{at}.{op}.{name}: the value has a line break or NUL"));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// A redirect: the matched prefix replaced by `prefix`, or the whole path by `path`.
@@ -360,6 +420,8 @@ impl Mesh {
             {
                 errors.push(format!("{at}: direct.status: {} is not an HTTP status (200-599)", direct.status));
             }
+            errors.extend(r.headers.request.problems(&format!("{at}: headers.request")));
+            errors.extend(r.headers.response.problems(&format!("{at}: headers.response")));
             if r.prefix_rewrite.is_some() && r.to.is_empty() {
                 errors.push(format!("{at}: prefix_rewrite: only for routes to services"));
             }

@@ -269,6 +269,9 @@ fn routes_for(listener: &str) -> String {
         "{ name: L-old, listener: L, match: { prefix: /old }, redirect: { prefix: /new } }",
         "{ name: L-api, listener: L, match: { prefix: /api/ }, to: [{ service: b }], prefix_rewrite: /v2/ }",
         "{ name: L-canary, listener: L, match: { prefix: /, headers: { x-canary: 'yes' } }, to: [{ service: b }] }",
+        "{ name: L-stamp, listener: L, match: { prefix: /stamp }, to: [{ service: a }], headers: { \
+         request: { set: { x-team: blue }, add: { x-tag: two }, remove: [x-drop] }, \
+         response: { set: { x-served-by: mesh }, add: { x-tag: back }, remove: [content-type] } } }",
         "{ name: L-main, listener: L, to: [{ service: a }] }",
     ]
     .iter()
@@ -316,6 +319,7 @@ async fn strait_and_envoy_driven_by_the_same_control_plane_answer_the_same() {
         ("/old/page?x=1", vec![]),
         ("/api/users", vec![]),
         ("/anything", vec![("x-canary", "yes")]),
+        ("/stamp", vec![("x-team", "red"), ("x-tag", "one"), ("x-drop", "1")]),
     ] {
         let answer = |port: u16| {
             let (client, headers) = (client.clone(), headers.clone());
@@ -323,14 +327,23 @@ async fn strait_and_envoy_driven_by_the_same_control_plane_answer_the_same() {
                 let reply = get(&client, &format!("http://127.0.0.1:{port}{path}"), &headers).await;
                 let upstream = if reply.status == 200 && reply.body != "ok" {
                     let json = reply.json();
-                    (reply.service(), json["path"].as_str().unwrap_or_default().to_string())
+                    let seen = ["x-team", "x-tag", "x-drop"].map(|h| json["headers"][h].as_str().map(str::to_string));
+                    (reply.service(), json["path"].as_str().unwrap_or_default().to_string(), seen)
                 } else {
-                    (String::new(), reply.body.clone())
+                    (String::new(), reply.body.clone(), Default::default())
                 };
-                (reply.status, upstream, reply.header("location").map(|l| l.replace(&port.to_string(), "PORT")))
+                let back = ["x-served-by", "x-tag", "content-type"].map(|h| reply.header(h).map(str::to_string));
+                (reply.status, upstream, back, reply.header("location").map(|l| l.replace(&port.to_string(), "PORT")))
             }
         };
-        assert_eq!(answer(strait_port).await, answer(envoy_port).await, "{path} {headers:?}");
+        let strait = answer(strait_port).await;
+        assert_eq!(strait, answer(envoy_port).await, "{path} {headers:?}");
+        if path == "/stamp" {
+            let some = |s: &str| Some(s.to_string());
+            assert_eq!(strait.1.2, [some("blue"), some("one,two"), None], "headers upstream");
+            assert_eq!(strait.2[..2], [some("mesh"), some("back")], "headers back");
+            assert_eq!(strait.2[2], None, "content-type removed");
+        }
     }
 }
 

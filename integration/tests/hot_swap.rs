@@ -1,8 +1,10 @@
 //! Hot swap under load: HTTP/1.1 and HTTP/2 keep-alive clients and a long gRPC stream run through the
 //! proxy while the control plane changes its config every 100 ms for 30 s (SotW ADS). Nothing may
-//! fail: every request answered 200 by a service the config allows (the weights move between `a` and
-//! `b`; `c` is a service no route ever sends to), and the gRPC stream survives with every message
-//! echoed in order.
+//! fail, and every response must come from the config in force when its request started: config `k`
+//! sends to `a`/`b` (even `k`) or `c`/`d` (odd `k`) with weights that move, and stamps `k` on the
+//! request going upstream and the response coming back; a reply from a service config `k` does not
+//! route to, or a stamp older than one already seen on the same client, is a failure. The gRPC stream
+//! survives with every message echoed in order.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -27,22 +29,33 @@ const DURATION: Duration = Duration::from_secs(30);
 /// A request body fed message by message: the client half of a long gRPC stream.
 type StreamingBody = StreamBody<ReceiverStream<Result<Frame<Bytes>, Infallible>>>;
 
-fn mesh(port: u16, upstreams: &[SocketAddr; 4], k: usize) -> String {
-    let [a, b, c, g] = upstreams;
-    let wa = 10 + (k * 7) % 80;
-    let timeout = if k.is_multiple_of(2) { "5s" } else { "4s" };
+/// Config `k`: even `k` splits between `a` and `b`, odd `k` between `c` and `d`; `k` is stamped on
+/// the request (`x-config-request`) and the response (`x-config`).
+fn mesh(port: u16, upstreams: &[SocketAddr; 5], k: usize) -> String {
+    let [a, b, c, d, g] = upstreams;
+    let w = 10 + (k * 7) % 80;
+    let (first, second) = pair(k);
+    let timeout = if k.is_multiple_of(4) { "5s" } else { "4s" };
     format!(
         "listeners: [{{ name: http, port: {port} }}]\n\
          services:\n\
          - {{ name: a, endpoints: ['{a}'] }}\n\
          - {{ name: b, endpoints: ['{b}'] }}\n\
          - {{ name: c, endpoints: ['{c}'] }}\n\
+         - {{ name: d, endpoints: ['{d}'] }}\n\
          - {{ name: grpc, endpoints: ['{g}'], protocol: http2 }}\n\
          routes:\n\
          - {{ name: grpc, listener: http, match: {{ prefix: /pkg.Echo/ }}, to: [{{ service: grpc }}] }}\n\
-         - {{ name: web, listener: http, to: [{{ service: a, weight: {wa} }}, {{ service: b, weight: {} }}], timeout: {timeout} }}\n",
-        100 - wa
+         - {{ name: web, listener: http, timeout: {timeout},\n\
+              to: [{{ service: {first}, weight: {w} }}, {{ service: {second}, weight: {} }}],\n\
+              headers: {{ request: {{ set: {{ x-config-request: '{k}' }} }}, response: {{ set: {{ x-config: '{k}' }} }} }} }}\n",
+        100 - w
     )
+}
+
+/// The two services config `k` routes to.
+fn pair(k: usize) -> (&'static str, &'static str) {
+    if k.is_multiple_of(2) { ("a", "b") } else { ("c", "d") }
 }
 
 fn grpc_message(i: usize) -> Bytes {
@@ -53,17 +66,23 @@ fn grpc_message(i: usize) -> Bytes {
     Bytes::from(m)
 }
 
-/// Sends plain GETs until `stop`; counts answers, fails on anything but 200 from `a` or `b`.
-async fn load(client: HttpClient, url: String, stop: Arc<AtomicBool>, count: Arc<AtomicUsize>) -> [usize; 2] {
-    let mut seen = [0, 0];
+/// Sends plain GETs until `stop`; counts answers by service. Fails on anything but 200, on a reply
+/// from a service its config does not route to, and on a config older than one seen before.
+async fn load(client: HttpClient, url: String, stop: Arc<AtomicBool>, count: Arc<AtomicUsize>) -> [usize; 4] {
+    let mut seen = [0; 4];
+    let mut newest = 0;
     while !stop.load(Ordering::Relaxed) {
         let reply = get(&client, &url, &[]).await;
         assert_eq!(reply.status, 200, "{reply:?}");
-        match reply.service().as_str() {
-            "a" => seen[0] += 1,
-            "b" => seen[1] += 1,
-            other => panic!("answered by '{other}', which no config routes to"),
-        }
+        let k: usize = reply.header("x-config").expect("the config stamp").parse().unwrap();
+        let upstream_saw = reply.json()["headers"]["x-config-request"].as_str().unwrap_or_default().to_string();
+        assert_eq!(upstream_saw, k.to_string(), "the request and the response were changed by different configs");
+        let service = reply.service();
+        let (first, second) = pair(k);
+        assert!(service == first || service == second, "config {k} routes to {first}/{second}, answered by {service}");
+        assert!(k >= newest, "config {k} in force after config {newest} was");
+        newest = k;
+        seen[usize::from(service.as_bytes()[0] - b'a')] += 1;
         count.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
@@ -72,14 +91,16 @@ async fn load(client: HttpClient, url: String, stop: Arc<AtomicBool>, count: Arc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_changes_every_100ms_under_load_lose_nothing() {
-    let upstreams = [echo("a").await, echo("b").await, echo("c").await, echo("grpc").await];
+    let upstreams = [echo("a").await, echo("b").await, echo("c").await, echo("d").await, echo("grpc").await];
     let dir = TempDir::new("hot-swap");
     let port = free_port();
     write_file(&dir.0, "mesh.yaml", &mesh(port, &upstreams, 0));
     let xds: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let source = Arc::new(strait_control::store::Directory(PathBuf::from(&dir.0)));
     tokio::spawn(strait_control::serve(source, xds, std::future::pending()));
+    let deadline = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(xds).await.is_err() {
+        assert!(Instant::now() < deadline, "the control plane did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let admin = free_port();
@@ -145,7 +166,7 @@ async fn config_changes_every_100ms_under_load_lose_nothing() {
     let total = count.load(Ordering::Relaxed);
     let per_second = total as f64 / DURATION.as_secs_f64();
     assert!(per_second >= 200.0, "only {per_second:.0} requests/s");
-    assert!(h1[0] > 0 && h1[1] > 0 && h2[0] > 0 && h2[1] > 0, "both services answer: {h1:?} {h2:?}");
+    assert!(h1.iter().chain(&h2).all(|&n| n > 0), "every service answers: {h1:?} {h2:?}");
     let applied = proxy.stat("strait_ads_update_success_total").await;
     assert!(applied >= 20.0, "only {applied} config updates applied in {DURATION:?}");
     assert_eq!(proxy.stat("strait_ads_update_rejected_total").await, 0.0);
