@@ -169,6 +169,14 @@ pub fn from_proto(m: pb::Mesh) -> Result<Mesh, String> {
         let matcher = r.r#match.unwrap_or_default();
         routes.push(mesh::RouteSpec {
             timeout: duration(&r.timeout, &format!("{at}: timeout"))?,
+            retries: match r.retries {
+                Some(t) => Some(mesh::RetriesSpec {
+                    attempts: t.attempts,
+                    per_try_timeout: duration(&t.per_try_timeout, &format!("{at}: retries.per_try_timeout"))?,
+                    retry_on: non_empty(t.retry_on),
+                }),
+                None => None,
+            },
             headers: r
                 .headers
                 .map(|h| mesh::HeadersSpec {
@@ -262,6 +270,11 @@ pub fn to_proto(m: &Mesh) -> pb::Mesh {
                     .as_ref()
                     .map(|d| pb::Direct { status: u32::from(d.status), body: d.body.clone().unwrap_or_default() }),
                 timeout: format_duration(r.timeout),
+                retries: r.retries.as_ref().map(|t| pb::Retries {
+                    attempts: t.attempts,
+                    per_try_timeout: format_duration(t.per_try_timeout),
+                    retry_on: t.retry_on.clone().unwrap_or_default(),
+                }),
                 headers: (r.headers != mesh::HeadersSpec::default()).then(|| pb::Headers {
                     request: Some(operations_to_proto(&r.headers.request)),
                     response: Some(operations_to_proto(&r.headers.response)),

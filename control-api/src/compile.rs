@@ -204,6 +204,17 @@ fn route_action_json(route: &RouteSpec) -> Value {
     if let Some(prefix) = &route.prefix_rewrite {
         action["prefix_rewrite"] = json!(prefix);
     }
+    if let Some(retries) = &route.retries {
+        let (names, codes) = retries.conditions().unwrap_or_default();
+        let mut policy = json!({ "retry_on": names.join(","), "num_retries": retries.attempts });
+        if !codes.is_empty() {
+            policy["retriable_status_codes"] = json!(codes);
+        }
+        if let Some(per_try) = retries.per_try_timeout {
+            policy["per_try_timeout"] = json!(format!("{}s", per_try.as_secs_f64()));
+        }
+        action["retry_policy"] = policy;
+    }
     json!({ "name": route.name, "match": matcher, "route": action })
 }
 

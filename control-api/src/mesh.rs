@@ -197,6 +197,55 @@ pub struct RouteSpec {
     /// Header changes on the request going upstream and on the response going back.
     #[serde(default, skip_serializing_if = "HeadersSpec::is_empty")]
     pub headers: HeadersSpec,
+    /// Another attempt when one fails, as Istio's VirtualService `retries`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetriesSpec>,
+}
+
+/// `attempts` retries (after the first try), each try limited to `per_try_timeout`, on the
+/// conditions of `retry_on`: Envoy's names (`5xx`, `gateway-error`, `reset`, `connect-failure`,
+/// `retriable-4xx`, `refused-stream`, gRPC's `cancelled`, `deadline-exceeded`, `internal`,
+/// `resource-exhausted`, `unavailable`) and status codes (`503`). Istio's default conditions when
+/// none are given: `connect-failure,refused-stream,unavailable,cancelled,503`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetriesSpec {
+    pub attempts: u32,
+    #[serde(default, with = "humantime_serde_opt", skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on: Option<String>,
+}
+
+/// Istio's default `retryOn`.
+pub const DEFAULT_RETRY_ON: &str = "connect-failure,refused-stream,unavailable,cancelled,503";
+
+impl RetriesSpec {
+    /// Envoy's `retry_on` names and the retriable status codes, or the first entry that is neither.
+    pub fn conditions(&self) -> Result<(Vec<&str>, Vec<u16>), String> {
+        let (mut names, mut codes) = (Vec::new(), Vec::new());
+        for entry in self.retry_on.as_deref().unwrap_or(DEFAULT_RETRY_ON).split(',').map(str::trim) {
+            if let Ok(code @ 100..=599) = entry.parse::<u16>() {
+                codes.push(code);
+            } else if xds_proto::RETRY_ON.contains(&entry) && entry != "retriable-status-codes" {
+                names.push(entry);
+            } else {
+                return Err(format!(
+                    "'{entry}' is not a status code or one of {}",
+                    xds_proto::RETRY_ON
+                        .iter()
+                        .filter(|n| **n != "retriable-status-codes")
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        if !codes.is_empty() {
+            names.push("retriable-status-codes");
+        }
+        Ok((names, codes))
+    }
 }
 
 /// Header changes, in the shape of Istio's VirtualService `headers`.
@@ -422,6 +471,17 @@ impl Mesh {
             }
             errors.extend(r.headers.request.problems(&format!("{at}: headers.request")));
             errors.extend(r.headers.response.problems(&format!("{at}: headers.response")));
+            if let Some(retries) = &r.retries {
+                if retries.attempts == 0 {
+                    errors.push(format!("{at}: retries.attempts: must be at least 1"));
+                }
+                if let Err(e) = retries.conditions() {
+                    errors.push(format!("{at}: retries.retry_on: {e}"));
+                }
+                if r.to.is_empty() {
+                    errors.push(format!("{at}: retries: only for routes to services"));
+                }
+            }
             if r.prefix_rewrite.is_some() && r.to.is_empty() {
                 errors.push(format!("{at}: prefix_rewrite: only for routes to services"));
             }
@@ -495,6 +555,37 @@ mod tests {
                 "routes[0] 'r': match: 'x' must start with '/'",
                 "routes[0] 'r': to[0].service: unknown service 'b'",
             ]
+        );
+    }
+
+    #[test]
+    fn retries_take_envoys_conditions_and_status_codes() {
+        let mesh = parse(
+            "listeners: [{ name: http, port: 10000 }]\n\
+             services: [{ name: a, endpoints: ['127.0.0.1:1'] }]\n\
+             routes:\n\
+             - { name: ok, listener: http, to: [{ service: a }], retries: { attempts: 2, retry_on: '5xx, 409' } }\n\
+             - { name: none, listener: http, to: [{ service: a }], retries: { attempts: 0, retry_on: 'sometimes' } }\n\
+             - { name: local, listener: http, direct: { status: 200 }, retries: { attempts: 1 } }\n",
+        )
+        .unwrap();
+        let errors = mesh.validate().unwrap_err().0;
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert_eq!(errors[0], "routes[1] 'none': retries.attempts: must be at least 1");
+        assert!(
+            errors[1]
+                .starts_with("routes[1] 'none': retries.retry_on: 'sometimes' is not a status code or one of 5xx, ")
+        );
+        assert_eq!(errors[2], "routes[2] 'local': retries: only for routes to services");
+        let ok = mesh.routes[0].retries.as_ref().unwrap();
+        assert_eq!(ok.conditions().unwrap(), (vec!["5xx", "retriable-status-codes"], vec![409]));
+        let istio = RetriesSpec { attempts: 1, per_try_timeout: None, retry_on: None };
+        assert_eq!(
+            istio.conditions().unwrap(),
+            (
+                vec!["connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"],
+                vec![503]
+            )
         );
     }
 

@@ -144,3 +144,20 @@ pub const ROUTES: &str = r#"
 pub fn ads_bootstrap(node: &str, admin: u16, xds: std::net::SocketAddr, api_type: &str) -> String {
     strait_proxy::mesh::ads_bootstrap(node, "test", ([127, 0, 0, 1], admin).into(), xds, api_type)
 }
+
+/// `strait-control` (in-process) serving the mesh directory `dir` over ADS on `xds`, until the
+/// returned sender is dropped or fired.
+pub async fn control_plane(dir: &std::path::Path, xds: std::net::SocketAddr) -> tokio::sync::oneshot::Sender<()> {
+    use std::time::{Duration, Instant};
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let source = std::sync::Arc::new(strait_control::store::Directory(dir.to_path_buf()));
+    tokio::spawn(strait_control::serve(source, xds, async move {
+        let _ = stopped.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(xds).await.is_err() {
+        assert!(Instant::now() < deadline, "the control plane did not listen on {xds}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop
+}

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 mod fixtures;
+pub mod scripted;
 #[allow(unused_imports)]
 pub use fixtures::*;
 

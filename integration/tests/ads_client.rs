@@ -7,26 +7,9 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
-use tokio::sync::oneshot;
-
-/// `strait-control` serving `dir` on `xds` until the returned sender is dropped or fired.
-async fn control_plane(dir: &Path, xds: SocketAddr) -> oneshot::Sender<()> {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let source = Arc::new(strait_control::store::Directory(PathBuf::from(dir)));
-    tokio::spawn(strait_control::serve(source, xds, async move {
-        let _ = stopped.await;
-    }));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(xds).await.is_err() {
-        assert!(Instant::now() < deadline, "control plane did not listen on {xds}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop
-}
 
 fn mesh(port: u16, a: SocketAddr, b: SocketAddr, service: &str) -> String {
     format!(

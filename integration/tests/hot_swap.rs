@@ -16,7 +16,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -96,13 +95,7 @@ async fn config_changes_every_100ms_under_load_lose_nothing() {
     let port = free_port();
     write_file(&dir.0, "mesh.yaml", &mesh(port, &upstreams, 0));
     let xds: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let source = Arc::new(strait_control::store::Directory(PathBuf::from(&dir.0)));
-    tokio::spawn(strait_control::serve(source, xds, std::future::pending()));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(xds).await.is_err() {
-        assert!(Instant::now() < deadline, "the control plane did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let _control_plane = control_plane(&dir.0, xds).await;
     let admin = free_port();
     let proxy = Proxy::start(&ads_bootstrap("hot-swap", admin, xds, "GRPC"), admin).await;
     let url = format!("http://127.0.0.1:{port}/");

@@ -47,3 +47,20 @@ pub mod type_url {
         url == LISTENER || url == CLUSTER
     }
 }
+
+/// Envoy's `RetryPolicy.retry_on` conditions Strait implements (HTTP, then gRPC), for the proxy
+/// and for the control plane's validation of the mesh YAML.
+pub const RETRY_ON: [&str; 12] = [
+    "5xx",
+    "gateway-error",
+    "reset",
+    "connect-failure",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];

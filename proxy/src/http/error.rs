@@ -17,8 +17,14 @@ pub enum ProxyError {
     NoHealthyUpstream,
     #[error("upstream request timeout")]
     UpstreamTimeout,
+    /// One attempt ran out of its `per_try_timeout` (Envoy answers it as a route timeout).
+    #[error("upstream per-try timeout")]
+    UpstreamPerTryTimeout,
     #[error("upstream: {0}")]
     Upstream(#[from] UpstreamError),
+    /// The last of several attempts failed so.
+    #[error("upstream, after retries: {0}")]
+    UpstreamAfterRetries(UpstreamError),
     #[error("upgrade '{0}' is not allowed")]
     UpgradeRejected(String),
     #[error("bad request: {0}")]
@@ -31,7 +37,11 @@ impl ProxyError {
     /// Where the failure came from, for logs.
     pub fn source_side(&self) -> &'static str {
         match self {
-            ProxyError::Upstream(_) | ProxyError::UpstreamTimeout | ProxyError::NoHealthyUpstream => "upstream",
+            ProxyError::Upstream(_)
+            | ProxyError::UpstreamAfterRetries(_)
+            | ProxyError::UpstreamTimeout
+            | ProxyError::UpstreamPerTryTimeout
+            | ProxyError::NoHealthyUpstream => "upstream",
             ProxyError::BadRequest(_) | ProxyError::UpgradeRejected(_) | ProxyError::RequestTimeout => "downstream",
             ProxyError::NoRoute | ProxyError::ClusterNotFound(_) => "config",
         }
@@ -43,10 +53,12 @@ impl ProxyError {
             ProxyError::NoRoute => "NR",
             ProxyError::ClusterNotFound(_) => "NC",
             ProxyError::NoHealthyUpstream => "UH",
-            ProxyError::UpstreamTimeout => "UT",
-            ProxyError::Upstream(UpstreamError::Protocol(_)) => "UPE",
-            ProxyError::Upstream(e) if e.is_connect_failure() => "UF",
-            ProxyError::Upstream(_) => "UC",
+            ProxyError::UpstreamTimeout | ProxyError::UpstreamPerTryTimeout => "UT",
+            ProxyError::Upstream(e) | ProxyError::UpstreamAfterRetries(e) => match e {
+                UpstreamError::Protocol(_) => "UPE",
+                e if e.is_connect_failure() => "UF",
+                _ => "UC",
+            },
             ProxyError::UpgradeRejected(_) => "UAEX",
             ProxyError::BadRequest(_) => "DPE",
             ProxyError::RequestTimeout => "DT",
@@ -57,9 +69,10 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::ClusterNotFound(_) | ProxyError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Upstream(UpstreamError::Protocol(_)) => StatusCode::BAD_GATEWAY,
-            ProxyError::Upstream(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamTimeout | ProxyError::UpstreamPerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(UpstreamError::Protocol(_))
+            | ProxyError::UpstreamAfterRetries(UpstreamError::Protocol(_)) => StatusCode::BAD_GATEWAY,
+            ProxyError::Upstream(_) | ProxyError::UpstreamAfterRetries(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpgradeRejected(_) => StatusCode::FORBIDDEN,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -69,14 +82,20 @@ impl ProxyError {
     /// The body Envoy sends for this failure.
     pub fn body(&self) -> String {
         const RESET: &str = "upstream connect error or disconnect/reset before headers. reset reason:";
+        const RETRIED: &str =
+            "upstream connect error or disconnect/reset before headers. retried and the latest reset reason:";
+        let reason = |e: &UpstreamError| match e {
+            UpstreamError::Connect(_) => "remote connection failure",
+            UpstreamError::ConnectTimeout => "connection timeout",
+            UpstreamError::Protocol(_) => "protocol error",
+            UpstreamError::Reset(_) => "connection termination",
+        };
         match self {
             ProxyError::NoRoute | ProxyError::ClusterNotFound(_) | ProxyError::UpgradeRejected(_) => String::new(),
             ProxyError::NoHealthyUpstream => "no healthy upstream".into(),
-            ProxyError::UpstreamTimeout => "upstream request timeout".into(),
-            ProxyError::Upstream(UpstreamError::Connect(_)) => format!("{RESET} remote connection failure"),
-            ProxyError::Upstream(UpstreamError::ConnectTimeout) => format!("{RESET} connection timeout"),
-            ProxyError::Upstream(UpstreamError::Protocol(_)) => format!("{RESET} protocol error"),
-            ProxyError::Upstream(UpstreamError::Reset(_)) => format!("{RESET} connection termination"),
+            ProxyError::UpstreamTimeout | ProxyError::UpstreamPerTryTimeout => "upstream request timeout".into(),
+            ProxyError::Upstream(e) => format!("{RESET} {}", reason(e)),
+            ProxyError::UpstreamAfterRetries(e) => format!("{RETRIED} {}", reason(e)),
             ProxyError::BadRequest(what) => format!("Bad Request: {what}"),
             ProxyError::RequestTimeout => "request timeout".into(),
         }

@@ -5,10 +5,13 @@
 use super::error::ResponseFlag;
 use super::timeout_body::{Limits, TimedBody};
 use super::{HttpConnectionManager, ProxyError, forwarding, upgrade};
+use crate::policy::retry::body::ReplayBody;
+use crate::policy::retry::{Retries, RetryPolicy};
 use crate::routing::{Action, Forward, RequestView, Route, VirtualHost, strip_port};
 use crate::snapshot::Snapshot;
 use crate::telemetry::GaugeGuard;
 use crate::telemetry::access_log::LogRecord;
+use crate::upstream::attempt::{Attempt, TriedHosts, UpstreamRequest};
 use crate::upstream::pool::{PooledBody, RequestBody, UpstreamResponse};
 use crate::upstream::{Cluster, Endpoint, UpstreamProtocol};
 use bytes::Bytes;
@@ -52,11 +55,18 @@ struct Received {
     version: Version,
 }
 
+/// Where a routed request goes.
+enum Upstream {
+    /// The endpoint picked when it was routed.
+    Endpoint(Arc<Endpoint>, Request<RequestBody>),
+    /// Attempts under a retry policy, each picking its endpoint, the body kept for another send.
+    Retried(Arc<RetryPolicy>, UpstreamRequest),
+}
+
 /// A routed request, ready to go upstream.
 struct Exchange {
-    request: Request<RequestBody>,
+    upstream: Upstream,
     cluster: Arc<Cluster>,
-    endpoint: Arc<Endpoint>,
     timeout: Option<std::time::Duration>,
     /// The downstream side of an HTTP/1.1 upgrade (WebSocket), when one was asked for.
     downstream_upgrade: Option<OnUpgrade>,
@@ -251,11 +261,19 @@ fn prepare(
         .ok_or_else(|| ProxyError::ClusterNotFound(cluster_name.to_string()))?
         .clone();
     outcome.cluster = Some(cluster.clone());
-    let Some(endpoint) = cluster.pick() else {
-        cluster.stats.cx_none_healthy.increment(1);
-        return Err(ProxyError::NoHealthyUpstream);
+    // With a retry policy each attempt picks its endpoint (upgrades are never retried).
+    let retry = forward.retry.clone().filter(|_| upgrade_type.is_none());
+    let endpoint = match &retry {
+        Some(_) => None,
+        None => {
+            let Some(endpoint) = cluster.pick() else {
+                cluster.stats.cx_none_healthy.increment(1);
+                return Err(ProxyError::NoHealthyUpstream);
+            };
+            outcome.endpoint = Some(endpoint.addr);
+            Some(endpoint)
+        }
     };
-    outcome.endpoint = Some(endpoint.addr);
 
     // 5. The request as the upstream sees it.
     let downstream_upgrade = upgrade_type.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -283,14 +301,16 @@ fn prepare(
             parts.headers.remove(header::HOST);
         }
     }
-    Ok(Exchange {
-        request: Request::from_parts(parts, body),
-        cluster,
-        endpoint,
-        timeout: forward.timeout,
-        downstream_upgrade,
-        request_expired,
-    })
+    let upstream = match (endpoint, retry) {
+        (Some(endpoint), _) => Upstream::Endpoint(endpoint, Request::from_parts(parts, RequestBody::Streamed(body))),
+        (None, Some(policy)) => {
+            parts.extensions.insert(TriedHosts::default());
+            let body = ReplayBody::new(body, policy.buffer_limit);
+            Upstream::Retried(policy, Request::from_parts(parts, body))
+        }
+        (None, None) => return Err(ProxyError::NoHealthyUpstream),
+    };
+    Ok(Exchange { upstream, cluster, timeout: forward.timeout, downstream_upgrade, request_expired })
 }
 
 /// 6. Sends the request within the route timeout; 7. shapes the response for the downstream.
@@ -304,10 +324,17 @@ fn forward(
         let stats = &exchange.cluster.stats;
         stats.rq_total.increment(1);
         let _active = GaugeGuard::new(&stats.rq_active);
-        let _in_flight = exchange.endpoint.start_request();
         let upgrade = exchange.downstream_upgrade.is_some();
         let sent_at = (!hcm.suppress_envoy_headers).then(Instant::now);
-        let send = exchange.endpoint.pool.send(exchange.request, stats, upgrade);
+        let send = async {
+            match exchange.upstream {
+                Upstream::Endpoint(endpoint, request) => {
+                    let _in_flight = endpoint.start_request();
+                    endpoint.pool.send(request, stats, upgrade).await.map_err(ProxyError::from)
+                }
+                Upstream::Retried(policy, request) => Box::pin(retried(policy, &exchange.cluster, request)).await,
+            }
+        };
         let result = match exchange.timeout {
             Some(limit) => match tokio::time::timeout(limit, send).await {
                 Ok(result) => result,
@@ -325,8 +352,7 @@ fn forward(
                 hcm.stats.rq_timeout.increment(1);
                 return Err(ProxyError::RequestTimeout);
             }
-            Err(e) => {
-                let err = ProxyError::from(e);
+            Err(err) => {
                 stats.rq_xx.record(err.status().as_u16());
                 return Err(err);
             }
@@ -348,6 +374,31 @@ fn forward(
             response.headers_mut().insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(service_time));
         }
         Ok(response)
+    }
+}
+
+/// Sends a request under its retry policy: tower's retry layer over a per-try timeout over one
+/// [`Attempt`]; the last attempt's response or error is the answer.
+async fn retried(
+    policy: Arc<RetryPolicy>,
+    cluster: &Arc<Cluster>,
+    request: UpstreamRequest,
+) -> Result<UpstreamResponse, ProxyError> {
+    use tower::ServiceExt;
+    let host_selection_attempts = if policy.avoid_previous_hosts { policy.host_selection_attempts } else { 0 };
+    let attempt = Attempt { cluster: cluster.clone(), host_selection_attempts };
+    let tried = request.extensions().get::<TriedHosts>().cloned().unwrap_or_default();
+    let per_try = policy.per_try_timeout.unwrap_or(std::time::Duration::MAX);
+    let service = tower::ServiceBuilder::new()
+        .layer(tower::retry::RetryLayer::new(Retries::new(policy, cluster.clone())))
+        .layer(tower::timeout::TimeoutLayer::new(per_try))
+        .service(attempt);
+    match service.oneshot(request).await {
+        Ok(attempted) => Ok(attempted.response),
+        Err(e) => match crate::policy::retry::attempt_error(e) {
+            ProxyError::Upstream(e) if tried.count() > 1 => Err(ProxyError::UpstreamAfterRetries(e)),
+            e => Err(e),
+        },
     }
 }
 

@@ -107,6 +107,8 @@ pub struct Forward {
     pub host_rewrite: Option<http::HeaderValue>,
     /// `None` when the route's timeout is disabled (`0s`); Envoy's default is 15 s.
     pub timeout: Option<Duration>,
+    /// The route's (or else its virtual host's) retry policy.
+    pub retry: Option<std::sync::Arc<crate::policy::retry::RetryPolicy>>,
 }
 
 /// One cluster, or a weighted choice among several (a canary split).

@@ -2,6 +2,7 @@
 //! connection pools. A `Cluster` is identified by its name and config: an unchanged cluster is carried
 //! from one config snapshot to the next with its pools, counters and discovered endpoints intact.
 
+pub mod attempt;
 mod dns;
 mod endpoints;
 pub mod lb;

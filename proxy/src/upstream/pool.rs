@@ -3,6 +3,7 @@
 //! body has been read to the end; one the upstream closed meanwhile is retried on a fresh connection.
 
 use super::UpstreamProtocol;
+use crate::policy::retry::body::ReplayBody;
 use crate::telemetry::ClusterStats;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -16,8 +17,40 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
-/// The body type sent upstream: the downstream request body, streamed under the stream timeouts.
-pub type RequestBody = crate::http::timeout_body::TimedBody<Incoming>;
+/// The downstream request body, streamed under the stream timeouts.
+pub type DownstreamBody = crate::http::timeout_body::TimedBody<Incoming>;
+
+/// The body sent upstream: the downstream's streamed through, or a copy that a retry can send again.
+pub enum RequestBody {
+    Streamed(DownstreamBody),
+    Replayed(ReplayBody<DownstreamBody>),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            RequestBody::Streamed(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Replayed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Streamed(b) => b.is_end_stream(),
+            RequestBody::Replayed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Streamed(b) => b.size_hint(),
+            RequestBody::Replayed(b) => b.size_hint(),
+        }
+    }
+}
 
 /// Pool settings from the cluster config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +85,13 @@ impl UpstreamResponse {
         match self {
             UpstreamResponse::Pooled(r) => r.status(),
             UpstreamResponse::Upgraded(r) => r.status(),
+        }
+    }
+
+    pub fn headers(&self) -> &http::HeaderMap {
+        match self {
+            UpstreamResponse::Pooled(r) => r.headers(),
+            UpstreamResponse::Upgraded(r) => r.headers(),
         }
     }
 }

@@ -6,6 +6,7 @@ mod cluster;
 mod convert;
 pub mod fields;
 mod listener;
+mod retry;
 mod route;
 
 pub use cluster::cluster_config;

@@ -53,7 +53,7 @@ fn virtual_host(vh: &route::VirtualHost) -> Result<VirtualHost> {
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| route_entry(r).map_err(|e| e.within(&format!("routes[{i}]"))))
+        .map(|(i, r)| route_entry(r, vh).map_err(|e| e.within(&format!("routes[{i}]"))))
         .collect::<Result<Vec<_>>>()?;
     Ok(VirtualHost {
         name: vh.name.clone(),
@@ -66,12 +66,23 @@ fn virtual_host(vh: &route::VirtualHost) -> Result<VirtualHost> {
     })
 }
 
-fn route_entry(r: &route::Route) -> Result<Route> {
+fn route_entry(r: &route::Route, vh: &route::VirtualHost) -> Result<Route> {
     let m = r.r#match.as_ref().ok_or_else(|| ConfigError::new("match", "a route needs a match"))?;
     let matcher = route_match(m).map_err(|e| e.within("match"))?;
     use route::route::Action as A;
     let action = match &r.action {
-        Some(A::Route(ra)) => Action::Forward(forward(ra).map_err(|e| e.within("route"))?),
+        Some(A::Route(ra)) => {
+            let mut forward = forward(ra).map_err(|e| e.within("route"))?;
+            #[allow(deprecated)] // Still honoured by Envoy, after request_body_buffer_limit.
+            let buffer_limit = (r.request_body_buffer_limit.map(|b| b.value))
+                .or(r.per_request_buffer_limit_bytes.map(|b| u64::from(b.value)))
+                .or(vh.request_body_buffer_limit.map(|b| b.value))
+                .or(vh.per_request_buffer_limit_bytes.map(|b| u64::from(b.value)));
+            forward.retry =
+                super::retry::retry_policy(ra.retry_policy.as_ref(), vh.retry_policy.as_ref(), buffer_limit)?
+                    .map(std::sync::Arc::new);
+            Action::Forward(forward)
+        }
         Some(A::Redirect(rd)) => Action::Redirect(redirect(rd).map_err(|e| e.within("redirect"))?),
         Some(A::DirectResponse(dr)) => Action::Direct(direct(dr).map_err(|e| e.within("direct_response"))?),
         Some(A::FilterAction(_)) | Some(A::NonForwardingAction(_)) => {
@@ -243,6 +254,7 @@ fn forward(ra: &route::RouteAction) -> Result<Forward> {
         regex_rewrite,
         host_rewrite,
         timeout: convert::timeout(ra.timeout.as_ref(), Some(DEFAULT_ROUTE_TIMEOUT)),
+        retry: None,
     })
 }
 

@@ -1,0 +1,278 @@
+//! Retries (`retry_policy`) with a scripted upstream that fails the first attempts of a request as
+//! told (a status, a reset, a hang, a gRPC status): for every `retry_on` condition, the number of
+//! attempts, the final answer, the spacing of the attempts, the counters; a request body sent again
+//! whole (or not retried past its buffer limit); a retry sent to another endpoint
+//! (`previous_hosts`). The same bootstrap runs on a real Envoy, which must agree on every case.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::scripted::Scripted;
+use support::*;
+
+fn retry(policy: &str) -> String {
+    format!("retry_policy: {{ {policy} }}")
+}
+
+fn bootstrap(admin: u16, port: u16, scripted: SocketAddr, dead: SocketAddr, pair: &[SocketAddr]) -> String {
+    let route = |prefix: &str, cluster: &str, policy: &str| {
+        let policy = if policy.is_empty() { String::new() } else { format!(", {}", retry(policy)) };
+        format!(
+            "              - match: {{ prefix: {prefix} }}\n                route: {{ cluster: {cluster}{policy} }}\n"
+        )
+    };
+    let previous_hosts = "retry_on: 5xx, num_retries: 1, host_selection_retry_max_attempts: 20, \
+         retry_host_predicate: [{ name: envoy.retry_host_predicates.previous_hosts, typed_config: { '@type': \
+         type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate } }]";
+    let routes = [
+        route("/5xx", "scripted", "retry_on: 5xx, num_retries: 2"),
+        route("/gateway", "scripted", "retry_on: gateway-error, num_retries: 2"),
+        route("/4xx", "scripted", "retry_on: retriable-4xx, num_retries: 2"),
+        route("/codes", "scripted", "retry_on: retriable-status-codes, retriable_status_codes: [418], num_retries: 2"),
+        route("/reset", "scripted", "retry_on: reset, num_retries: 1"),
+        route("/connect", "dead", "retry_on: connect-failure, num_retries: 2"),
+        route("/pertry", "scripted", "retry_on: 5xx, num_retries: 1, per_try_timeout: 0.3s"),
+        route("/grpc", "scripted", "retry_on: 'unavailable,cancelled', num_retries: 2"),
+        route("/none", "scripted", ""),
+        format!(
+            "              - match: {{ prefix: /limited }}\n                request_body_buffer_limit: 16\n\
+             \x20               route: {{ cluster: scripted, {} }}\n",
+            retry("retry_on: 5xx, num_retries: 1")
+        ),
+        route("/hosts", "pair", previous_hosts),
+    ]
+    .concat();
+    // A second virtual host whose policy its route inherits.
+    let route_config = format!(
+        "            virtual_hosts:\n\
+         \x20           - name: all\n              domains: ['*']\n              routes:\n{routes}\
+         \x20           - name: inherit\n              domains: [inherit.test]\n              {}\n              routes:\n{}",
+        retry("retry_on: 5xx, num_retries: 3"),
+        route("/", "scripted", "")
+    );
+    let clusters = [
+        static_cluster("scripted", &[scripted], ""),
+        static_cluster("dead", &[dead], ""),
+        static_cluster("pair", pair, "    lb_policy: RANDOM\n"),
+    ]
+    .concat();
+    http_bootstrap(admin, port, "", &route_config, &clusters)
+}
+
+/// One request: its path, its script, a body (POST) or none (GET), and what must come of it.
+struct Case {
+    host: &'static str,
+    path: &'static str,
+    script: &'static str,
+    body: usize,
+    attempts: usize,
+    status: u16,
+}
+
+const CASES: &[Case] = &[
+    Case { host: "any.test", path: "/5xx", script: "503,503,ok", body: 0, attempts: 3, status: 200 },
+    Case { host: "any.test", path: "/5xx", script: "500", body: 0, attempts: 3, status: 500 },
+    Case { host: "any.test", path: "/5xx", script: "reset,ok", body: 0, attempts: 2, status: 200 },
+    Case { host: "any.test", path: "/5xx", script: "404,ok", body: 0, attempts: 1, status: 404 },
+    Case { host: "any.test", path: "/gateway", script: "500,ok", body: 0, attempts: 1, status: 500 },
+    Case { host: "any.test", path: "/gateway", script: "502,504,ok", body: 0, attempts: 3, status: 200 },
+    Case { host: "any.test", path: "/gateway", script: "reset,ok", body: 0, attempts: 2, status: 200 },
+    Case { host: "any.test", path: "/4xx", script: "409,ok", body: 0, attempts: 2, status: 200 },
+    Case { host: "any.test", path: "/4xx", script: "503,ok", body: 0, attempts: 1, status: 503 },
+    Case { host: "any.test", path: "/codes", script: "418,418,ok", body: 0, attempts: 3, status: 200 },
+    Case { host: "any.test", path: "/codes", script: "503,ok", body: 0, attempts: 1, status: 503 },
+    Case { host: "any.test", path: "/reset", script: "reset", body: 0, attempts: 2, status: 503 },
+    Case { host: "any.test", path: "/reset", script: "503,ok", body: 0, attempts: 1, status: 503 },
+    Case { host: "any.test", path: "/pertry", script: "hang,ok", body: 0, attempts: 2, status: 200 },
+    Case { host: "any.test", path: "/pertry", script: "hang", body: 0, attempts: 2, status: 504 },
+    Case { host: "any.test", path: "/grpc", script: "grpc-14,grpc-1,ok", body: 0, attempts: 3, status: 200 },
+    Case { host: "any.test", path: "/grpc", script: "grpc-13,ok", body: 0, attempts: 1, status: 200 },
+    Case { host: "any.test", path: "/none", script: "503,ok", body: 0, attempts: 1, status: 503 },
+    Case { host: "any.test", path: "/limited", script: "503,ok", body: 8, attempts: 2, status: 200 },
+    Case { host: "any.test", path: "/limited", script: "503,ok", body: 100, attempts: 1, status: 503 },
+    Case { host: "any.test", path: "/5xx", script: "503,ok", body: 5000, attempts: 2, status: 200 },
+    Case { host: "inherit.test", path: "/inherited", script: "503,503,503,ok", body: 0, attempts: 4, status: 200 },
+];
+
+/// What one proxy made of a case: the final status and body, and the attempts the upstream saw
+/// (their count, and the body bytes each carried).
+async fn run(client: &HttpClient, port: u16, upstream: &Scripted, id: &str, case: &Case) -> (u16, String, Vec<usize>) {
+    let method = if case.body > 0 { "POST" } else { "GET" };
+    let request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:{port}{}", case.path))
+        .header("host", case.host)
+        .header("x-test-id", id)
+        .header("x-script", case.script)
+        .body(Full::new(Bytes::from(vec![b'x'; case.body])))
+        .unwrap();
+    let reply = send(client, request).await;
+    let bytes = upstream.attempts(id).iter().map(|a| a.body_bytes).collect();
+    (reply.status, reply.body, bytes)
+}
+
+/// Envoy's counter `cluster.<cluster>.<name>` from its admin `/stats`.
+async fn envoy_counter(admin: SocketAddr, cluster: &str, name: &str) -> f64 {
+    let (_, text) = get_text(&format!("http://{admin}/stats?filter=^cluster\\.{cluster}\\.{name}$")).await.unwrap();
+    text.lines().find_map(|l| l.rsplit(": ").next()?.parse().ok()).unwrap_or(0.0)
+}
+
+const COUNTERS: [&str; 4] = [
+    "upstream_rq_retry",
+    "upstream_rq_retry_success",
+    "upstream_rq_retry_limit_exceeded",
+    "upstream_rq_per_try_timeout",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_retry_condition_as_envoy_counts_attempts() {
+    let upstream = Scripted::start("scripted").await;
+    let (bad, good) = (Scripted::always("bad", "503").await, Scripted::start("good").await);
+    let dead: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let (port, admin) = (free_port(), free_port());
+    let config = bootstrap(admin, port, upstream.addr, dead, &[bad.addr, good.addr]);
+    let strait = Proxy::start(&config, admin).await;
+    let (envoy_port, envoy_admin) = (free_port(), free_port());
+    let envoy_config = bootstrap(envoy_admin, envoy_port, upstream.addr, dead, &[bad.addr, good.addr]);
+    let envoy = Envoy::start(&envoy_config, envoy_admin).await;
+    let client = http1_client();
+
+    for (i, case) in CASES.iter().enumerate() {
+        let what = format!("{}{} {} ({} body bytes)", case.host, case.path, case.script, case.body);
+        let (status, body, attempts) = run(&client, port, &upstream, &format!("strait-{i}"), case).await;
+        assert_eq!((status, attempts.len()), (case.status, case.attempts), "{what}: status and attempts ({body})");
+        assert!(attempts.iter().all(|&b| b == case.body), "{what}: every attempt carries the whole body: {attempts:?}");
+        if envoy.is_some() {
+            let theirs = run(&client, envoy_port, &upstream, &format!("envoy-{i}"), case).await;
+            assert_eq!((status, attempts.len()), (theirs.0, theirs.2.len()), "{what}: Strait vs Envoy");
+            if status != 200 {
+                assert_eq!(body, theirs.1, "{what}: the same final body");
+            }
+        }
+    }
+
+    // Retries back off: random waits up to 25 ms, then 75 ms (Envoy's 25 ms base), never longer.
+    let spaced = upstream.attempts("strait-0");
+    let gaps: Vec<Duration> = spaced.windows(2).map(|w| w[1].at - w[0].at).collect();
+    assert!(gaps[0] < Duration::from_millis(25 + 60) && gaps[1] < Duration::from_millis(75 + 60), "{gaps:?}");
+
+    // Connection failures: retried, then Envoy's 503 with the reset reason.
+    let client = http1_client();
+    let dead_reply = get(&client, &format!("http://127.0.0.1:{port}/connect"), &[]).await;
+    assert_eq!(dead_reply.status, 503);
+    assert!(dead_reply.body.contains("remote connection failure"), "{}", dead_reply.body);
+    assert_eq!(strait.stat("envoy_cluster_upstream_rq_retry{envoy_cluster_name=\"dead\"}").await, 2.0);
+
+    // A retry goes to an endpoint not tried yet: a broken and a working endpoint, every request
+    // answered by the working one (at the first or the second attempt).
+    for i in 0..40 {
+        let reply = get(&client, &format!("http://127.0.0.1:{port}/hosts"), &[("x-test-id", &format!("h{i}"))]).await;
+        assert_eq!((reply.status, reply.header("x-upstream")), (200, Some("good")), "request {i}");
+    }
+
+    if let Some(envoy) = &envoy {
+        let theirs = get(&client, &format!("http://127.0.0.1:{envoy_port}/connect"), &[]).await;
+        assert_eq!((theirs.status, theirs.body.contains("remote connection failure")), (503, true));
+        for i in 0..40 {
+            let url = format!("http://127.0.0.1:{envoy_port}/hosts");
+            let reply = get(&client, &url, &[("x-test-id", &format!("eh{i}"))]).await;
+            assert_eq!((reply.status, reply.header("x-upstream")), (200, Some("good")), "envoy request {i}");
+        }
+        for cluster in ["scripted", "dead"] {
+            for name in COUNTERS {
+                let ours = strait.stat(&format!("envoy_cluster_{name}{{envoy_cluster_name=\"{cluster}\"}}")).await;
+                let theirs = envoy_counter(envoy.admin, cluster, name).await;
+                assert_eq!(ours, theirs, "cluster.{cluster}.{name}: Strait vs Envoy");
+            }
+        }
+    }
+}
+
+#[test]
+fn invalid_retry_policies_are_refused_naming_the_field() {
+    let dir = TempDir::new("retry-bad");
+    let upstream: SocketAddr = ([127, 0, 0, 1], 1).into();
+    for (policy, expected) in [
+        ("retry_on: '5xx,sometimes'", "retry_policy.retry_on: unknown retry condition 'sometimes'"),
+        ("retry_on: 5xx, retriable_status_codes: [99]", "retry_policy.retriable_status_codes[0]: not an HTTP status"),
+        (
+            "retry_on: 5xx, retry_back_off: { base_interval: 1s, max_interval: 0.5s }",
+            "retry_policy.retry_back_off.max_interval: must not be less than base_interval",
+        ),
+        (
+            "retry_on: 5xx, retry_host_predicate: [{ name: other }]",
+            "retry_host_predicate[0].name: 'other' is not supported",
+        ),
+        ("retry_on: 5xx, per_try_idle_timeout: 1s", "retry_policy.per_try_idle_timeout: is not supported yet"),
+    ] {
+        let route_config = format!(
+            "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\
+             \x20             - match: {{ prefix: / }}\n                route: {{ cluster: c, {} }}\n",
+            retry(policy)
+        );
+        let yaml = http_bootstrap(free_port(), free_port(), "", &route_config, &static_cluster("c", &[upstream], ""));
+        let file = write_file(&dir.0, "bad.yaml", &yaml);
+        let out = std::process::Command::new(BIN).arg("validate").arg(&file).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{policy}: accepted");
+        assert!(text.contains(expected), "{policy}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_yaml_retries_reach_strait_and_envoy_alike() {
+    let upstream = Scripted::start("scripted").await;
+    let dir = TempDir::new("mesh-retries");
+    let (strait_port, envoy_port) = (free_port(), free_port());
+    let routes = |listener: &str| {
+        format!(
+            "- {{ name: {listener}-istio, listener: {listener}, match: {{ prefix: /default }}, to: [{{ service: s }}], retries: {{ attempts: 2 }} }}\n\
+             - {{ name: {listener}-main, listener: {listener}, to: [{{ service: s }}], \
+                  retries: {{ attempts: 3, per_try_timeout: 300ms, retry_on: 'gateway-error,409' }} }}\n"
+        )
+    };
+    let mesh = format!(
+        "listeners:\n\
+         - {{ name: s, port: {strait_port}, nodes: [strait] }}\n\
+         - {{ name: e, port: {envoy_port}, nodes: [envoy] }}\n\
+         services: [{{ name: s, endpoints: ['{}'] }}]\n\
+         routes:\n{}{}",
+        upstream.addr,
+        routes("s"),
+        routes("e")
+    );
+    write_file(&dir.0, "mesh.yaml", &mesh);
+    let xds: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let _control_plane = control_plane(&dir.0, xds).await;
+    let bootstrap = |cluster: &str, admin: u16| {
+        ads_bootstrap("peer", admin, xds, "GRPC").replace("cluster: test", &format!("cluster: {cluster}"))
+    };
+    let (strait_admin, envoy_admin) = (free_port(), free_port());
+    let _strait = Proxy::start(&bootstrap("strait", strait_admin), strait_admin).await;
+    let envoy = Envoy::start(&bootstrap("envoy", envoy_admin), envoy_admin).await;
+    let client = http1_client();
+    let cases = [
+        ("/default", "503,503,503", 3, 503),
+        ("/default", "503,ok", 2, 200),
+        ("/default", "500,ok", 1, 500),
+        ("/", "502,409,hang,ok", 4, 200),
+        ("/", "409,409,409,409,ok", 4, 409),
+        ("/", "500,ok", 1, 500),
+    ];
+    for (i, (path, script, attempts, status)) in cases.into_iter().enumerate() {
+        let mut ports = vec![("strait", strait_port)];
+        if envoy.is_some() {
+            ports.push(("envoy", envoy_port));
+        }
+        for (proxy, port) in ports {
+            let id = format!("mesh-{proxy}-{i}");
+            let case = Case { host: "any.test", path, script, body: 0, attempts, status };
+            let (got, body, seen) = run(&client, port, &upstream, &id, &case).await;
+            assert_eq!((got, seen.len()), (status, attempts), "{proxy}: {path} {script}: {body}");
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! One attempt at an upstream exchange, as a tower `Service`: pick an endpoint of the cluster (one
+//! not tried yet by this request, when the retry policy asks for that) and send the request through
+//! that endpoint's pool. The retry layer calls it once per attempt.
+
+use super::pool::{DownstreamBody, RequestBody, UpstreamResponse};
+use super::{Cluster, Endpoint};
+use crate::http::ProxyError;
+use crate::policy::retry::body::ReplayBody;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+/// A request whose body a retry can send again.
+pub type UpstreamRequest = http::Request<ReplayBody<DownstreamBody>>;
+
+/// An attempt's response and the endpoint that gave it.
+pub struct Attempted {
+    pub response: UpstreamResponse,
+    pub endpoint: Arc<Endpoint>,
+}
+
+/// The endpoints a request's attempts went to, shared by its copies (a request extension).
+#[derive(Debug, Clone, Default)]
+pub struct TriedHosts(Arc<Mutex<Vec<SocketAddr>>>);
+
+impl TriedHosts {
+    fn contains(&self, addr: SocketAddr) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains(&addr)
+    }
+
+    fn add(&self, addr: SocketAddr) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(addr);
+    }
+
+    /// How many attempts picked an endpoint.
+    pub fn count(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Sends one attempt to the cluster.
+#[derive(Clone)]
+pub struct Attempt {
+    pub cluster: Arc<Cluster>,
+    /// Extra picks made to find an endpoint not in the request's [`TriedHosts`] (0: any endpoint).
+    pub host_selection_attempts: u32,
+}
+
+impl Attempt {
+    fn pick(&self, tried: Option<&TriedHosts>) -> Option<Arc<Endpoint>> {
+        let mut picked = self.cluster.pick()?;
+        if let Some(tried) = tried {
+            for _ in 0..self.host_selection_attempts {
+                if !tried.contains(picked.addr) {
+                    break;
+                }
+                picked = self.cluster.pick()?;
+            }
+            tried.add(picked.addr);
+        }
+        Some(picked)
+    }
+}
+
+impl tower::Service<UpstreamRequest> for Attempt {
+    type Response = Attempted;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Attempted, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: UpstreamRequest) -> Self::Future {
+        let picked = self.pick(request.extensions().get::<TriedHosts>());
+        let cluster = self.cluster.clone();
+        Box::pin(async move {
+            let Some(endpoint) = picked else {
+                cluster.stats.cx_none_healthy.increment(1);
+                return Err(ProxyError::NoHealthyUpstream);
+            };
+            let _in_flight = endpoint.start_request();
+            let request = request.map(RequestBody::Replayed);
+            match endpoint.pool.send(request, &cluster.stats, false).await {
+                Ok(response) => Ok(Attempted { response, endpoint }),
+                Err(e) => Err(ProxyError::Upstream(e)),
+            }
+        })
+    }
+}

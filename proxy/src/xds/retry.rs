@@ -1,0 +1,93 @@
+//! `RetryPolicy` (a route's, or else its virtual host's) -> [`RetryPolicy`].
+
+use super::convert::{self, ConfigError};
+use crate::policy::retry::{RetryOn, RetryPolicy};
+use std::time::Duration;
+use xds_proto::pb::envoy::config::route::v3 as route;
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+/// Envoy's defaults: 25 ms base back-off, ten times that at most; request bodies kept up to 1 MiB
+/// for a retry (the listener's default buffer limit).
+const BASE_INTERVAL: Duration = Duration::from_millis(25);
+const DEFAULT_BUFFER_LIMIT: u64 = 1024 * 1024;
+const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
+
+/// The policy of a route: its own `retry_policy` or else the virtual host's (not merged, as Envoy).
+pub fn retry_policy(
+    own: Option<&route::RetryPolicy>,
+    virtual_host: Option<&route::RetryPolicy>,
+    buffer_limit: Option<u64>,
+) -> Result<Option<RetryPolicy>> {
+    let (policy, at) = match (own, virtual_host) {
+        (Some(p), _) => (p, "route.retry_policy"),
+        (None, Some(p)) => (p, "retry_policy (virtual host)"),
+        (None, None) => return Ok(None),
+    };
+    convert_policy(policy, buffer_limit).map(Some).map_err(|e| e.within(at))
+}
+
+fn convert_policy(p: &route::RetryPolicy, buffer_limit: Option<u64>) -> Result<RetryPolicy> {
+    let retry_on = RetryOn::parse(&p.retry_on).map_err(|e| ConfigError::new("retry_on", e))?;
+    let unsupported = |field: &str| Err(ConfigError::new(field, "is not supported yet"));
+    if p.per_try_idle_timeout.is_some() {
+        return unsupported("per_try_idle_timeout");
+    }
+    if p.retry_priority.is_some() {
+        return unsupported("retry_priority");
+    }
+    if !p.retry_options_predicates.is_empty() {
+        return unsupported("retry_options_predicates");
+    }
+    if p.rate_limited_retry_back_off.is_some() {
+        return unsupported("rate_limited_retry_back_off");
+    }
+    if !p.retriable_headers.is_empty() {
+        return unsupported("retriable_headers");
+    }
+    if !p.retriable_request_headers.is_empty() {
+        return unsupported("retriable_request_headers");
+    }
+    let mut avoid_previous_hosts = false;
+    for (i, predicate) in p.retry_host_predicate.iter().enumerate() {
+        if predicate.name != PREVIOUS_HOSTS {
+            return Err(ConfigError::new(
+                format!("retry_host_predicate[{i}].name"),
+                format!("'{}' is not supported (only {PREVIOUS_HOSTS})", predicate.name),
+            ));
+        }
+        avoid_previous_hosts = true;
+    }
+    let mut retriable_status_codes = Vec::new();
+    for (i, code) in p.retriable_status_codes.iter().enumerate() {
+        match u16::try_from(*code) {
+            Ok(c @ 100..=599) => retriable_status_codes.push(c),
+            _ => return Err(ConfigError::new(format!("retriable_status_codes[{i}]"), "not an HTTP status")),
+        }
+    }
+    let (base_interval, max_interval) = match &p.retry_back_off {
+        None => (BASE_INTERVAL, BASE_INTERVAL * 10),
+        Some(b) => {
+            let base = b.base_interval.as_ref().map(convert::duration).unwrap_or_default();
+            if base.is_zero() {
+                return Err(ConfigError::new("retry_back_off.base_interval", "must be greater than zero"));
+            }
+            let max = b.max_interval.as_ref().map_or(base * 10, convert::duration);
+            if max < base {
+                return Err(ConfigError::new("retry_back_off.max_interval", "must not be less than base_interval"));
+            }
+            (base, max)
+        }
+    };
+    Ok(RetryPolicy {
+        retry_on,
+        num_retries: p.num_retries.as_ref().map_or(1, |n| n.value),
+        per_try_timeout: convert::timeout(p.per_try_timeout.as_ref(), None),
+        retriable_status_codes,
+        base_interval,
+        max_interval,
+        avoid_previous_hosts,
+        host_selection_attempts: u32::try_from(p.host_selection_retry_max_attempts.max(1)).unwrap_or(1),
+        buffer_limit: usize::try_from(buffer_limit.unwrap_or(DEFAULT_BUFFER_LIMIT)).unwrap_or(usize::MAX),
+    })
+}
