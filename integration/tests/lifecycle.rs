@@ -46,17 +46,18 @@ async fn admin_reports_readiness_config_and_clusters() {
     let dump: serde_json::Value = serde_json::from_str(&proxy.admin_text("/config_dump").await).unwrap();
     let configs = dump["configs"].as_array().unwrap();
     let types: Vec<&str> = configs.iter().map(|c| c["@type"].as_str().unwrap()).collect();
+    // Envoy's order: bootstrap, clusters, listeners.
     assert_eq!(
         types,
         vec![
             "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
-            "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
-            "type.googleapis.com/envoy.admin.v3.ClustersConfigDump"
+            "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+            "type.googleapis.com/envoy.admin.v3.ListenersConfigDump"
         ]
     );
-    assert_eq!(configs[1]["version_info"], "1");
-    assert_eq!(configs[1]["static_listeners"][0]["listener"]["name"], "main");
-    assert_eq!(configs[2]["static_clusters"][1]["cluster"]["name"], "b");
+    assert_eq!(configs[2]["version_info"], "1");
+    assert_eq!(configs[2]["static_listeners"][0]["listener"]["name"], "main");
+    assert_eq!(configs[1]["static_clusters"][1]["cluster"]["name"], "b");
     let clusters: serde_json::Value = serde_json::from_str(&proxy.admin_text("/clusters?format=json").await).unwrap();
     assert_eq!(clusters["cluster_statuses"][0]["name"], "a");
     assert_eq!(
