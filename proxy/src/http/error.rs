@@ -17,6 +17,9 @@ pub enum ProxyError {
     NoHealthyUpstream,
     #[error("upstream request timeout")]
     UpstreamTimeout,
+    /// A circuit breaker is open (`max_requests`).
+    #[error("upstream overflow: the cluster's circuit breaker is open")]
+    Overflow,
     /// One attempt ran out of its `per_try_timeout` (Envoy answers it as a route timeout).
     #[error("upstream per-try timeout")]
     UpstreamPerTryTimeout,
@@ -41,6 +44,7 @@ impl ProxyError {
             | ProxyError::UpstreamAfterRetries(_)
             | ProxyError::UpstreamTimeout
             | ProxyError::UpstreamPerTryTimeout
+            | ProxyError::Overflow
             | ProxyError::NoHealthyUpstream => "upstream",
             ProxyError::BadRequest(_) | ProxyError::UpgradeRejected(_) | ProxyError::RequestTimeout => "downstream",
             ProxyError::NoRoute | ProxyError::ClusterNotFound(_) => "config",
@@ -53,6 +57,7 @@ impl ProxyError {
             ProxyError::NoRoute => "NR",
             ProxyError::ClusterNotFound(_) => "NC",
             ProxyError::NoHealthyUpstream => "UH",
+            ProxyError::Overflow => "UO",
             ProxyError::UpstreamTimeout | ProxyError::UpstreamPerTryTimeout => "UT",
             ProxyError::Upstream(e) | ProxyError::UpstreamAfterRetries(e) => match e {
                 UpstreamError::Protocol(_) => "UPE",
@@ -68,7 +73,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::ClusterNotFound(_) | ProxyError::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ClusterNotFound(_) | ProxyError::NoHealthyUpstream | ProxyError::Overflow => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UpstreamTimeout | ProxyError::UpstreamPerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(UpstreamError::Protocol(_))
             | ProxyError::UpstreamAfterRetries(UpstreamError::Protocol(_)) => StatusCode::BAD_GATEWAY,
@@ -93,6 +100,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute | ProxyError::ClusterNotFound(_) | ProxyError::UpgradeRejected(_) => String::new(),
             ProxyError::NoHealthyUpstream => "no healthy upstream".into(),
+            ProxyError::Overflow => format!("{RESET} overflow"),
             ProxyError::UpstreamTimeout | ProxyError::UpstreamPerTryTimeout => "upstream request timeout".into(),
             ProxyError::Upstream(e) => format!("{RESET} {}", reason(e)),
             ProxyError::UpstreamAfterRetries(e) => format!("{RETRIED} {}", reason(e)),

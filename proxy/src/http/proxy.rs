@@ -322,6 +322,10 @@ fn forward(
 ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + Send + '_ {
     async move {
         let stats = &exchange.cluster.stats;
+        let Some(slot) = exchange.cluster.open.request(&exchange.cluster.config.breakers) else {
+            stats.rq_active_overflow.increment(1);
+            return Err(ProxyError::Overflow);
+        };
         stats.rq_total.increment(1);
         let _active = GaugeGuard::new(&stats.rq_active);
         let upgrade = exchange.downstream_upgrade.is_some();
@@ -364,7 +368,10 @@ fn forward(
             (Some(down), UpstreamResponse::Upgraded(resp)) => upgrade::splice(down, resp),
             (_, UpstreamResponse::Pooled(resp)) => {
                 let limits = Limits { idle: hcm.stream_idle_timeout, deadline: None };
-                resp.map(|b| Either::Left(TimedBody::new(b, limits, None)))
+                resp.map(|mut b| {
+                    b.hold(slot);
+                    Either::Left(TimedBody::new(b, limits, None))
+                })
             }
             (None, UpstreamResponse::Upgraded(resp)) => upgrade::refused(resp),
         };

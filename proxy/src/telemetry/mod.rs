@@ -85,6 +85,10 @@ pub struct ClusterStats {
     pub rq_retry: Counter,
     pub rq_retry_success: Counter,
     pub rq_retry_limit_exceeded: Counter,
+    /// Retries not made: `max_retries` reached.
+    pub rq_retry_overflow: Counter,
+    /// Requests answered at once: `max_requests` reached.
+    pub rq_active_overflow: Counter,
     /// Retries given up because the request body outgrew its buffer limit.
     pub retry_or_shadow_abandoned: Counter,
     pub cx_total: Counter,
@@ -108,6 +112,8 @@ impl ClusterStats {
             rq_retry: counter!("envoy_cluster_upstream_rq_retry", l => name.clone()),
             rq_retry_success: counter!("envoy_cluster_upstream_rq_retry_success", l => name.clone()),
             rq_retry_limit_exceeded: counter!("envoy_cluster_upstream_rq_retry_limit_exceeded", l => name.clone()),
+            rq_retry_overflow: counter!("envoy_cluster_upstream_rq_retry_overflow", l => name.clone()),
+            rq_active_overflow: counter!("envoy_cluster_upstream_rq_active_overflow", l => name.clone()),
             retry_or_shadow_abandoned: counter!("envoy_cluster_retry_or_shadow_abandoned", l => name.clone()),
             cx_total: counter!("envoy_cluster_upstream_cx_total", l => name.clone()),
             cx_active: gauge!("envoy_cluster_upstream_cx_active", l => name.clone()),

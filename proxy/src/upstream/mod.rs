@@ -3,6 +3,7 @@
 //! from one config snapshot to the next with its pools, counters and discovered endpoints intact.
 
 pub mod attempt;
+pub mod breakers;
 mod dns;
 mod endpoints;
 pub mod lb;
@@ -69,6 +70,7 @@ pub struct ClusterConfig {
     pub dns_refresh_rate: Duration,
     pub dns_family: DnsFamily,
     pub pool: PoolOptions,
+    pub breakers: breakers::Thresholds,
 }
 
 /// A running cluster: config, the current endpoint set, and the state that outlives config swaps.
@@ -79,6 +81,8 @@ pub struct Cluster {
     /// Round-robin position; kept when endpoints change.
     rr_cursor: AtomicUsize,
     pub stats: ClusterStats,
+    /// Requests and retries in flight, against the circuit breakers.
+    pub open: breakers::Open,
     dns_task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
@@ -124,6 +128,7 @@ impl Cluster {
             endpoints: ArcSwap::from_pointee(initial),
             rr_cursor: AtomicUsize::new(0),
             stats,
+            open: breakers::Open::default(),
             dns_task: std::sync::Mutex::new(None),
         })
     }

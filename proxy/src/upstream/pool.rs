@@ -182,7 +182,11 @@ impl Pool {
                     };
                     match sender.try_send_request(req).await {
                         Ok(resp) => {
-                            return Ok(UpstreamResponse::Pooled(resp.map(|b| PooledBody { inner: b, checkin: None })));
+                            return Ok(UpstreamResponse::Pooled(resp.map(|b| PooledBody {
+                                inner: b,
+                                checkin: None,
+                                slot: None,
+                            })));
                         }
                         Err(mut e) => {
                             *self.http2.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -215,7 +219,7 @@ impl Pool {
                     Ok(resp) => {
                         let (parts, inner) = resp.into_parts();
                         let checkin = Some(Checkin { sender, pool: Arc::downgrade(self) });
-                        let mut body = PooledBody { inner, checkin };
+                        let mut body = PooledBody { inner, checkin, slot: None };
                         if body.inner.is_end_stream() {
                             // An empty body (HEAD, 204, 304, content-length: 0) is never polled.
                             body.release();
@@ -331,12 +335,19 @@ struct Checkin {
 pub struct PooledBody {
     inner: Incoming,
     checkin: Option<Checkin>,
+    /// The circuit breaker's place of the request, given back when the body is done with.
+    slot: Option<crate::upstream::breakers::Slot>,
 }
 
 impl PooledBody {
     /// A body from a connection that is not pooled (an upgrade attempt).
     pub fn unpooled(inner: Incoming) -> Self {
-        PooledBody { inner, checkin: None }
+        PooledBody { inner, checkin: None, slot: None }
+    }
+
+    /// Keeps the request's circuit-breaker place until the body is read or dropped.
+    pub fn hold(&mut self, slot: crate::upstream::breakers::Slot) {
+        self.slot = Some(slot);
     }
 
     fn release(&mut self) {

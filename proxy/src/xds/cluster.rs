@@ -1,6 +1,8 @@
-//! `Cluster` -> [`ClusterConfig`]: discovery type, endpoints, load-balancing policy, upstream protocol.
+//! `Cluster` -> [`ClusterConfig`]: discovery type, endpoints, load-balancing policy, upstream protocol,
+//! circuit breakers.
 
 use super::convert::{self, ConfigError, Result};
+use crate::upstream::breakers::Thresholds;
 use crate::upstream::{
     ClusterConfig, Discovery, DnsFamily, EndpointSpec, HealthStatus, LbPolicy, PoolOptions, UpstreamProtocol,
 };
@@ -99,6 +101,7 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig> {
     if connect_timeout.is_zero() {
         return Err(ConfigError::new("connect_timeout", "must be greater than 0"));
     }
+    let breakers = circuit_breakers(c.circuit_breakers.as_ref()).map_err(|e| e.within("circuit_breakers"))?;
     Ok(ClusterConfig {
         name: c.name.clone(),
         discovery,
@@ -109,7 +112,41 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig> {
         dns_refresh_rate,
         dns_family,
         pool,
+        breakers,
     })
+}
+
+/// The default priority's thresholds. Limits on connections and pending requests (which need a
+/// queueing pool) are accepted only as unlimited, the value Istio sets.
+fn circuit_breakers(cb: Option<&cluster::CircuitBreakers>) -> Result<Thresholds> {
+    use cluster::circuit_breakers::Thresholds as T;
+    let mut out = Thresholds::default();
+    let Some(cb) = cb else { return Ok(out) };
+    if !cb.per_host_thresholds.is_empty() {
+        return Err(ConfigError::new("per_host_thresholds", "is not supported yet"));
+    }
+    for (i, t) in cb.thresholds.iter().enumerate() {
+        let at = format!("thresholds[{i}]");
+        let unlimited_only = |value: &Option<xds_proto::pb::google::protobuf::UInt32Value>, field: &str| match value {
+            Some(v) if v.value != u32::MAX => {
+                Err(ConfigError::new(format!("{at}.{field}"), "is not supported yet (only 4294967295, unlimited)"))
+            }
+            _ => Ok(()),
+        };
+        let T { max_connections, max_pending_requests, max_connection_pools, retry_budget, .. } = t;
+        unlimited_only(max_connections, "max_connections")?;
+        unlimited_only(max_pending_requests, "max_pending_requests")?;
+        unlimited_only(max_connection_pools, "max_connection_pools")?;
+        if retry_budget.is_some() {
+            return Err(ConfigError::new(format!("{at}.retry_budget"), "is not supported yet"));
+        }
+        // HIGH priority thresholds apply to high-priority routes, which Strait does not have.
+        if t.priority == core::RoutingPriority::Default as i32 {
+            out.max_requests = t.max_requests.map_or(out.max_requests, |v| v.value);
+            out.max_retries = t.max_retries.map_or(out.max_retries, |v| v.value);
+        }
+    }
+    Ok(out)
 }
 
 fn endpoints(c: &cluster::Cluster, discovery: Discovery) -> Result<Vec<EndpointSpec>> {

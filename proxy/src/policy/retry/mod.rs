@@ -7,6 +7,7 @@ pub mod body;
 use crate::http::ProxyError;
 use crate::telemetry::ClusterStats;
 use crate::upstream::attempt::{Attempted, UpstreamRequest};
+use crate::upstream::breakers::Slot;
 use crate::upstream::{Cluster, UpstreamError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,11 +142,13 @@ pub struct Retries {
     policy: Arc<RetryPolicy>,
     cluster: Arc<Cluster>,
     done: u32,
+    /// The circuit breaker's place of the retry in flight.
+    slot: Option<Arc<Slot>>,
 }
 
 impl Retries {
     pub fn new(policy: Arc<RetryPolicy>, cluster: Arc<Cluster>) -> Self {
-        Retries { policy, cluster, done: 0 }
+        Retries { policy, cluster, done: 0, slot: None }
     }
 
     fn stats(&self) -> &ClusterStats {
@@ -202,6 +205,12 @@ impl tower::retry::Policy<UpstreamRequest, Attempted, tower::BoxError> for Retri
             self.stats().retry_or_shadow_abandoned.increment(1);
             return None;
         }
+        self.slot = None;
+        let Some(slot) = self.cluster.open.retry(&self.cluster.config.breakers) else {
+            self.stats().rq_retry_overflow.increment(1);
+            return None;
+        };
+        self.slot = Some(Arc::new(slot));
         self.done += 1;
         self.stats().rq_retry.increment(1);
         Some(tokio::time::sleep(self.policy.back_off(self.done)))

@@ -1,0 +1,129 @@
+//! Circuit breakers (`circuit_breakers.thresholds`) with a scripted upstream that holds requests:
+//! the request over `max_requests` is answered at once with 503 `UO` and counted; a retry over
+//! `max_retries` is not made and counted; places free up as requests end. The same bootstrap runs
+//! on a real Envoy, which must answer and count the same.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use support::scripted::Scripted;
+use support::*;
+
+fn bootstrap(admin: u16, port: u16, upstream: SocketAddr) -> String {
+    let route_config = "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\
+         \x20             - match: { prefix: /hold }\n                route: { cluster: limited, timeout: 1.5s }\n\
+         \x20             - match: { prefix: /retry }\n                route: { cluster: limited, timeout: 1s, \
+         retry_policy: { retry_on: 5xx, num_retries: 1 } }\n";
+    let breakers = "    circuit_breakers:\n      thresholds:\n      - { priority: DEFAULT, max_requests: 3, max_retries: 1 }\n      \
+                    - { priority: HIGH, max_requests: 100, max_connections: 4294967295 }\n";
+    http_bootstrap(admin, port, "", route_config, &static_cluster("limited", &[upstream], breakers))
+}
+
+/// Waits until the upstream has seen `n` attempts for `id`.
+async fn seen(upstream: &Scripted, id: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream.attempts(id).len() < n {
+        assert!(Instant::now() < deadline, "{id}: the upstream saw {} attempts, not {n}", upstream.attempts(id).len());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn request(port: u16, path: &str, id: &str, script: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::get(format!("http://127.0.0.1:{port}{path}"))
+        .header("x-test-id", id)
+        .header("x-script", script)
+        .body(Default::default())
+        .unwrap()
+}
+
+/// Runs the scenario against one proxy; returns its counters (pending overflow, retry overflow).
+async fn scenario(who: &str, port: u16, upstream: &Scripted) {
+    // Three requests held by the upstream fill max_requests: 3.
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let client = http1_client();
+        let id = format!("{who}-hold-{i}");
+        let req = request(port, "/hold", &id, "hang");
+        held.push(tokio::spawn(async move { send(&client, req).await.status }));
+        seen(upstream, &id, 1).await;
+    }
+    // The fourth is answered at once, never reaching the upstream.
+    let client = http1_client();
+    let over = send(&client, request(port, "/hold", &format!("{who}-over"), "ok")).await;
+    assert_eq!(over.status, 503, "{who}: {over:?}");
+    assert_eq!(over.body, "upstream connect error or disconnect/reset before headers. reset reason: overflow", "{who}");
+    assert!(upstream.attempts(&format!("{who}-over")).is_empty(), "{who}: the overflowed request went upstream");
+    // The held ones time out (504); their places free up.
+    for h in held {
+        assert_eq!(h.await.unwrap(), 504, "{who}");
+    }
+    let after = send(&client, request(port, "/hold", &format!("{who}-after"), "ok")).await;
+    assert_eq!(after.status, 200, "{who}: a place freed up: {after:?}");
+
+    // max_retries: 1. A's retry is in flight (held by the upstream) when B fails: B is not retried.
+    let a_client = http1_client();
+    let a_id = format!("{who}-retry-a");
+    let a_req = request(port, "/retry", &a_id, "503,hang");
+    let a = tokio::spawn(async move { send(&a_client, a_req).await.status });
+    seen(upstream, &a_id, 2).await;
+    let b_id = format!("{who}-retry-b");
+    let b = send(&client, request(port, "/retry", &b_id, "503,ok")).await;
+    assert_eq!((b.status, upstream.attempts(&b_id).len()), (503, 1), "{who}: B retried past max_retries");
+    assert_eq!(a.await.unwrap(), 504, "{who}");
+    // With A done, C's retry is made.
+    let c_id = format!("{who}-retry-c");
+    let c = send(&client, request(port, "/retry", &c_id, "503,ok")).await;
+    assert_eq!((c.status, upstream.attempts(&c_id).len()), (200, 2), "{who}: C");
+}
+
+/// Envoy's counter `cluster.limited.<name>`.
+async fn envoy_counter(admin: SocketAddr, name: &str) -> f64 {
+    let (_, text) = get_text(&format!("http://{admin}/stats?filter=^cluster\\.limited\\.{name}$")).await.unwrap();
+    text.lines().find_map(|l| l.rsplit(": ").next()?.parse().ok()).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breakers_trip_at_their_thresholds_as_envoys_do() {
+    let upstream = Scripted::start("limited").await;
+    let (port, admin) = (free_port(), free_port());
+    let strait = Proxy::start(&bootstrap(admin, port, upstream.addr), admin).await;
+    scenario("strait", port, &upstream).await;
+    let label = "{envoy_cluster_name=\"limited\"}";
+    let ours = [
+        strait.stat(&format!("envoy_cluster_upstream_rq_active_overflow{label}")).await,
+        strait.stat(&format!("envoy_cluster_upstream_rq_retry_overflow{label}")).await,
+    ];
+    assert_eq!(ours, [1.0, 1.0]);
+
+    let (envoy_port, envoy_admin) = (free_port(), free_port());
+    if let Some(envoy) = Envoy::start(&bootstrap(envoy_admin, envoy_port, upstream.addr), envoy_admin).await {
+        scenario("envoy", envoy_port, &upstream).await;
+        let theirs = [
+            envoy_counter(envoy.admin, "upstream_rq_active_overflow").await,
+            envoy_counter(envoy.admin, "upstream_rq_retry_overflow").await,
+        ];
+        assert_eq!(ours, theirs, "counters: Strait vs Envoy");
+    }
+}
+
+#[test]
+fn limits_that_need_a_queueing_pool_are_refused_unless_unlimited() {
+    let dir = TempDir::new("breakers-bad");
+    let upstream: SocketAddr = ([127, 0, 0, 1], 1).into();
+    let route_config = "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\
+         \x20             - match: { prefix: / }\n                route: { cluster: c }\n";
+    let breakers = "    circuit_breakers:\n      thresholds: [{ max_connections: 100 }]\n";
+    let yaml = http_bootstrap(free_port(), free_port(), "", route_config, &static_cluster("c", &[upstream], breakers));
+    let file = write_file(&dir.0, "bad.yaml", &yaml);
+    let out = std::process::Command::new(BIN).arg("validate").arg(&file).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains(
+            "circuit_breakers.thresholds[0].max_connections: is not supported yet (only 4294967295, unlimited)"
+        ),
+        "{text}"
+    );
+}
