@@ -301,7 +301,7 @@ fn owner<'a>(mut all: impl Iterator<Item = (&'a String, &'a Option<(String, usiz
         .filter(|file| file != API_FILE)
 }
 
-fn upsert<'a, T: Named>(
+fn upsert<'a, T: Named + Clone + PartialEq>(
     applied: &mut Vec<T>,
     all: impl Iterator<Item = (&'a String, &'a Option<(String, usize)>)>,
     mut object: T,
@@ -315,8 +315,13 @@ fn upsert<'a, T: Named>(
     }
     match applied.iter_mut().find(|x| x.name() == name) {
         Some(existing) => {
-            *existing = object;
-            changes.push(format!("replaced {kind} {name}"));
+            let mut before = existing.clone();
+            before.clear_origin();
+            // The same object again is no change.
+            if before != object {
+                *existing = object;
+                changes.push(format!("replaced {kind} {name}"));
+            }
         }
         None => {
             applied.push(object);

@@ -223,6 +223,8 @@ async fn the_management_api_changes_what_envoy_serves() {
     let (ok, out) = control.cli(&["apply", "-f", push.to_str().unwrap()]);
     assert!(ok && out.contains("changed: created route to-b"), "{out}");
     let second = wait_for_route_change(&envoy, &first).await;
+    let (ok, out) = control.cli(&["diff", "-f", push.to_str().unwrap()]);
+    assert!(ok && out.contains("nothing to change"), "the same objects again: {out}");
     let client = http1_client();
     assert_eq!(get(&client, &format!("{url}b/x"), &[]).await.service(), "b");
     assert_eq!(get(&client, &url, &[]).await.service(), "a");
