@@ -36,7 +36,7 @@ const UNSUPPORTED: &str = r#"
 static_resources:
   clusters:
   - name: c
-    circuit_breakers: { thresholds: [{ max_connections: 10 }] }
+    metadata: { filter_metadata: { team: { owner: payments } } }
     load_assignment:
       cluster_name: c
       endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 9 } } } }] }]
@@ -49,15 +49,12 @@ fn unsupported_fields_warn_or_fail_in_strict_mode() {
     let lenient = Command::new(BIN).arg("validate").arg(&path).output().unwrap();
     assert!(lenient.status.success());
     let warning = String::from_utf8_lossy(&lenient.stderr);
-    assert!(warning.contains("static_resources.clusters[0].circuit_breakers"), "{warning}");
+    assert!(warning.contains("static_resources.clusters[0].metadata"), "{warning}");
     assert!(warning.contains("not supported"), "{warning}");
     let strict = Command::new(BIN).args(["validate", "--strict"]).arg(&path).output().unwrap();
     assert_eq!(strict.status.code(), Some(1));
     let err = String::from_utf8_lossy(&strict.stderr);
-    assert!(
-        err.contains("static_resources.clusters[0].circuit_breakers: is not supported by Strait (--strict)"),
-        "{err}"
-    );
+    assert!(err.contains("static_resources.clusters[0].metadata: is not supported by Strait (--strict)"), "{err}");
 }
 
 /// Sends raw bytes and returns everything the proxy answers until it closes the connection.

@@ -102,7 +102,9 @@ async fn start(hcm_extra: &str) -> Setup {
         w[1].port()
     );
     let unhealthy = format!(
-        "  - name: unhealthy\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: unhealthy\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}\n          health_status: UNHEALTHY\n",
+        // Panic mode off: with every endpoint unhealthy there is no one to send to (by default, as in
+        // Envoy, the cluster would panic and use the unhealthy endpoint).
+        "  - name: unhealthy\n    connect_timeout: 1s\n    common_lb_config: {{ healthy_panic_threshold: {{ value: 0 }} }}\n    load_assignment:\n      cluster_name: unhealthy\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}\n          health_status: UNHEALTHY\n",
         a.port()
     );
     let dns_cluster = |name: &str, kind: &str, port: u16| {

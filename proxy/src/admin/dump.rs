@@ -217,8 +217,16 @@ pub fn clusters_text(s: &Snapshot) -> String {
             let _ = writeln!(out, "{name}::{a}::rq_active::{}", e.active_requests.load(Ordering::Relaxed));
             let _ = writeln!(out, "{name}::{a}::idle_connections::{}", e.pool.idle_connections());
             let _ = writeln!(out, "{name}::{a}::weight::{}", e.weight);
-            let flags =
-                if e.health.takes_traffic() { "healthy".to_string() } else { format!("/eds_{}", e.health.as_str()) };
+            let mut flags = String::new();
+            if !e.health.takes_traffic() {
+                flags += &format!("/eds_{}", e.health.as_str());
+            }
+            if e.outlier.is_ejected() {
+                flags += "/failed_outlier_check";
+            }
+            if flags.is_empty() {
+                flags = "healthy".into();
+            }
             let _ = writeln!(out, "{name}::{a}::health_flags::{flags}");
         }
     }
@@ -241,7 +249,10 @@ pub fn clusters_json(s: &Snapshot) -> String {
                     serde_json::json!({
                         "address": {"socket_address": {"address": e.addr.ip().to_string(), "port_value": e.addr.port()}},
                         "weight": e.weight,
-                        "health_status": {"eds_health_status": e.health.as_str().to_ascii_uppercase()},
+                        "health_status": {
+                            "eds_health_status": e.health.as_str().to_ascii_uppercase(),
+                            "failed_outlier_check": e.outlier.is_ejected(),
+                        },
                         "stats": [{"name": "rq_active", "value": e.active_requests.load(Ordering::Relaxed)}],
                     })
                 })

@@ -12,6 +12,7 @@ use crate::snapshot::Snapshot;
 use crate::telemetry::GaugeGuard;
 use crate::telemetry::access_log::LogRecord;
 use crate::upstream::attempt::{Attempt, TriedHosts, UpstreamRequest};
+use crate::upstream::outlier;
 use crate::upstream::pool::{PooledBody, RequestBody, UpstreamResponse};
 use crate::upstream::{Cluster, Endpoint, UpstreamProtocol};
 use bytes::Bytes;
@@ -334,7 +335,9 @@ fn forward(
             match exchange.upstream {
                 Upstream::Endpoint(endpoint, request) => {
                     let _in_flight = endpoint.start_request();
-                    endpoint.pool.send(request, stats, upgrade).await.map_err(ProxyError::from)
+                    let result = endpoint.pool.send(request, stats, upgrade).await;
+                    exchange.cluster.report(&endpoint, outlier::Outcome::of(&result));
+                    result.map_err(ProxyError::from)
                 }
                 Upstream::Retried(policy, request) => Box::pin(retried(policy, &exchange.cluster, request)).await,
             }

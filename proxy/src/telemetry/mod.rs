@@ -74,6 +74,62 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// `envoy_cluster_outlier_detection_*{envoy_cluster_name}`.
+#[derive(Debug)]
+pub struct OutlierStats {
+    pub ejections_active: Gauge,
+    ejections_enforced_total: Counter,
+    ejections_overflow: Counter,
+    /// (detected, enforced) per reason: consecutive 5xx, consecutive gateway failure, success rate,
+    /// failure percentage.
+    by_reason: [(Counter, Counter); 4],
+}
+
+impl OutlierStats {
+    fn new(cluster: &str) -> Self {
+        let l = "envoy_cluster_name";
+        let pair = |reason: &str| {
+            (
+                counter!(format!("envoy_cluster_outlier_detection_ejections_detected_{reason}"), l => cluster.to_string()),
+                counter!(format!("envoy_cluster_outlier_detection_ejections_enforced_{reason}"), l => cluster.to_string()),
+            )
+        };
+        OutlierStats {
+            ejections_active: gauge!("envoy_cluster_outlier_detection_ejections_active", l => cluster.to_string()),
+            ejections_enforced_total: counter!(
+                "envoy_cluster_outlier_detection_ejections_enforced_total", l => cluster.to_string()
+            ),
+            ejections_overflow: counter!("envoy_cluster_outlier_detection_ejections_overflow", l => cluster.to_string()),
+            by_reason: [
+                pair("consecutive_5xx"),
+                pair("consecutive_gateway_failure"),
+                pair("success_rate"),
+                pair("failure_percentage"),
+            ],
+        }
+    }
+
+    pub fn count(&self, verdict: crate::upstream::outlier::Verdict) {
+        use crate::upstream::outlier::{Reason, Verdict};
+        let (Verdict::Ejected(reason) | Verdict::Detected(reason) | Verdict::Overflow(reason)) = verdict;
+        let (detected, enforced) = &self.by_reason[match reason {
+            Reason::Consecutive5xx => 0,
+            Reason::ConsecutiveGatewayFailure => 1,
+            Reason::SuccessRate => 2,
+            Reason::FailurePercentage => 3,
+        }];
+        detected.increment(1);
+        match verdict {
+            Verdict::Ejected(_) => {
+                enforced.increment(1);
+                self.ejections_enforced_total.increment(1);
+            }
+            Verdict::Overflow(_) => self.ejections_overflow.increment(1),
+            Verdict::Detected(_) => {}
+        }
+    }
+}
+
 /// `envoy_cluster_*{envoy_cluster_name}`.
 #[derive(Debug)]
 pub struct ClusterStats {
@@ -97,6 +153,7 @@ pub struct ClusterStats {
     pub cx_none_healthy: Counter,
     pub membership_healthy: Gauge,
     pub membership_total: Gauge,
+    pub outlier: OutlierStats,
 }
 
 impl ClusterStats {
@@ -121,6 +178,7 @@ impl ClusterStats {
             cx_none_healthy: counter!("envoy_cluster_upstream_cx_none_healthy", l => name.clone()),
             membership_healthy: gauge!("envoy_cluster_membership_healthy", l => name.clone()),
             membership_total: gauge!("envoy_cluster_membership_total", l => name),
+            outlier: OutlierStats::new(cluster),
         }
     }
 
@@ -130,7 +188,8 @@ impl ClusterStats {
 
     pub fn set_membership(&self, set: &crate::upstream::EndpointSet) {
         self.membership_total.set(set.all.len() as f64);
-        self.membership_healthy.set(set.healthy.len() as f64);
+        let healthy = set.all.iter().filter(|e| e.health.takes_traffic() && !e.outlier.is_ejected()).count();
+        self.membership_healthy.set(healthy as f64);
     }
 }
 

@@ -2,6 +2,7 @@
 //! not tried yet by this request, when the retry policy asks for that) and send the request through
 //! that endpoint's pool. The retry layer calls it once per attempt.
 
+use super::outlier::Outcome;
 use super::pool::{DownstreamBody, RequestBody, UpstreamResponse};
 use super::{Cluster, Endpoint};
 use crate::http::ProxyError;
@@ -82,7 +83,9 @@ impl tower::Service<UpstreamRequest> for Attempt {
             };
             let _in_flight = endpoint.start_request();
             let request = request.map(RequestBody::Replayed);
-            match endpoint.pool.send(request, &cluster.stats, false).await {
+            let result = endpoint.pool.send(request, &cluster.stats, false).await;
+            cluster.report(&endpoint, Outcome::of(&result));
+            match result {
                 Ok(response) => Ok(Attempted { response, endpoint }),
                 Err(e) => Err(ProxyError::Upstream(e)),
             }

@@ -3,6 +3,7 @@
 
 use super::ClusterConfig;
 use super::lb::LbTable;
+use super::outlier::HostOutlier;
 use super::pool::Pool;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct Endpoint {
     /// Requests in flight, for least-request balancing.
     pub active_requests: AtomicU64,
     pub pool: Arc<Pool>,
+    /// Outlier detection's view of this address (kept by every version of the endpoint).
+    pub outlier: Arc<HostOutlier>,
 }
 
 impl Endpoint {
@@ -67,9 +70,12 @@ impl Drop for ActiveRequest {
 #[derive(Debug)]
 pub struct EndpointSet {
     pub all: Vec<Arc<Endpoint>>,
-    /// The endpoints that take traffic, in the same order as `lb`'s tables.
+    /// The endpoints the balancer picks from, in the same order as `lb`'s tables: those that take
+    /// traffic, or all in panic.
     pub healthy: Vec<Arc<Endpoint>>,
     pub lb: LbTable,
+    /// Too few endpoints take traffic: the balancer uses all of them.
+    pub panic: bool,
 }
 
 impl EndpointSet {
@@ -91,6 +97,7 @@ impl EndpointSet {
                         health,
                         active_requests: AtomicU64::new(e.active_requests.load(Ordering::Relaxed)),
                         pool: e.pool.clone(),
+                        outlier: e.outlier.clone(),
                     }),
                     None => Arc::new(Endpoint {
                         addr,
@@ -98,13 +105,28 @@ impl EndpointSet {
                         health,
                         active_requests: AtomicU64::new(0),
                         pool: Arc::new(Pool::new(addr, config.protocol, config.connect_timeout, config.pool.clone())),
+                        outlier: Arc::default(),
                     }),
                 }
             })
             .collect();
-        let healthy: Vec<_> = all.iter().filter(|e| e.health.takes_traffic()).cloned().collect();
+        Self::balance(config, all)
+    }
+
+    /// The same endpoints with their health looked at again (after an ejection or a return).
+    pub fn rebalanced(&self, config: &ClusterConfig) -> Self {
+        Self::balance(config, self.all.clone())
+    }
+
+    /// Which endpoints the balancer picks from: those that take traffic (by EDS health, not
+    /// ejected), or all of them when too few do (panic: under `healthy_panic_threshold` percent).
+    fn balance(config: &ClusterConfig, all: Vec<Arc<Endpoint>>) -> Self {
+        let takes_traffic = |e: &&Arc<Endpoint>| e.health.takes_traffic() && !e.outlier.is_ejected();
+        let healthy: Vec<_> = all.iter().filter(takes_traffic).cloned().collect();
+        let panic = !all.is_empty() && healthy.len() * 100 < all.len() * config.panic_threshold as usize;
+        let healthy = if panic { all.clone() } else { healthy };
         let lb = LbTable::build(&healthy.iter().map(|e| e.weight).collect::<Vec<_>>());
-        EndpointSet { all, healthy, lb }
+        EndpointSet { all, healthy, lb, panic }
     }
 
     /// True when both sets hold the same endpoints (by identity), in order.

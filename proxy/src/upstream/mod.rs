@@ -7,6 +7,7 @@ pub mod breakers;
 mod dns;
 mod endpoints;
 pub mod lb;
+pub mod outlier;
 pub mod pool;
 
 pub use endpoints::{Endpoint, EndpointSet, HealthStatus};
@@ -71,6 +72,10 @@ pub struct ClusterConfig {
     pub dns_family: DnsFamily,
     pub pool: PoolOptions,
     pub breakers: breakers::Thresholds,
+    pub outlier: Option<outlier::OutlierConfig>,
+    /// Under this percentage of endpoints taking traffic, the balancer uses all (Envoy's
+    /// `healthy_panic_threshold`, default 50; 0 never).
+    pub panic_threshold: u32,
 }
 
 /// A running cluster: config, the current endpoint set, and the state that outlives config swaps.
@@ -83,12 +88,13 @@ pub struct Cluster {
     pub stats: ClusterStats,
     /// Requests and retries in flight, against the circuit breakers.
     pub open: breakers::Open,
-    dns_task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+    /// Background work of this cluster (DNS refresh, outlier sweeps), stopped when it is dropped.
+    tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Some(task) = self.dns_task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        for task in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             task.abort();
         }
     }
@@ -129,13 +135,26 @@ impl Cluster {
             rr_cursor: AtomicUsize::new(0),
             stats,
             open: breakers::Open::default(),
-            dns_task: std::sync::Mutex::new(None),
+            tasks: std::sync::Mutex::new(Vec::new()),
         })
     }
 
-    /// Starts DNS resolution for STRICT_DNS / LOGICAL_DNS clusters on `handle` (the control runtime).
-    /// Resolves once before returning, so the first requests find endpoints.
+    /// Starts the cluster's background work on `handle` (the control runtime): DNS resolution for
+    /// STRICT_DNS / LOGICAL_DNS clusters (resolved once before returning, so the first requests find
+    /// endpoints) and the outlier detection sweep.
     pub async fn start_discovery(self: &Arc<Self>, handle: &tokio::runtime::Handle) {
+        if let Some(outlier) = &self.config.outlier {
+            let weak = Arc::downgrade(self);
+            let period = outlier.interval;
+            let task = handle.spawn(async move {
+                loop {
+                    tokio::time::sleep(period).await;
+                    let Some(cluster) = weak.upgrade() else { return };
+                    cluster.sweep_outliers();
+                }
+            });
+            self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task.abort_handle());
+        }
         if self.config.discovery == Discovery::Static {
             return;
         }
@@ -149,7 +168,43 @@ impl Cluster {
                 dns::refresh(&cluster).await;
             }
         });
-        *self.dns_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task.abort_handle());
+    }
+
+    /// Reports what an attempt at `endpoint` got, for outlier detection.
+    pub fn report(&self, endpoint: &Endpoint, outcome: outlier::Outcome) {
+        let Some(config) = &self.config.outlier else { return };
+        if let Some(reason) = endpoint.outlier.record(outcome, config) {
+            let all = self.endpoints.load();
+            let verdict = outlier::detected(endpoint, &all.all, reason, config);
+            self.stats.outlier.count(verdict);
+            if matches!(verdict, outlier::Verdict::Ejected(_)) {
+                tracing::info!(cluster = self.config.name, endpoint = %endpoint.addr, ?reason, "endpoint ejected");
+                self.rebalance();
+            }
+        }
+    }
+
+    fn sweep_outliers(&self) {
+        let Some(config) = &self.config.outlier else { return };
+        let all = self.endpoints.load_full();
+        let (verdicts, returned) = outlier::sweep(&all.all, config);
+        let ejected = verdicts.iter().any(|v| matches!(v, outlier::Verdict::Ejected(_)));
+        for verdict in verdicts {
+            self.stats.outlier.count(verdict);
+        }
+        if ejected || returned {
+            self.rebalance();
+        }
+    }
+
+    /// Rebuilds the balancer's view after an endpoint was ejected or came back.
+    fn rebalance(&self) {
+        self.endpoints.rcu(|current| current.rebalanced(&self.config));
+        let current = self.endpoints.load();
+        self.stats.set_membership(&current);
+        let ejected = current.all.iter().filter(|e| e.outlier.is_ejected()).count();
+        self.stats.outlier.ejections_active.set(ejected as f64);
     }
 
     pub fn endpoints(&self) -> arc_swap::Guard<Arc<EndpointSet>> {

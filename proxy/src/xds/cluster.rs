@@ -3,6 +3,7 @@
 
 use super::convert::{self, ConfigError, Result};
 use crate::upstream::breakers::Thresholds;
+use crate::upstream::outlier::OutlierConfig;
 use crate::upstream::{
     ClusterConfig, Discovery, DnsFamily, EndpointSpec, HealthStatus, LbPolicy, PoolOptions, UpstreamProtocol,
 };
@@ -102,6 +103,17 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig> {
         return Err(ConfigError::new("connect_timeout", "must be greater than 0"));
     }
     let breakers = circuit_breakers(c.circuit_breakers.as_ref()).map_err(|e| e.within("circuit_breakers"))?;
+    let outlier = match &c.outlier_detection {
+        Some(o) => Some(outlier_detection(o).map_err(|e| e.within("outlier_detection"))?),
+        None => None,
+    };
+    let panic_threshold = match c.common_lb_config.as_ref().and_then(|l| l.healthy_panic_threshold.as_ref()) {
+        Some(p) if (0.0..=100.0).contains(&p.value) => p.value.ceil() as u32,
+        Some(_) => {
+            return Err(ConfigError::new("common_lb_config.healthy_panic_threshold.value", "must be 0-100"));
+        }
+        None => 50,
+    };
     Ok(ClusterConfig {
         name: c.name.clone(),
         discovery,
@@ -113,6 +125,69 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig> {
         dns_family,
         pool,
         breakers,
+        outlier,
+        panic_threshold,
+    })
+}
+
+/// `OutlierDetection` with Envoy's defaults for what is not set.
+fn outlier_detection(o: &cluster::OutlierDetection) -> Result<OutlierConfig> {
+    if o.split_external_local_origin_errors {
+        return Err(ConfigError::new("split_external_local_origin_errors", "is not supported yet"));
+    }
+    if !o.monitors.is_empty() {
+        return Err(ConfigError::new("monitors", "is not supported"));
+    }
+    let d = OutlierConfig::default();
+    let n = |v: &Option<xds_proto::pb::google::protobuf::UInt32Value>, default: u32| {
+        v.as_ref().map_or(default, |v| v.value)
+    };
+    let percent = |v: &Option<xds_proto::pb::google::protobuf::UInt32Value>, default: u32, field: &str| match v {
+        Some(v) if v.value > 100 => Err(ConfigError::new(field, "must be 0-100")),
+        _ => Ok(n(v, default)),
+    };
+    let time = |v: &Option<xds_proto::pb::google::protobuf::Duration>, default: Duration| {
+        v.as_ref().map_or(default, convert::duration)
+    };
+    let interval = time(&o.interval, d.interval);
+    if interval.is_zero() {
+        return Err(ConfigError::new("interval", "must be greater than zero"));
+    }
+    Ok(OutlierConfig {
+        consecutive_5xx: n(&o.consecutive_5xx, d.consecutive_5xx),
+        consecutive_gateway_failure: n(&o.consecutive_gateway_failure, d.consecutive_gateway_failure),
+        interval,
+        base_ejection_time: time(&o.base_ejection_time, d.base_ejection_time),
+        max_ejection_time: time(&o.max_ejection_time, d.max_ejection_time),
+        max_ejection_time_jitter: time(&o.max_ejection_time_jitter, d.max_ejection_time_jitter),
+        max_ejection_percent: percent(&o.max_ejection_percent, d.max_ejection_percent, "max_ejection_percent")?,
+        always_eject_one_host: o.always_eject_one_host.as_ref().is_some_and(|b| b.value),
+        enforcing_consecutive_5xx: percent(
+            &o.enforcing_consecutive_5xx,
+            d.enforcing_consecutive_5xx,
+            "enforcing_consecutive_5xx",
+        )?,
+        enforcing_consecutive_gateway_failure: percent(
+            &o.enforcing_consecutive_gateway_failure,
+            d.enforcing_consecutive_gateway_failure,
+            "enforcing_consecutive_gateway_failure",
+        )?,
+        enforcing_success_rate: percent(&o.enforcing_success_rate, d.enforcing_success_rate, "enforcing_success_rate")?,
+        success_rate_minimum_hosts: n(&o.success_rate_minimum_hosts, d.success_rate_minimum_hosts),
+        success_rate_request_volume: n(&o.success_rate_request_volume, d.success_rate_request_volume),
+        success_rate_stdev_factor: n(&o.success_rate_stdev_factor, d.success_rate_stdev_factor),
+        failure_percentage_threshold: percent(
+            &o.failure_percentage_threshold,
+            d.failure_percentage_threshold,
+            "failure_percentage_threshold",
+        )?,
+        enforcing_failure_percentage: percent(
+            &o.enforcing_failure_percentage,
+            d.enforcing_failure_percentage,
+            "enforcing_failure_percentage",
+        )?,
+        failure_percentage_minimum_hosts: n(&o.failure_percentage_minimum_hosts, d.failure_percentage_minimum_hosts),
+        failure_percentage_request_volume: n(&o.failure_percentage_request_volume, d.failure_percentage_request_volume),
     })
 }
 

@@ -1,0 +1,111 @@
+//! Outlier detection (`outlier_detection`) and panic mode, with upstreams that always fail or always
+//! answer: a failing endpoint is ejected after its consecutive 5xx and takes no traffic, comes back
+//! when its ejection time is over, is ejected again; with too many ejected the cluster panics and
+//! uses every endpoint. The same bootstrap runs on a real Envoy, which must count and answer alike.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::scripted::Scripted;
+use support::*;
+
+const OUTLIER: &str = "    outlier_detection: { consecutive_5xx: 3, interval: 0.5s, base_ejection_time: 1s, max_ejection_percent: 100 }\n";
+
+fn bootstrap(admin: u16, port: u16, good: [SocketAddr; 2], bad: [SocketAddr; 2]) -> String {
+    let route_config = "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\
+         \x20             - match: { prefix: /basic }\n                route: { cluster: basic }\n\
+         \x20             - match: { prefix: /panic }\n                route: { cluster: panic }\n\
+         \x20             - match: { prefix: /default }\n                route: { cluster: defaults }\n";
+    let clusters = [
+        static_cluster("basic", &[good[0], good[1], bad[0]], OUTLIER),
+        static_cluster(
+            "panic",
+            &[good[0], bad[0], bad[1]],
+            &OUTLIER.replace("consecutive_5xx: 3", "consecutive_5xx: 1"),
+        ),
+        static_cluster("defaults", &[good[0], good[1], bad[0]], "    outlier_detection: { consecutive_5xx: 3 }\n"),
+    ]
+    .concat();
+    http_bootstrap(admin, port, "", route_config, &clusters)
+}
+
+/// How many of `n` sequential requests to `path` failed.
+async fn failures(port: u16, path: &str, n: usize) -> usize {
+    let client = http1_client();
+    let mut failed = 0;
+    for _ in 0..n {
+        let reply = get(&client, &format!("http://127.0.0.1:{port}{path}"), &[]).await;
+        match reply.status {
+            200 => {}
+            503 => failed += 1,
+            other => panic!("{path}: unexpected {other}: {}", reply.body),
+        }
+    }
+    failed
+}
+
+/// What one proxy does, as numbers to compare: failures per phase.
+async fn scenario(port: u16) -> Vec<usize> {
+    let mut seen = Vec::new();
+    // Ejected after its third 5xx; then nothing fails.
+    seen.push(failures(port, "/basic", 30).await);
+    seen.push(failures(port, "/basic", 30).await);
+    // Back after its ejection time (1 s, seen at a 0.5 s sweep), taking its share of traffic again;
+    // its consecutive count was not reset (only a success does that), so it stays (as in Envoy).
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    seen.push(failures(port, "/basic", 30).await);
+    // Two of three ejected: under the 50% panic threshold every endpoint takes traffic again.
+    seen.push(failures(port, "/panic", 6).await);
+    seen.push(failures(port, "/panic", 30).await);
+    // Envoy's default maximum (10%) with three endpoints.
+    seen.push(failures(port, "/default", 30).await);
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_endpoints_are_ejected_and_return_as_in_envoy() {
+    let good = [Scripted::always("good-1", "ok").await.addr, Scripted::always("good-2", "ok").await.addr];
+    let bad = [Scripted::always("bad-1", "503").await.addr, Scripted::always("bad-2", "503").await.addr];
+    let (port, admin) = (free_port(), free_port());
+    let strait = Proxy::start(&bootstrap(admin, port, good, bad), admin).await;
+    let ours = scenario(port).await;
+    assert_eq!(ours[..3], [3, 0, 10], "ejected after 3 failures, back after its time");
+    assert_eq!(ours[5], 10, "three endpoints: none may be ejected under the default 10%");
+    let in_panic = |failed: usize| (10..=20).contains(&failed);
+    assert!(in_panic(ours[4]), "in panic the ejected endpoints take traffic again: {ours:?}");
+    let label = "{envoy_cluster_name=\"basic\"}";
+    assert_eq!(strait.stat(&format!("envoy_cluster_outlier_detection_ejections_enforced_total{label}")).await, 1.0);
+    assert_eq!(strait.stat(&format!("envoy_cluster_outlier_detection_ejections_active{label}")).await, 0.0);
+    let label = "{envoy_cluster_name=\"panic\"}";
+    assert_eq!(strait.stat(&format!("envoy_cluster_outlier_detection_ejections_active{label}")).await, 2.0);
+    let clusters = strait.admin_text("/clusters").await;
+    for b in bad {
+        assert!(clusters.contains(&format!("panic::{b}::health_flags::/failed_outlier_check")), "{clusters}");
+    }
+
+    let (envoy_port, envoy_admin) = (free_port(), free_port());
+    if let Some(envoy) = Envoy::start(&bootstrap(envoy_admin, envoy_port, good, bad), envoy_admin).await {
+        let theirs = scenario(envoy_port).await;
+        // How many fail on the way into panic depends on where round robin starts (random in Envoy),
+        // and which endpoints share the traffic in panic is the balancer's business; that they do is
+        // not.
+        assert!(in_panic(theirs[4]), "Envoy in panic: {theirs:?}");
+        let (ours, theirs) = ([&ours[..3], &ours[5..]].concat(), [&theirs[..3], &theirs[5..]].concat());
+        assert_eq!(ours, theirs, "failures per phase: Strait vs Envoy");
+        let (_, text) = get_text(&format!("http://{}/clusters", envoy.admin)).await.unwrap();
+        for b in bad {
+            assert!(text.contains(&format!("panic::{b}::health_flags::/failed_outlier_check")), "{text}");
+        }
+        let (_, stats) = get_text(&format!(
+            "http://{}/stats?filter=^cluster\\.basic\\.outlier_detection\\.ejections_enforced_total$",
+            envoy.admin
+        ))
+        .await
+        .unwrap();
+        // Envoy counts a second ejection some time after this phase, without it costing traffic
+        // here (see the closing note of this change); at least the first is counted alike.
+        assert!(!stats.contains(": 0"), "{stats}");
+    }
+}
