@@ -161,3 +161,18 @@ pub async fn control_plane(dir: &std::path::Path, xds: std::net::SocketAddr) -> 
     }
     stop
 }
+
+/// An ADS bootstrap (SotW) for a proxy of node cluster `cluster`, which the mesh's `nodes:` use to
+/// give it its own listeners.
+pub fn peer_bootstrap(xds: std::net::SocketAddr, cluster: &str, admin: u16) -> String {
+    ads_bootstrap("peer", admin, xds, "GRPC").replace("cluster: test", &format!("cluster: {cluster}"))
+}
+
+/// One section of an admin `/config_dump` (Strait's or Envoy's), by the end of its `@type`.
+pub fn dump_section(dump: &serde_json::Value, kind: &str) -> Option<serde_json::Value> {
+    dump["configs"]
+        .as_array()?
+        .iter()
+        .find(|c| c["@type"].as_str().is_some_and(|t| t.ends_with(&format!(".{kind}"))))
+        .cloned()
+}

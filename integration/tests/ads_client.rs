@@ -114,17 +114,6 @@ async fn strait_proxy_follows_strait_control_sotw_and_delta() {
     }
 }
 
-/// One section of `/config_dump`, by the end of its `@type`.
-fn dump_section(dump: &serde_json::Value, kind: &str) -> serde_json::Value {
-    dump["configs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["@type"].as_str().is_some_and(|t| t.ends_with(&format!(".{kind}"))))
-        .cloned()
-        .unwrap_or_else(|| panic!("no {kind} in /config_dump"))
-}
-
 /// `strait-control`'s ADS service serving whatever is published, on a free port.
 async fn ads_server(
     initial: Arc<strait_control::resources::Resources>,
@@ -181,8 +170,9 @@ async fn config_dump_shows_what_came_over_ads_and_each_types_last_rejection() {
 
         let dump: serde_json::Value = serde_json::from_str(&proxy.admin_text("/config_dump").await).unwrap();
         let (clusters, listeners) =
-            (dump_section(&dump, "ClustersConfigDump"), dump_section(&dump, "ListenersConfigDump"));
-        let (routes, endpoints) = (dump_section(&dump, "RoutesConfigDump"), dump_section(&dump, "EndpointsConfigDump"));
+            (dump_section(&dump, "ClustersConfigDump").unwrap(), dump_section(&dump, "ListenersConfigDump").unwrap());
+        let (routes, endpoints) =
+            (dump_section(&dump, "RoutesConfigDump").unwrap(), dump_section(&dump, "EndpointsConfigDump").unwrap());
         let served = good.get(xds_proto::type_url::ROUTE_CONFIGURATION, "http").unwrap().version.clone();
         let route_version = routes["dynamic_route_configs"][0]["version_info"].as_str().unwrap();
         if api_type == "GRPC" {
@@ -213,7 +203,7 @@ async fn config_dump_shows_what_came_over_ads_and_each_types_last_rejection() {
         let deadline = Instant::now() + Duration::from_secs(15);
         let rejected = loop {
             let dump: serde_json::Value = serde_json::from_str(&proxy.admin_text("/config_dump").await).unwrap();
-            let routes = dump_section(&dump, "RoutesConfigDump");
+            let routes = dump_section(&dump, "RoutesConfigDump").unwrap();
             let rejected = routes["dynamic_route_configs"]
                 .as_array()
                 .unwrap()
@@ -239,7 +229,7 @@ async fn config_dump_shows_what_came_over_ads_and_each_types_last_rejection() {
         publish.send_replace(Arc::new(strait_control::compile::compile(&fixed).unwrap()));
         wait_for_service(&url, "b").await;
         let dump: serde_json::Value = serde_json::from_str(&proxy.admin_text("/config_dump").await).unwrap();
-        let routes = dump_section(&dump, "RoutesConfigDump");
+        let routes = dump_section(&dump, "RoutesConfigDump").unwrap();
         assert!(!routes.to_string().contains("error_state"), "{api_type}: {routes}");
         drop(proxy);
     }
@@ -288,9 +278,7 @@ async fn strait_and_envoy_driven_by_the_same_control_plane_answer_the_same() {
     write_file(&dir.0, "mesh.yaml", &mesh);
     let xds: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let _stop = control_plane(&dir.0, xds).await;
-    let bootstrap = |cluster: &str, admin: u16| {
-        ads_bootstrap("peer", admin, xds, "GRPC").replace("cluster: test", &format!("cluster: {cluster}"))
-    };
+    let bootstrap = |cluster: &str, admin: u16| peer_bootstrap(xds, cluster, admin);
     let (strait_admin, envoy_admin) = (free_port(), free_port());
     let _strait = Proxy::start(&bootstrap("strait", strait_admin), strait_admin).await;
     let _envoy = Envoy::start(&bootstrap("envoy", envoy_admin), envoy_admin).await.unwrap();

@@ -90,15 +90,7 @@ fn mesh(port: u16, a: SocketAddr, b: SocketAddr, to: &str) -> String {
 async fn envoy_versions(envoy: &Envoy) -> [String; 3] {
     let (_, text) = get_text(&format!("http://{}/config_dump", envoy.admin)).await.unwrap();
     let dump: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let config = |kind: &str| {
-        dump["configs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["@type"].as_str().is_some_and(|t| t.ends_with(&format!(".{kind}"))))
-            .cloned()
-            .unwrap_or_default()
-    };
+    let config = |kind: &str| dump_section(&dump, kind).unwrap_or_default();
     let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
     [
         text(&config("ListenersConfigDump")["version_info"]),

@@ -248,9 +248,7 @@ async fn mesh_yaml_retries_reach_strait_and_envoy_alike() {
     write_file(&dir.0, "mesh.yaml", &mesh);
     let xds: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let _control_plane = control_plane(&dir.0, xds).await;
-    let bootstrap = |cluster: &str, admin: u16| {
-        ads_bootstrap("peer", admin, xds, "GRPC").replace("cluster: test", &format!("cluster: {cluster}"))
-    };
+    let bootstrap = |cluster: &str, admin: u16| peer_bootstrap(xds, cluster, admin);
     let (strait_admin, envoy_admin) = (free_port(), free_port());
     let _strait = Proxy::start(&bootstrap("strait", strait_admin), strait_admin).await;
     let envoy = Envoy::start(&bootstrap("envoy", envoy_admin), envoy_admin).await;
