@@ -2,17 +2,28 @@
 //! the first attempt a 503, the second a reset connection, the third and later a 200), and carries
 //! an `x-test-id` that groups its attempts. Actions: a status code, `ok`, `reset` (the connection
 //! closes with no response), `hang` (no answer for 30 s), `grpc-N` (a trailers-only gRPC answer with
-//! status N). Every attempt is recorded: when it came and how many body bytes it carried.
+//! status N). Every attempt is recorded: when it came and how many body bytes it carried. Health
+//! probes get their own answers, switched with [`Scripted::set_healthy`]: `GET /healthz` 200 or 503,
+//! and `grpc.health.v1.Health/Check` SERVING or NOT_SERVING.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).boxed()
+}
 
 /// One attempt as the upstream saw it.
 #[derive(Debug, Clone)]
@@ -29,6 +40,7 @@ pub struct Scripted {
     /// One action for every request, whatever its script says.
     fixed: Option<&'static str>,
     seen: Arc<Mutex<HashMap<String, Vec<Seen>>>>,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Scripted {
@@ -44,7 +56,8 @@ impl Scripted {
     async fn start_with(name: &'static str, fixed: Option<&'static str>) -> Scripted {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let scripted = Scripted { addr, name, fixed, seen: Arc::default() };
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let scripted = Scripted { addr, name, fixed, seen: Arc::default(), healthy };
         let server = scripted.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -59,15 +72,35 @@ impl Scripted {
         scripted
     }
 
+    /// What health probes are told from now on.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// The attempts that came for a test id.
     pub fn attempts(&self, id: &str) -> Vec<Seen> {
         self.seen.lock().unwrap().get(id).cloned().unwrap_or_default()
     }
 
-    async fn answer(
-        self,
-        req: http::Request<hyper::body::Incoming>,
-    ) -> Result<http::Response<Full<Bytes>>, std::io::Error> {
+    async fn answer(self, req: http::Request<hyper::body::Incoming>) -> Result<http::Response<Body>, std::io::Error> {
+        let healthy = self.healthy.load(std::sync::atomic::Ordering::SeqCst);
+        match req.uri().path() {
+            "/healthz" => {
+                let status = if healthy { 200 } else { 503 };
+                return Ok(http::Response::builder().status(status).body(full(Bytes::new())).unwrap());
+            }
+            "/grpc.health.v1.Health/Check" => {
+                // HealthCheckResponse { status: SERVING (1) or NOT_SERVING (2) }, then grpc-status 0.
+                let message = Bytes::from(vec![0, 0, 0, 0, 2, 0x08, if healthy { 1 } else { 2 }]);
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                let frames: Vec<Result<Frame<Bytes>, Infallible>> =
+                    vec![Ok(Frame::data(message)), Ok(Frame::trailers(trailers))];
+                let body = StreamBody::new(tokio_stream::iter(frames)).boxed();
+                return Ok(http::Response::builder().header("content-type", "application/grpc").body(body).unwrap());
+            }
+            _ => {}
+        }
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         let (id, script) = (header("x-test-id"), header("x-script"));
         let body_bytes = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
@@ -83,7 +116,7 @@ impl Scripted {
             Ok(http::Response::builder()
                 .status(status)
                 .header("x-upstream", self.name)
-                .body(Full::new(Bytes::from(body)))
+                .body(full(Bytes::from(body)))
                 .unwrap())
         };
         match action {
@@ -98,7 +131,7 @@ impl Scripted {
                 .header("content-type", "application/grpc")
                 .header("grpc-status", &grpc[5..])
                 .header("x-upstream", self.name)
-                .body(Full::new(Bytes::new()))
+                .body(full(Bytes::new()))
                 .unwrap()),
             code => reply(code.parse().unwrap_or(500), format!("{} said {code}", self.name)),
         }

@@ -224,6 +224,12 @@ pub fn clusters_text(s: &Snapshot) -> String {
             if e.outlier.is_ejected() {
                 flags += "/failed_outlier_check";
             }
+            if c.endpoints().health_checked && e.health_check.is_failed() {
+                flags += "/failed_active_hc";
+                if e.health_check.is_pending() {
+                    flags += "/pending_active_hc";
+                }
+            }
             if flags.is_empty() {
                 flags = "healthy".into();
             }
@@ -252,6 +258,7 @@ pub fn clusters_json(s: &Snapshot) -> String {
                         "health_status": {
                             "eds_health_status": e.health.as_str().to_ascii_uppercase(),
                             "failed_outlier_check": e.outlier.is_ejected(),
+                            "failed_active_health_check": c.endpoints().health_checked && e.health_check.is_failed(),
                         },
                         "stats": [{"name": "rq_active", "value": e.active_requests.load(Ordering::Relaxed)}],
                     })

@@ -328,6 +328,7 @@ fn forward(
             return Err(ProxyError::Overflow);
         };
         stats.rq_total.increment(1);
+        exchange.cluster.note_traffic();
         let _active = GaugeGuard::new(&stats.rq_active);
         let upgrade = exchange.downstream_upgrade.is_some();
         let sent_at = (!hcm.suppress_envoy_headers).then(Instant::now);

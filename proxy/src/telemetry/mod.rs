@@ -130,6 +130,28 @@ impl OutlierStats {
     }
 }
 
+/// `envoy_cluster_health_check_*{envoy_cluster_name}`.
+#[derive(Debug)]
+pub struct HealthCheckStats {
+    pub attempt: Counter,
+    pub success: Counter,
+    pub failure: Counter,
+    /// Endpoints passing their checks.
+    pub healthy: Gauge,
+}
+
+impl HealthCheckStats {
+    fn new(cluster: &str) -> Self {
+        let l = "envoy_cluster_name";
+        HealthCheckStats {
+            attempt: counter!("envoy_cluster_health_check_attempt", l => cluster.to_string()),
+            success: counter!("envoy_cluster_health_check_success", l => cluster.to_string()),
+            failure: counter!("envoy_cluster_health_check_failure", l => cluster.to_string()),
+            healthy: gauge!("envoy_cluster_health_check_healthy", l => cluster.to_string()),
+        }
+    }
+}
+
 /// `envoy_cluster_*{envoy_cluster_name}`.
 #[derive(Debug)]
 pub struct ClusterStats {
@@ -154,6 +176,7 @@ pub struct ClusterStats {
     pub membership_healthy: Gauge,
     pub membership_total: Gauge,
     pub outlier: OutlierStats,
+    pub health_check: HealthCheckStats,
 }
 
 impl ClusterStats {
@@ -179,6 +202,7 @@ impl ClusterStats {
             membership_healthy: gauge!("envoy_cluster_membership_healthy", l => name.clone()),
             membership_total: gauge!("envoy_cluster_membership_total", l => name),
             outlier: OutlierStats::new(cluster),
+            health_check: HealthCheckStats::new(cluster),
         }
     }
 
@@ -188,7 +212,7 @@ impl ClusterStats {
 
     pub fn set_membership(&self, set: &crate::upstream::EndpointSet) {
         self.membership_total.set(set.all.len() as f64);
-        let healthy = set.all.iter().filter(|e| e.health.takes_traffic() && !e.outlier.is_ejected()).count();
+        let healthy = set.all.iter().filter(|e| e.takes_traffic(set.health_checked)).count();
         self.membership_healthy.set(healthy as f64);
     }
 }

@@ -2,6 +2,7 @@
 //! precomputed load-balancing tables for them.
 
 use super::ClusterConfig;
+use super::health::HostHealth;
 use super::lb::LbTable;
 use super::outlier::HostOutlier;
 use super::pool::Pool;
@@ -47,6 +48,8 @@ pub struct Endpoint {
     pub pool: Arc<Pool>,
     /// Outlier detection's view of this address (kept by every version of the endpoint).
     pub outlier: Arc<HostOutlier>,
+    /// Active health checking's view of this address (kept likewise).
+    pub health_check: Arc<HostHealth>,
 }
 
 impl Endpoint {
@@ -76,6 +79,16 @@ pub struct EndpointSet {
     pub lb: LbTable,
     /// Too few endpoints take traffic: the balancer uses all of them.
     pub panic: bool,
+    /// The cluster is actively health checked (endpoints' check results count).
+    pub health_checked: bool,
+}
+
+impl Endpoint {
+    /// Whether it takes traffic by its EDS health, outlier detection and (when `checked`) active
+    /// health checks.
+    pub fn takes_traffic(&self, checked: bool) -> bool {
+        self.health.takes_traffic() && !self.outlier.is_ejected() && !(checked && self.health_check.is_failed())
+    }
 }
 
 impl EndpointSet {
@@ -98,6 +111,7 @@ impl EndpointSet {
                         active_requests: AtomicU64::new(e.active_requests.load(Ordering::Relaxed)),
                         pool: e.pool.clone(),
                         outlier: e.outlier.clone(),
+                        health_check: e.health_check.clone(),
                     }),
                     None => Arc::new(Endpoint {
                         addr,
@@ -106,6 +120,7 @@ impl EndpointSet {
                         active_requests: AtomicU64::new(0),
                         pool: Arc::new(Pool::new(addr, config.protocol, config.connect_timeout, config.pool.clone())),
                         outlier: Arc::default(),
+                        health_check: Arc::new(HostHealth::new(config.health_check.is_some())),
                     }),
                 }
             })
@@ -119,18 +134,41 @@ impl EndpointSet {
     }
 
     /// Which endpoints the balancer picks from: those that take traffic (by EDS health, not
-    /// ejected), or all of them when too few do (panic: under `healthy_panic_threshold` percent).
+    /// ejected, passing active health checks), or all of them when too few do (panic: their share
+    /// times 1.4 under `healthy_panic_threshold` percent).
     fn balance(config: &ClusterConfig, all: Vec<Arc<Endpoint>>) -> Self {
-        let takes_traffic = |e: &&Arc<Endpoint>| e.health.takes_traffic() && !e.outlier.is_ejected();
-        let healthy: Vec<_> = all.iter().filter(takes_traffic).cloned().collect();
-        let panic = !all.is_empty() && healthy.len() * 100 < all.len() * config.panic_threshold as usize;
+        let checked = config.health_check.is_some();
+        let healthy: Vec<_> = all.iter().filter(|e| e.takes_traffic(checked)).cloned().collect();
+        let panic = in_panic(healthy.len(), all.len(), config.panic_threshold);
         let healthy = if panic { all.clone() } else { healthy };
         let lb = LbTable::build(&healthy.iter().map(|e| e.weight).collect::<Vec<_>>());
-        EndpointSet { all, healthy, lb, panic }
+        EndpointSet { all, healthy, lb, panic, health_checked: checked }
     }
 
     /// True when both sets hold the same endpoints (by identity), in order.
     pub fn same_as(&self, other: &EndpointSet) -> bool {
         self.all.len() == other.all.len() && self.all.iter().zip(&other.all).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+/// Envoy's panic rule: the health of the endpoints (their healthy share scaled by the
+/// overprovisioning factor 1.4, at most 100%) under the threshold percentage.
+fn in_panic(healthy: usize, total: usize, threshold: u32) -> bool {
+    let health = (140 * healthy).checked_div(total).map_or(100, |h| h.min(100));
+    health < threshold as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_panic;
+
+    #[test]
+    fn panic_follows_envoys_overprovisioned_health() {
+        assert!(in_panic(1, 3, 50), "1.4 x 33% = 46% < 50%");
+        assert!(!in_panic(2, 5, 50), "1.4 x 40% = 56%");
+        assert!(!in_panic(1, 2, 50));
+        assert!(in_panic(0, 4, 50));
+        assert!(!in_panic(0, 4, 0), "0 turns panic off");
+        assert!(!in_panic(0, 0, 50), "no endpoints at all is not panic");
     }
 }

@@ -6,6 +6,7 @@ pub mod attempt;
 pub mod breakers;
 mod dns;
 mod endpoints;
+pub mod health;
 pub mod lb;
 pub mod outlier;
 pub mod pool;
@@ -18,7 +19,7 @@ use crate::telemetry::ClusterStats;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// How a cluster finds its endpoints.
@@ -73,6 +74,7 @@ pub struct ClusterConfig {
     pub pool: PoolOptions,
     pub breakers: breakers::Thresholds,
     pub outlier: Option<outlier::OutlierConfig>,
+    pub health_check: Option<health::HealthCheckConfig>,
     /// Under this percentage of endpoints taking traffic, the balancer uses all (Envoy's
     /// `healthy_panic_threshold`, default 50; 0 never).
     pub panic_threshold: u32,
@@ -88,6 +90,8 @@ pub struct Cluster {
     pub stats: ClusterStats,
     /// Requests and retries in flight, against the circuit breakers.
     pub open: breakers::Open,
+    /// Whether a request was ever routed here (health checks probe at `no_traffic_interval` until).
+    had_traffic: std::sync::atomic::AtomicBool,
     /// Background work of this cluster (DNS refresh, outlier sweeps), stopped when it is dropped.
     tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -135,6 +139,7 @@ impl Cluster {
             rr_cursor: AtomicUsize::new(0),
             stats,
             open: breakers::Open::default(),
+            had_traffic: std::sync::atomic::AtomicBool::new(false),
             tasks: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -143,6 +148,24 @@ impl Cluster {
     /// STRICT_DNS / LOGICAL_DNS clusters (resolved once before returning, so the first requests find
     /// endpoints) and the outlier detection sweep.
     pub async fn start_discovery(self: &Arc<Self>, handle: &tokio::runtime::Handle) {
+        self.start_outlier_sweeps(handle);
+        if self.config.discovery != Discovery::Static {
+            dns::refresh(self).await;
+            let weak = Arc::downgrade(self);
+            let period = self.config.dns_refresh_rate;
+            let task = handle.spawn(async move {
+                loop {
+                    tokio::time::sleep(period).await;
+                    let Some(cluster) = weak.upgrade() else { return };
+                    dns::refresh(&cluster).await;
+                }
+            });
+            self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task.abort_handle());
+        }
+        self.start_health_checks(handle).await;
+    }
+
+    fn start_outlier_sweeps(self: &Arc<Self>, handle: &tokio::runtime::Handle) {
         if let Some(outlier) = &self.config.outlier {
             let weak = Arc::downgrade(self);
             let period = outlier.interval;
@@ -155,20 +178,74 @@ impl Cluster {
             });
             self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task.abort_handle());
         }
-        if self.config.discovery == Discovery::Static {
-            return;
+    }
+
+    /// Probes every endpoint once (so the first config is applied knowing their health, as Envoy
+    /// warms a cluster), then keeps probing each on its own interval.
+    async fn start_health_checks(self: &Arc<Self>, handle: &tokio::runtime::Handle) {
+        let Some(config) = self.config.health_check.clone() else { return };
+        let mut due: std::collections::HashMap<SocketAddr, tokio::time::Instant> = Default::default();
+        if !config.initial_jitter.is_zero() {
+            let start = tokio::time::Instant::now() + config.initial_jitter.mul_f64(fastrand::f64());
+            for e in &self.endpoints.load().all {
+                due.insert(e.addr, start);
+            }
         }
-        dns::refresh(self).await;
+        self.health_round(&config, &mut due).await;
         let weak = Arc::downgrade(self);
-        let period = self.config.dns_refresh_rate;
         let task = handle.spawn(async move {
             loop {
-                tokio::time::sleep(period).await;
+                let next = due.values().min().copied();
+                let wait = next.map_or(config.interval, |t| t.saturating_duration_since(tokio::time::Instant::now()));
+                tokio::time::sleep(wait.max(Duration::from_millis(5))).await;
                 let Some(cluster) = weak.upgrade() else { return };
-                dns::refresh(&cluster).await;
+                cluster.health_round(&config, &mut due).await;
             }
         });
         self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task.abort_handle());
+    }
+
+    /// Probes the endpoints whose turn it is (all of them concurrently) and records the results.
+    async fn health_round(
+        &self,
+        config: &health::HealthCheckConfig,
+        due: &mut std::collections::HashMap<SocketAddr, tokio::time::Instant>,
+    ) {
+        let now = tokio::time::Instant::now();
+        let set = self.endpoints.load_full();
+        due.retain(|addr, _| set.all.iter().any(|e| e.addr == *addr));
+        let turn: Vec<Arc<Endpoint>> =
+            set.all.iter().filter(|e| due.get(&e.addr).is_none_or(|t| *t <= now)).cloned().collect();
+        let probes = turn.iter().map(|e| async move { (e, health::probe(e, config, &self.config.name).await) });
+        let mut changed = false;
+        let had_traffic = self.had_traffic.load(Ordering::Relaxed);
+        for (endpoint, result) in futures_util::future::join_all(probes).await {
+            self.stats.health_check.attempt.increment(1);
+            match &result {
+                Ok(()) => self.stats.health_check.success.increment(1),
+                Err(why) => {
+                    self.stats.health_check.failure.increment(1);
+                    tracing::debug!(cluster = self.config.name, endpoint = %endpoint.addr, why, "health check failed");
+                }
+            }
+            if endpoint.health_check.record(result.is_ok(), config) {
+                changed = true;
+                let health = if endpoint.health_check.is_failed() { "failed" } else { "passed" };
+                tracing::info!(cluster = self.config.name, endpoint = %endpoint.addr, health, "health check state changed");
+            }
+            let failed = endpoint.health_check.is_failed();
+            due.insert(endpoint.addr, now + health::next_interval(config, failed, had_traffic));
+        }
+        if changed {
+            self.rebalance();
+        }
+    }
+
+    /// Notes that a request was routed to this cluster.
+    pub fn note_traffic(&self) {
+        if !self.had_traffic.load(Ordering::Relaxed) {
+            self.had_traffic.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Reports what an attempt at `endpoint` got, for outlier detection.
@@ -205,6 +282,9 @@ impl Cluster {
         self.stats.set_membership(&current);
         let ejected = current.all.iter().filter(|e| e.outlier.is_ejected()).count();
         self.stats.outlier.ejections_active.set(ejected as f64);
+        let passing = current.all.iter().filter(|e| !e.health_check.is_failed()).count();
+        let passing = if current.health_checked { passing } else { current.all.len() };
+        self.stats.health_check.healthy.set(passing as f64);
     }
 
     pub fn endpoints(&self) -> arc_swap::Guard<Arc<EndpointSet>> {

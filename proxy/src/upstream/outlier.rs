@@ -298,6 +298,7 @@ mod tests {
                         Default::default(),
                     )),
                     outlier: Arc::default(),
+                    health_check: Arc::default(),
                 })
             })
             .collect()

@@ -3,6 +3,7 @@
 
 use super::convert::{self, ConfigError, Result};
 use crate::upstream::breakers::Thresholds;
+use crate::upstream::health::{HealthCheckConfig, Probe};
 use crate::upstream::outlier::OutlierConfig;
 use crate::upstream::{
     ClusterConfig, Discovery, DnsFamily, EndpointSpec, HealthStatus, LbPolicy, PoolOptions, UpstreamProtocol,
@@ -107,6 +108,11 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig> {
         Some(o) => Some(outlier_detection(o).map_err(|e| e.within("outlier_detection"))?),
         None => None,
     };
+    let health_check = match c.health_checks.as_slice() {
+        [] => None,
+        [one] => Some(health_check(one).map_err(|e| e.within("health_checks[0]"))?),
+        _ => return Err(ConfigError::new("health_checks", "only one health check per cluster is supported yet")),
+    };
     let panic_threshold = match c.common_lb_config.as_ref().and_then(|l| l.healthy_panic_threshold.as_ref()) {
         Some(p) if (0.0..=100.0).contains(&p.value) => p.value.ceil() as u32,
         Some(_) => {
@@ -126,8 +132,109 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig> {
         pool,
         breakers,
         outlier,
+        health_check,
         panic_threshold,
     })
+}
+
+/// A `HealthCheck`: HTTP, TCP or gRPC, with Envoy's defaults where a field is optional.
+fn health_check(h: &core::HealthCheck) -> Result<HealthCheckConfig> {
+    use core::health_check::HealthChecker as K;
+    use core::health_check::payload::Payload as P;
+    let required = |d: &Option<xds_proto::pb::google::protobuf::Duration>, field: &str| match d {
+        Some(d) if !convert::duration(d).is_zero() => Ok(convert::duration(d)),
+        _ => Err(ConfigError::new(field, "required, greater than zero")),
+    };
+    let threshold = |v: &Option<xds_proto::pb::google::protobuf::UInt32Value>, field: &str| match v {
+        Some(v) => Ok(v.value.max(1)),
+        None => Err(ConfigError::new(field, "required")),
+    };
+    let payload = |p: &core::health_check::Payload, field: &str| match &p.payload {
+        Some(P::Text(hex)) => decode_hex(hex).ok_or_else(|| ConfigError::new(format!("{field}.text"), "not hex")),
+        Some(P::Binary(bytes)) => Ok(bytes.clone()),
+        None => Err(ConfigError::new(field, "text or binary is required")),
+    };
+    for (set, field) in [
+        (h.alt_port.is_some(), "alt_port"),
+        (h.tls_options.is_some(), "tls_options"),
+        (h.transport_socket_match_criteria.is_some(), "transport_socket_match_criteria"),
+        (h.unhealthy_edge_interval.is_some(), "unhealthy_edge_interval"),
+        (h.healthy_edge_interval.is_some(), "healthy_edge_interval"),
+        (h.no_traffic_healthy_interval.is_some(), "no_traffic_healthy_interval"),
+    ] {
+        if set {
+            return Err(ConfigError::new(field, "is not supported yet"));
+        }
+    }
+    let interval = required(&h.interval, "interval")?;
+    let probe = match &h.health_checker {
+        Some(K::HttpHealthCheck(http)) => {
+            if !http.path.starts_with('/') {
+                return Err(ConfigError::new("http_health_check.path", "required, starting with /"));
+            }
+            let mut expected = Vec::new();
+            for (i, r) in http.expected_statuses.iter().enumerate() {
+                if !(100..=600).contains(&r.start) || r.end <= r.start || r.end > 600 {
+                    return Err(ConfigError::new(
+                        format!("http_health_check.expected_statuses[{i}]"),
+                        "not a status range",
+                    ));
+                }
+                expected.push((r.start as u16, r.end as u16));
+            }
+            if expected.is_empty() {
+                expected.push((200, 201));
+            }
+            if !http.request_headers_to_add.is_empty() || !http.request_headers_to_remove.is_empty() {
+                return Err(ConfigError::new("http_health_check.request_headers_to_add", "is not supported yet"));
+            }
+            Probe::Http {
+                host: (!http.host.is_empty()).then(|| http.host.clone()),
+                path: http.path.clone(),
+                expected,
+                http2: http.codec_client_type == xds_proto::pb::envoy::r#type::v3::CodecClientType::Http2 as i32,
+            }
+        }
+        Some(K::TcpHealthCheck(tcp)) => Probe::Tcp {
+            send: match &tcp.send {
+                Some(p) => payload(p, "tcp_health_check.send")?,
+                None => Vec::new(),
+            },
+            receive: tcp
+                .receive
+                .iter()
+                .enumerate()
+                .map(|(i, p)| payload(p, &format!("tcp_health_check.receive[{i}]")))
+                .collect::<Result<_>>()?,
+        },
+        Some(K::GrpcHealthCheck(grpc)) => Probe::Grpc {
+            service: grpc.service_name.clone(),
+            authority: (!grpc.authority.is_empty()).then(|| grpc.authority.clone()),
+        },
+        Some(K::CustomHealthCheck(_)) => {
+            return Err(ConfigError::new("custom_health_check", "is not supported"));
+        }
+        None => return Err(ConfigError::new("", "one of http_health_check, tcp_health_check or grpc_health_check")),
+    };
+    Ok(HealthCheckConfig {
+        timeout: required(&h.timeout, "timeout")?,
+        interval,
+        initial_jitter: h.initial_jitter.as_ref().map(convert::duration).unwrap_or_default(),
+        interval_jitter: h.interval_jitter.as_ref().map(convert::duration).unwrap_or_default(),
+        interval_jitter_percent: h.interval_jitter_percent,
+        unhealthy_threshold: threshold(&h.unhealthy_threshold, "unhealthy_threshold")?,
+        healthy_threshold: threshold(&h.healthy_threshold, "healthy_threshold")?,
+        no_traffic_interval: h.no_traffic_interval.as_ref().map_or(Duration::from_secs(60), convert::duration),
+        unhealthy_interval: h.unhealthy_interval.as_ref().map_or(interval, convert::duration),
+        probe,
+    })
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// `OutlierDetection` with Envoy's defaults for what is not set.
