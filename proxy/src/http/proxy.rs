@@ -7,11 +7,12 @@ use super::timeout_body::{Limits, TimedBody};
 use super::{HttpConnectionManager, ProxyError, forwarding, upgrade};
 use crate::policy::retry::body::ReplayBody;
 use crate::policy::retry::{Retries, RetryPolicy};
+use crate::routing::hash_policy::request_hash;
 use crate::routing::{Action, Forward, RequestView, Route, VirtualHost, strip_port};
 use crate::snapshot::Snapshot;
 use crate::telemetry::GaugeGuard;
 use crate::telemetry::access_log::LogRecord;
-use crate::upstream::attempt::{Attempt, TriedHosts, UpstreamRequest};
+use crate::upstream::attempt::{Attempt, RequestHash, TriedHosts, UpstreamRequest};
 use crate::upstream::outlier;
 use crate::upstream::pool::{PooledBody, RequestBody, UpstreamResponse};
 use crate::upstream::{Cluster, Endpoint, UpstreamProtocol};
@@ -44,6 +45,8 @@ struct Outcome {
     cluster: Option<Arc<Cluster>>,
     endpoint: Option<SocketAddr>,
     route_name: String,
+    /// A sticky-session cookie made up by the route's hash policy, set on the response.
+    set_cookie: Option<HeaderValue>,
 }
 
 /// The request line and headers as received, kept only when an access log needs them.
@@ -123,6 +126,9 @@ pub fn handle(
         let status = response.status().as_u16();
         hcm.stats.rq_xx.record(status);
         response.headers_mut().insert(header::SERVER, hcm.server_name.clone());
+        if let Some(cookie) = outcome.set_cookie.take() {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+        }
         if let Some(id) = outcome.request_id.take().filter(|_| hcm.always_set_request_id_in_response) {
             response.headers_mut().insert(forwarding::X_REQUEST_ID.clone(), id);
         }
@@ -213,7 +219,7 @@ fn route<'h>(
             Step::Reply(resp)
         }
         Action::Forward(forward) => {
-            match prepare(req, snapshot, hcm, (vhost, route), forward, &authority_value, &path, outcome) {
+            match prepare(req, downstream, snapshot, hcm, (vhost, route), forward, (&authority_value, &path), outcome) {
                 Ok(exchange) => Step::Forward(exchange),
                 Err(err) => Step::Reply(local_reply(err, hcm)),
             }
@@ -238,12 +244,12 @@ fn local_reply(err: ProxyError, hcm: &HttpConnectionManager) -> Response<Respons
 #[allow(clippy::too_many_arguments)]
 fn prepare(
     mut req: Request<Incoming>,
+    downstream: &Downstream,
     snapshot: &Snapshot,
     hcm: &HttpConnectionManager,
     (vhost, route): (&VirtualHost, &Route),
     forward: &Forward,
-    authority: &HeaderValue,
-    path: &http::uri::PathAndQuery,
+    (authority, path): (&HeaderValue, &http::uri::PathAndQuery),
     outcome: &mut Outcome,
 ) -> Result<Exchange, ProxyError> {
     // Upgrades (WebSocket) only where the connection manager allows them.
@@ -262,12 +268,20 @@ fn prepare(
         .ok_or_else(|| ProxyError::ClusterNotFound(cluster_name.to_string()))?
         .clone();
     outcome.cluster = Some(cluster.clone());
+    // RING_HASH and MAGLEV pick by the request's hash (a made-up sticky cookie is set on the way back).
+    let hash = if cluster.config.lb_policy.is_hashing() {
+        let (hash, set_cookie) = request_hash(&forward.hash_policy, req.headers(), path.query(), downstream.peer);
+        outcome.set_cookie = set_cookie;
+        hash
+    } else {
+        None
+    };
     // With a retry policy each attempt picks its endpoint (upgrades are never retried).
     let retry = forward.retry.clone().filter(|_| upgrade_type.is_none());
     let endpoint = match &retry {
         Some(_) => None,
         None => {
-            let Some(endpoint) = cluster.pick() else {
+            let Some(endpoint) = cluster.pick(hash) else {
                 cluster.stats.cx_none_healthy.increment(1);
                 return Err(ProxyError::NoHealthyUpstream);
             };
@@ -306,6 +320,9 @@ fn prepare(
         (Some(endpoint), _) => Upstream::Endpoint(endpoint, Request::from_parts(parts, RequestBody::Streamed(body))),
         (None, Some(policy)) => {
             parts.extensions.insert(TriedHosts::default());
+            if let Some(hash) = hash {
+                parts.extensions.insert(RequestHash(hash));
+            }
             let body = ReplayBody::new(body, policy.buffer_limit);
             Upstream::Retried(policy, Request::from_parts(parts, body))
         }

@@ -2,6 +2,7 @@
 //! match says what to do with the request (forward to a cluster, redirect, or answer directly).
 
 mod domains;
+pub mod hash_policy;
 pub mod headers;
 pub mod matcher;
 pub mod redirect;
@@ -109,6 +110,8 @@ pub struct Forward {
     pub timeout: Option<Duration>,
     /// The route's (or else its virtual host's) retry policy.
     pub retry: Option<std::sync::Arc<crate::policy::retry::RetryPolicy>>,
+    /// What RING_HASH and MAGLEV clusters hash a request by.
+    pub hash_policy: Vec<hash_policy::HashPolicy>,
 }
 
 /// One cluster, or a weighted choice among several (a canary split).

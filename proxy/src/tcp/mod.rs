@@ -41,7 +41,7 @@ pub async fn serve(
         return;
     };
     drop(snapshot);
-    let Some(endpoint) = cluster.pick() else {
+    let Some(endpoint) = cluster.pick(None) else {
         cluster.stats.cx_none_healthy.increment(1);
         tracing::debug!(cluster = cluster_name, %peer, "tcp proxy: no healthy upstream (UH)");
         return;

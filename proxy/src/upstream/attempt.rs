@@ -40,6 +40,10 @@ impl TriedHosts {
     }
 }
 
+/// The request's hash for RING_HASH and MAGLEV clusters (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHash(pub u64);
+
 /// Sends one attempt to the cluster.
 #[derive(Clone)]
 pub struct Attempt {
@@ -49,14 +53,15 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    fn pick(&self, tried: Option<&TriedHosts>) -> Option<Arc<Endpoint>> {
-        let mut picked = self.cluster.pick()?;
+    fn pick(&self, tried: Option<&TriedHosts>, hash: Option<u64>) -> Option<Arc<Endpoint>> {
+        let mut picked = self.cluster.pick(hash)?;
         if let Some(tried) = tried {
             for _ in 0..self.host_selection_attempts {
                 if !tried.contains(picked.addr) {
                     break;
                 }
-                picked = self.cluster.pick()?;
+                // Another pick (a hashing cluster picks at random then, as Envoy does).
+                picked = self.cluster.pick(None)?;
             }
             tried.add(picked.addr);
         }
@@ -74,7 +79,8 @@ impl tower::Service<UpstreamRequest> for Attempt {
     }
 
     fn call(&mut self, request: UpstreamRequest) -> Self::Future {
-        let picked = self.pick(request.extensions().get::<TriedHosts>());
+        let hash = request.extensions().get::<RequestHash>().map(|h| h.0);
+        let picked = self.pick(request.extensions().get::<TriedHosts>(), hash);
         let cluster = self.cluster.clone();
         Box::pin(async move {
             let Some(endpoint) = picked else {

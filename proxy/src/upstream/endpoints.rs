@@ -141,7 +141,7 @@ impl EndpointSet {
         let healthy: Vec<_> = all.iter().filter(|e| e.takes_traffic(checked)).cloned().collect();
         let panic = in_panic(healthy.len(), all.len(), config.panic_threshold);
         let healthy = if panic { all.clone() } else { healthy };
-        let lb = LbTable::build(&healthy.iter().map(|e| e.weight).collect::<Vec<_>>());
+        let lb = LbTable::build(&config.lb_policy, &healthy.iter().map(|e| (e.addr, e.weight)).collect::<Vec<_>>());
         EndpointSet { all, healthy, lb, panic, health_checked: checked }
     }
 

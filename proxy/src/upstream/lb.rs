@@ -2,6 +2,7 @@
 //! cursor), least request (power of two choices, weight-aware) and weighted random. No locks on the pick.
 
 use super::endpoints::{Endpoint, EndpointSet};
+use super::hashing::{Maglev, Ring};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -14,6 +15,15 @@ pub enum LbPolicy {
         choice_count: u32,
     },
     Random,
+    /// Consistent hashing on a ring (`ring_hash_lb_config` sizes).
+    RingHash {
+        min_ring_size: u64,
+        max_ring_size: u64,
+    },
+    /// Consistent hashing with a Maglev table (`maglev_lb_config.table_size`, a prime).
+    Maglev {
+        table_size: u64,
+    },
 }
 
 impl LbPolicy {
@@ -22,7 +32,14 @@ impl LbPolicy {
             LbPolicy::RoundRobin => "ROUND_ROBIN",
             LbPolicy::LeastRequest { .. } => "LEAST_REQUEST",
             LbPolicy::Random => "RANDOM",
+            LbPolicy::RingHash { .. } => "RING_HASH",
+            LbPolicy::Maglev { .. } => "MAGLEV",
         }
+    }
+
+    /// Whether picks follow a request hash (the route's `hash_policy`).
+    pub fn is_hashing(&self) -> bool {
+        matches!(self, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. })
     }
 }
 
@@ -34,13 +51,27 @@ pub struct LbTable {
     /// Cumulative weights for weighted random draws.
     cumulative: Vec<u64>,
     equal_weights: bool,
+    ring: Option<Ring>,
+    maglev: Option<Maglev>,
 }
 
 /// The longest round-robin sequence kept; heavier weight sets are scaled down to fit.
 const MAX_RR_SEQUENCE: u64 = 16_384;
 
 impl LbTable {
-    pub fn build(weights: &[u32]) -> Self {
+    pub fn build(policy: &LbPolicy, endpoints: &[(std::net::SocketAddr, u32)]) -> Self {
+        let mut table = Self::weighted(&endpoints.iter().map(|(_, w)| *w).collect::<Vec<_>>());
+        match policy {
+            LbPolicy::RingHash { min_ring_size, max_ring_size } => {
+                table.ring = Some(Ring::build(endpoints, *min_ring_size, *max_ring_size));
+            }
+            LbPolicy::Maglev { table_size } => table.maglev = Some(Maglev::build(endpoints, *table_size)),
+            _ => {}
+        }
+        table
+    }
+
+    fn weighted(weights: &[u32]) -> Self {
         let weights: Vec<u64> = weights.iter().map(|&w| u64::from(w.max(1))).collect();
         let equal_weights = weights.windows(2).all(|w| w[0] == w[1]);
         let mut cumulative = Vec::with_capacity(weights.len());
@@ -50,7 +81,7 @@ impl LbTable {
             cumulative.push(total);
         }
         let rr_sequence = if equal_weights { (0..weights.len() as u32).collect() } else { smooth_wrr(&weights) };
-        LbTable { rr_sequence, cumulative, equal_weights }
+        LbTable { rr_sequence, cumulative, equal_weights, ring: None, maglev: None }
     }
 
     fn weighted_random(&self) -> usize {
@@ -89,8 +120,14 @@ fn smooth_wrr(weights: &[u64]) -> Vec<u32> {
     order
 }
 
-/// Picks a healthy endpoint, or `None` when there is none.
-pub fn pick<'a>(policy: &LbPolicy, set: &'a EndpointSet, cursor: &AtomicUsize) -> Option<&'a Arc<Endpoint>> {
+/// Picks a healthy endpoint, or `None` when there is none. Hashing policies use `hash` (a request
+/// without one gets a random endpoint, as in Envoy).
+pub fn pick<'a>(
+    policy: &LbPolicy,
+    set: &'a EndpointSet,
+    cursor: &AtomicUsize,
+    hash: Option<u64>,
+) -> Option<&'a Arc<Endpoint>> {
     let hosts = &set.healthy;
     match hosts.len() {
         0 => return None,
@@ -103,7 +140,16 @@ pub fn pick<'a>(policy: &LbPolicy, set: &'a EndpointSet, cursor: &AtomicUsize) -
             let n = cursor.fetch_add(1, Ordering::Relaxed);
             table.rr_sequence[n % table.rr_sequence.len()] as usize
         }
-        LbPolicy::Random => {
+        LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } if hash.is_some() => {
+            let hash = hash.unwrap_or_default();
+            let picked = match (&table.ring, &table.maglev) {
+                (Some(ring), _) => ring.pick(hash),
+                (_, Some(maglev)) => maglev.pick(hash),
+                _ => None,
+            };
+            picked.unwrap_or(0)
+        }
+        LbPolicy::Random | LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => {
             if table.equal_weights {
                 fastrand::usize(..hosts.len())
             } else {
@@ -144,7 +190,7 @@ mod tests {
 
     #[test]
     fn weighted_random_follows_weights() {
-        let table = LbTable::build(&[1, 3]);
+        let table = LbTable::weighted(&[1, 3]);
         let mut counts = [0u32; 2];
         for _ in 0..40_000 {
             counts[table.weighted_random()] += 1;

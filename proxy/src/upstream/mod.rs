@@ -6,6 +6,7 @@ pub mod attempt;
 pub mod breakers;
 mod dns;
 mod endpoints;
+pub mod hashing;
 pub mod health;
 pub mod lb;
 pub mod outlier;
@@ -302,9 +303,10 @@ impl Cluster {
         self.endpoints.store(Arc::new(next));
     }
 
-    /// Picks an endpoint by the cluster's policy; `None` when no endpoint is healthy.
-    pub fn pick(&self) -> Option<Arc<Endpoint>> {
+    /// Picks an endpoint by the cluster's policy (hashing ones by `hash`, the request's from the
+    /// route's `hash_policy`); `None` when no endpoint is healthy.
+    pub fn pick(&self, hash: Option<u64>) -> Option<Arc<Endpoint>> {
         let set = self.endpoints.load();
-        lb::pick(&self.config.lb_policy, &set, &self.rr_cursor).cloned()
+        lb::pick(&self.config.lb_policy, &set, &self.rr_cursor, hash).cloned()
     }
 }

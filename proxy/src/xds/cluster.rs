@@ -61,18 +61,51 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig> {
             }
             LbPolicy::LeastRequest { choice_count }
         }
+        Ok(P::RingHash) => {
+            let (min, max) = match &c.lb_config {
+                Some(cluster::cluster::LbConfig::RingHashLbConfig(r)) => {
+                    if r.hash_function != 0 {
+                        return Err(ConfigError::new("ring_hash_lb_config.hash_function", "only XX_HASH is supported"));
+                    }
+                    (r.minimum_ring_size.map_or(1024, |v| v.value), r.maximum_ring_size.map_or(8 << 20, |v| v.value))
+                }
+                _ => (1024, 8 << 20),
+            };
+            if min == 0 || min > max || max > 8 << 20 {
+                return Err(ConfigError::new(
+                    "ring_hash_lb_config",
+                    "minimum_ring_size must be 1 to maximum_ring_size, at most 8M",
+                ));
+            }
+            LbPolicy::RingHash { min_ring_size: min, max_ring_size: max }
+        }
+        Ok(P::Maglev) => {
+            let size = match &c.lb_config {
+                Some(cluster::cluster::LbConfig::MaglevLbConfig(m)) => m.table_size.map_or(65537, |v| v.value),
+                _ => 65537,
+            };
+            if !is_prime(size) || size > 5_000_011 {
+                return Err(ConfigError::new("maglev_lb_config.table_size", "must be a prime, at most 5000011"));
+            }
+            LbPolicy::Maglev { table_size: size }
+        }
         Ok(other) => {
             return Err(ConfigError::new(
                 "lb_policy",
-                format!("{} is not supported yet (ROUND_ROBIN, LEAST_REQUEST, RANDOM are)", other.as_str_name()),
+                format!(
+                    "{} is not supported yet (ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV are)",
+                    other.as_str_name()
+                ),
             ));
         }
         Err(_) => return Err(ConfigError::new("lb_policy", format!("unknown policy {}", c.lb_policy))),
     };
-    if let Some(cfg) = &c.lb_config
-        && !matches!(cfg, cluster::cluster::LbConfig::LeastRequestLbConfig(_))
-    {
-        return Err(ConfigError::new("lb_config", "only least_request_lb_config is supported"));
+    match (&c.lb_config, &lb_policy) {
+        (None, _)
+        | (Some(cluster::cluster::LbConfig::LeastRequestLbConfig(_)), LbPolicy::LeastRequest { .. })
+        | (Some(cluster::cluster::LbConfig::RingHashLbConfig(_)), LbPolicy::RingHash { .. })
+        | (Some(cluster::cluster::LbConfig::MaglevLbConfig(_)), LbPolicy::Maglev { .. }) => {}
+        _ => return Err(ConfigError::new("lb_config", "does not go with the lb_policy")),
     }
     if c.load_balancing_policy.is_some() {
         return Err(ConfigError::new(
@@ -442,4 +475,8 @@ fn apply_h2(pool: &mut PoolOptions, h2: &core::Http2ProtocolOptions) {
     pool.http2_max_concurrent_streams = h2.max_concurrent_streams.map(|v| v.value);
     pool.http2_initial_stream_window = h2.initial_stream_window_size.map(|v| v.value);
     pool.http2_initial_connection_window = h2.initial_connection_window_size.map(|v| v.value);
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }

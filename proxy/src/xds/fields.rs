@@ -156,8 +156,17 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "host_rewrite_literal",
             "timeout",
             "retry_policy",
+            "hash_policy",
         ],
     ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy",
+        &["header", "cookie", "connection_properties", "query_parameter", "filter_state", "terminal"],
+    ),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.Header", &["header_name", "regex_rewrite"]),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.Cookie", &["name", "ttl", "path", "attributes"]),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties", &["source_ip"]),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter", &["name"]),
     (
         "envoy.config.route.v3.RetryPolicy",
         &[
@@ -208,6 +217,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "dns_lookup_family",
             "typed_extension_protocol_options",
             "least_request_lb_config",
+            "ring_hash_lb_config",
+            "maglev_lb_config",
             "http2_protocol_options",
             "circuit_breakers",
             "outlier_detection",
@@ -302,6 +313,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", &["choice_count"]),
+    ("envoy.config.cluster.v3.Cluster.RingHashLbConfig", &["minimum_ring_size", "maximum_ring_size", "hash_function"]),
+    ("envoy.config.cluster.v3.Cluster.MaglevLbConfig", &["table_size"]),
     ("envoy.config.endpoint.v3.ClusterLoadAssignment", &["cluster_name", "endpoints"]),
     // `load_balancing_weight` only matters with locality-weighted balancing (not configurable here), as
     // in Envoy, where it is ignored without `locality_weighted_lb_config` too.

@@ -255,6 +255,12 @@ fn forward(ra: &route::RouteAction) -> Result<Forward> {
         host_rewrite,
         timeout: convert::timeout(ra.timeout.as_ref(), Some(DEFAULT_ROUTE_TIMEOUT)),
         retry: None,
+        hash_policy: ra
+            .hash_policy
+            .iter()
+            .enumerate()
+            .map(|(i, p)| hash_policy(p).map_err(|e| e.within(&format!("hash_policy[{i}]"))))
+            .collect::<Result<_>>()?,
     })
 }
 
@@ -322,4 +328,35 @@ fn direct(dr: &route::DirectResponseAction) -> Result<DirectResponse> {
         return Err(ConfigError::new("body_format", "body formats are not supported"));
     }
     Ok(DirectResponse { status, body })
+}
+
+fn hash_policy(p: &route::route_action::HashPolicy) -> Result<crate::routing::hash_policy::HashPolicy> {
+    use crate::routing::hash_policy::{HashKey, HashPolicy};
+    use route::route_action::hash_policy::PolicySpecifier as S;
+    let key = match &p.policy_specifier {
+        Some(S::Header(h)) => {
+            if h.regex_rewrite.is_some() {
+                return Err(ConfigError::new("header.regex_rewrite", "is not supported yet"));
+            }
+            HashKey::Header(convert::header_name(&h.header_name, "header.header_name")?)
+        }
+        Some(S::Cookie(c)) => {
+            if c.name.is_empty() {
+                return Err(ConfigError::new("cookie.name", "required"));
+            }
+            if !c.attributes.is_empty() {
+                return Err(ConfigError::new("cookie.attributes", "is not supported yet"));
+            }
+            HashKey::Cookie { name: c.name.clone(), ttl: c.ttl.as_ref().map(convert::duration), path: c.path.clone() }
+        }
+        Some(S::ConnectionProperties(c)) if c.source_ip => HashKey::SourceIp,
+        Some(S::ConnectionProperties(_)) => {
+            return Err(ConfigError::new("connection_properties.source_ip", "must be true"));
+        }
+        Some(S::QueryParameter(q)) if !q.name.is_empty() => HashKey::QueryParameter(q.name.clone()),
+        Some(S::QueryParameter(_)) => return Err(ConfigError::new("query_parameter.name", "required")),
+        Some(S::FilterState(_)) => return Err(ConfigError::new("filter_state", "is not supported")),
+        None => return Err(ConfigError::new("", "one of header, cookie, connection_properties or query_parameter")),
+    };
+    Ok(HashPolicy { key, terminal: p.terminal })
 }

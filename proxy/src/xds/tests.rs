@@ -150,11 +150,11 @@ static_resources:
 
 #[test]
 fn every_problem_is_reported_not_just_the_first() {
-    let clusters = "  - name: a\n    lb_policy: MAGLEV\n  - name: b\n    connect_timeout: 0s\n";
+    let clusters = "  - name: a\n    lb_policy: CLUSTER_PROVIDED\n  - name: b\n    connect_timeout: 0s\n";
     let err = build_snapshot(&bootstrap(clusters), None, BuildOptions::default()).unwrap_err();
     let text = err.to_string();
     assert_eq!(err.0.len(), 3, "{text}");
-    assert!(text.contains("clusters[0].lb_policy: MAGLEV"), "{text}");
+    assert!(text.contains("clusters[0].lb_policy: CLUSTER_PROVIDED"), "{text}");
     assert!(text.contains("clusters[1].connect_timeout: must be greater than 0"), "{text}");
     assert!(text.contains("unknown cluster 'c'"), "{text}");
 }
