@@ -1,5 +1,5 @@
 //! Criterion micro-benchmarks of the per-request hot path: route matching over 1,000 routes and 100
-//! virtual hosts, and load-balancer picks over 100 endpoints.
+//! virtual hosts, and load-balancer picks over 100 endpoints (hashing ones by a changing key).
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, Method};
@@ -38,9 +38,19 @@ fn load_balancing(c: &mut Criterion) {
         ("least_request", LbPolicy::LeastRequest, false),
         ("weighted_least_request", LbPolicy::LeastRequest, true),
         ("random", LbPolicy::Random, false),
+        ("ring_hash", LbPolicy::RingHash, false),
+        ("weighted_ring_hash", LbPolicy::RingHash, true),
+        ("maglev", LbPolicy::Maglev, false),
+        ("weighted_maglev", LbPolicy::Maglev, true),
     ] {
         let cluster = cluster(100, policy, weighted);
-        g.bench_function(name, |b| b.iter(|| black_box(cluster.pick())));
+        let mut key = 0u64;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                key = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                black_box(cluster.pick(Some(black_box(key))))
+            })
+        });
     }
     g.finish();
 }

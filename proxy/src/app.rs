@@ -95,12 +95,13 @@ impl Proxy {
     async fn build_and_publish(&mut self, bootstrap: &Bootstrap) -> anyhow::Result<()> {
         let current = self.shared.load_full();
         let mut next = xds::build_snapshot(bootstrap, Some(&current), BuildOptions { strict: self.options.strict })?;
-        for cluster in next.clusters.values() {
-            let reused = current.clusters.get(&cluster.config.name).is_some_and(|c| Arc::ptr_eq(c, cluster));
-            if !reused {
-                cluster.start_discovery(&self.control).await;
-            }
-        }
+        // New clusters start together: their first DNS answers and health probes (bounded by their
+        // timeouts) are awaited at once, not one cluster after another.
+        let starting = next
+            .clusters
+            .values()
+            .filter(|cluster| !current.clusters.get(&cluster.config.name).is_some_and(|c| Arc::ptr_eq(c, cluster)));
+        futures_util::future::join_all(starting.map(|cluster| cluster.start_discovery(&self.control))).await;
         let bound = self.listeners.bind(&next)?;
         next.version = current.version + 1;
         let next = Arc::new(next);
