@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 /// The downstream request body, streamed under the stream timeouts.
@@ -61,6 +61,35 @@ pub struct PoolOptions {
     pub http2_max_concurrent_streams: Option<u32>,
     pub http2_initial_stream_window: Option<u32>,
     pub http2_initial_connection_window: Option<u32>,
+    /// An upstream connection unused this long is closed (`common_http_protocol_options.idle_timeout`,
+    /// Envoy's default 1 h; `None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Requests one connection carries before it is closed (`max_requests_per_connection`).
+    pub max_requests_per_connection: Option<u32>,
+    /// A connection this old takes no new request (`max_connection_duration`).
+    pub max_connection_duration: Option<Duration>,
+}
+
+/// When a connection was made and how much it has been used.
+#[derive(Debug, Clone, Copy)]
+struct Lifetime {
+    born: Instant,
+    requests: u32,
+    last_used: Instant,
+}
+
+impl Lifetime {
+    fn new() -> Self {
+        let now = Instant::now();
+        Lifetime { born: now, requests: 0, last_used: now }
+    }
+
+    /// Whether the connection may carry another request.
+    fn usable(&self, options: &PoolOptions) -> bool {
+        options.idle_timeout.is_none_or(|t| self.last_used.elapsed() < t)
+            && options.max_connection_duration.is_none_or(|d| self.born.elapsed() < d)
+            && options.max_requests_per_connection.is_none_or(|n| self.requests < n)
+    }
 }
 
 impl Default for PoolOptions {
@@ -70,6 +99,9 @@ impl Default for PoolOptions {
             http2_max_concurrent_streams: None,
             http2_initial_stream_window: None,
             http2_initial_connection_window: None,
+            idle_timeout: Some(Duration::from_secs(3600)),
+            max_requests_per_connection: None,
+            max_connection_duration: None,
         }
     }
 }
@@ -130,8 +162,8 @@ pub struct Pool {
     protocol: UpstreamProtocol,
     connect_timeout: Duration,
     options: PoolOptions,
-    idle_http1: Mutex<Vec<http1::SendRequest<RequestBody>>>,
-    http2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    idle_http1: Mutex<Vec<(http1::SendRequest<RequestBody>, Lifetime)>>,
+    http2: Mutex<Option<(http2::SendRequest<RequestBody>, Lifetime)>>,
     http2_connecting: tokio::sync::Mutex<()>,
 }
 
@@ -204,11 +236,14 @@ impl Pool {
             loop {
                 let pooled = self.idle_http1.lock().unwrap_or_else(|e| e.into_inner()).pop();
                 let reused = pooled.is_some();
-                let mut sender = match pooled {
-                    Some(s) if s.is_closed() => continue,
-                    Some(s) => s,
-                    None => Box::pin(self.connect_http1(stats, false)).await?,
+                let (mut sender, mut lifetime) = match pooled {
+                    Some((s, _)) if s.is_closed() => continue,
+                    // Idle too long or too old: closed (dropped) instead of used.
+                    Some((_, lifetime)) if !lifetime.usable(&self.options) => continue,
+                    Some(pooled) => pooled,
+                    None => (Box::pin(self.connect_http1(stats, false)).await?, Lifetime::new()),
                 };
+                lifetime.requests += 1;
                 if sender.ready().await.is_err() {
                     if reused {
                         continue;
@@ -218,7 +253,7 @@ impl Pool {
                 match sender.try_send_request(req).await {
                     Ok(resp) => {
                         let (parts, inner) = resp.into_parts();
-                        let checkin = Some(Checkin { sender, pool: Arc::downgrade(self) });
+                        let checkin = Some(Checkin { sender, lifetime, pool: Arc::downgrade(self) });
                         let mut body = PooledBody { inner, checkin, slot: None };
                         if body.inner.is_end_stream() {
                             // An empty body (HEAD, 204, 304, content-length: 0) is never polled.
@@ -261,13 +296,25 @@ impl Pool {
             let _ = conn.await;
             drop(active);
         });
-        *self.http2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+        let mut lifetime = Lifetime::new();
+        lifetime.requests = 1;
+        *self.http2.lock().unwrap_or_else(|e| e.into_inner()) = Some((sender.clone(), lifetime));
         Ok(sender)
     }
 
+    /// The shared HTTP/2 connection for one more request, if it is open and may carry it. One that
+    /// may not (idle too long, too old, enough requests) is let go: its streams finish, then it
+    /// closes, and the next request opens another.
     fn current_http2(&self) -> Option<http2::SendRequest<RequestBody>> {
-        let guard = self.http2.lock().unwrap_or_else(|e| e.into_inner());
-        guard.as_ref().filter(|s| !s.is_closed()).cloned()
+        let mut guard = self.http2.lock().unwrap_or_else(|e| e.into_inner());
+        let (sender, lifetime) = guard.as_mut()?;
+        if sender.is_closed() || !lifetime.usable(&self.options) {
+            *guard = None;
+            return None;
+        }
+        lifetime.requests += 1;
+        lifetime.last_used = Instant::now();
+        Some(sender.clone())
     }
 
     async fn connect(&self, stats: &ClusterStats) -> Result<TcpStream, UpstreamError> {
@@ -309,13 +356,19 @@ impl Pool {
         Ok(sender)
     }
 
-    fn checkin(&self, sender: http1::SendRequest<RequestBody>) {
-        if sender.is_closed() {
+    /// Takes back a connection whose exchange ended, unless it is closed or has carried its last
+    /// request; idle connections past their idle timeout are closed on the way.
+    fn checkin(&self, sender: http1::SendRequest<RequestBody>, mut lifetime: Lifetime) {
+        lifetime.last_used = Instant::now();
+        let mut idle = self.idle_http1.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(timeout) = self.options.idle_timeout {
+            idle.retain(|(_, l)| l.last_used.elapsed() < timeout);
+        }
+        if sender.is_closed() || !lifetime.usable(&self.options) {
             return;
         }
-        let mut idle = self.idle_http1.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < self.options.max_idle_per_endpoint {
-            idle.push(sender);
+            idle.push((sender, lifetime));
         }
     }
 }
@@ -327,6 +380,7 @@ async fn hyper_closed_error(sender: &mut http1::SendRequest<RequestBody>) -> hyp
 #[derive(Debug)]
 struct Checkin {
     sender: http1::SendRequest<RequestBody>,
+    lifetime: Lifetime,
     pool: Weak<Pool>,
 }
 
@@ -351,10 +405,10 @@ impl PooledBody {
     }
 
     fn release(&mut self) {
-        if let Some(Checkin { sender, pool }) = self.checkin.take()
+        if let Some(Checkin { sender, lifetime, pool }) = self.checkin.take()
             && let Some(pool) = pool.upgrade()
         {
-            pool.checkin(sender);
+            pool.checkin(sender, lifetime);
         }
     }
 }

@@ -439,6 +439,10 @@ fn protocol(c: &cluster::Cluster) -> Result<(UpstreamProtocol, PoolOptions)> {
             return Err(ConfigError::new(at, format!("unsupported protocol options type {}", any.type_url)));
         }
         let opts: upstream_http::HttpProtocolOptions = convert::unpack(any, &at)?;
+        if let Some(common) = &opts.common_http_protocol_options {
+            connection_lifetimes(&mut pool, common)
+                .map_err(|e| e.within(&format!("{at}.common_http_protocol_options")))?;
+        }
         match &opts.upstream_protocol_options {
             Some(U::ExplicitHttpConfig(e)) => match &e.protocol_config {
                 Some(PC::HttpProtocolOptions(_)) | None => protocol = UpstreamProtocol::Http1,
@@ -469,6 +473,18 @@ fn protocol(c: &cluster::Cluster) -> Result<(UpstreamProtocol, PoolOptions)> {
         }
     }
     Ok((protocol, pool))
+}
+
+/// `idle_timeout` (default 1 h, 0 never), `max_requests_per_connection`, `max_connection_duration`
+/// of upstream connections.
+fn connection_lifetimes(pool: &mut PoolOptions, common: &core::HttpProtocolOptions) -> Result<()> {
+    if common.max_stream_duration.is_some() {
+        return Err(ConfigError::new("max_stream_duration", "is not supported yet"));
+    }
+    pool.idle_timeout = convert::timeout(common.idle_timeout.as_ref(), pool.idle_timeout);
+    pool.max_connection_duration = convert::timeout(common.max_connection_duration.as_ref(), None);
+    pool.max_requests_per_connection = common.max_requests_per_connection.map(|n| n.value).filter(|n| *n > 0);
+    Ok(())
 }
 
 fn apply_h2(pool: &mut PoolOptions, h2: &core::Http2ProtocolOptions) {

@@ -56,7 +56,16 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["upgrade_type", "enabled", "filters"],
     ),
     ("envoy.extensions.filters.http.router.v3.Router", &["suppress_envoy_headers"]),
-    ("envoy.config.core.v3.HttpProtocolOptions", &["idle_timeout", "max_headers_count"]),
+    (
+        "envoy.config.core.v3.HttpProtocolOptions",
+        &[
+            "idle_timeout",
+            "max_headers_count",
+            "max_requests_per_connection",
+            "max_connection_duration",
+            "max_stream_duration",
+        ],
+    ),
     (
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
         &["stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "access_log"],
@@ -326,7 +335,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.config.endpoint.v3.Endpoint", &["address", "hostname"]),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        &["explicit_http_config", "use_downstream_protocol_config", "auto_config"],
+        &["explicit_http_config", "use_downstream_protocol_config", "auto_config", "common_http_protocol_options"],
     ),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",

@@ -109,6 +109,20 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Result<HttpConnect
         })
         .collect::<Result<Vec<_>>>()?;
     let common = h.common_http_protocol_options.as_ref();
+    if let Some(c) = common {
+        for (set, field) in [
+            (c.max_requests_per_connection.is_some(), "max_requests_per_connection"),
+            (c.max_connection_duration.is_some(), "max_connection_duration"),
+            (c.max_stream_duration.is_some(), "max_stream_duration"),
+        ] {
+            if set {
+                return Err(ConfigError::new(
+                    format!("common_http_protocol_options.{field}"),
+                    "is not supported yet for downstream connections",
+                ));
+            }
+        }
+    }
     let max_headers_count = common.and_then(|c| c.max_headers_count).map_or(100, |v| v.value) as usize;
     let max_request_headers_kb = h.max_request_headers_kb.map_or(60, |v| v.value);
     if !(1..=8192).contains(&max_request_headers_kb) {

@@ -1,0 +1,84 @@
+//! Upstream connection lifetimes (`common_http_protocol_options` in the cluster's
+//! `HttpProtocolOptions`): `max_requests_per_connection` (HTTP/1.1 and HTTP/2), `idle_timeout` and
+//! `max_connection_duration`, seen in how many connections the upstream gets. The same bootstrap runs
+//! on a real Envoy, which must open as many.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::scripted::Scripted;
+use support::*;
+
+fn options(http2: bool, common: &str) -> String {
+    let protocol = if http2 { "http2_protocol_options: {}" } else { "http_protocol_options: {}" };
+    format!(
+        "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \
+         \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        \
+         common_http_protocol_options: {{ {common} }}\n        explicit_http_config: {{ {protocol} }}\n"
+    )
+}
+
+fn bootstrap(admin: u16, port: u16, upstream: SocketAddr) -> String {
+    let clusters = [
+        ("per_conn", false, "max_requests_per_connection: 2"),
+        ("per_stream", true, "max_requests_per_connection: 3"),
+        ("idle", false, "idle_timeout: 0.3s"),
+        ("aged", false, "max_connection_duration: 0.3s"),
+    ];
+    let routes: String = clusters
+        .iter()
+        .map(|(name, ..)| {
+            format!("              - match: {{ prefix: /{name} }}\n                route: {{ cluster: {name} }}\n")
+        })
+        .collect();
+    let route_config = format!(
+        "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
+    );
+    let clusters: String =
+        clusters.iter().map(|(name, h2, common)| static_cluster(name, &[upstream], &options(*h2, common))).collect();
+    http_bootstrap(admin, port, "", &route_config, &clusters)
+}
+
+async fn requests(port: u16, path: &str, n: usize) {
+    let client = http1_client();
+    for _ in 0..n {
+        let reply = get(&client, &format!("http://127.0.0.1:{port}{path}"), &[("x-script", "ok")]).await;
+        assert_eq!(reply.status, 200, "{path}: {reply:?}");
+    }
+}
+
+async fn scenario(port: u16) {
+    requests(port, "/per_conn", 6).await;
+    requests(port, "/per_stream", 9).await;
+    requests(port, "/idle", 2).await;
+    requests(port, "/aged", 1).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    requests(port, "/idle", 1).await;
+    requests(port, "/aged", 1).await;
+}
+
+const EXPECTED: [(&str, f64); 4] = [("per_conn", 3.0), ("per_stream", 3.0), ("idle", 2.0), ("aged", 2.0)];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_end_after_their_requests_idle_time_or_age_as_in_envoy() {
+    let upstream = Scripted::start("pooled").await;
+    let (port, admin) = (free_port(), free_port());
+    let strait = Proxy::start(&bootstrap(admin, port, upstream.addr), admin).await;
+    scenario(port).await;
+    for (cluster, connections) in EXPECTED {
+        let ours = strait.stat(&format!("envoy_cluster_upstream_cx_total{{envoy_cluster_name=\"{cluster}\"}}")).await;
+        assert_eq!(ours, connections, "{cluster}: upstream connections");
+    }
+    let (envoy_port, envoy_admin) = (free_port(), free_port());
+    if let Some(envoy) = Envoy::start(&bootstrap(envoy_admin, envoy_port, upstream.addr), envoy_admin).await {
+        scenario(envoy_port).await;
+        for (cluster, connections) in EXPECTED {
+            let url = format!("http://{}/stats?filter=^cluster\\.{cluster}\\.upstream_cx_total$", envoy.admin);
+            let (_, text) = get_text(&url).await.unwrap();
+            let theirs: f64 = text.lines().find_map(|l| l.rsplit(": ").next()?.parse().ok()).unwrap_or(0.0);
+            assert_eq!(theirs, connections, "{cluster}: Envoy's upstream connections");
+        }
+    }
+}
