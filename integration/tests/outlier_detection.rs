@@ -1,7 +1,8 @@
 //! Outlier detection (`outlier_detection`) and panic mode, with upstreams that always fail or always
 //! answer: a failing endpoint is ejected after its consecutive 5xx and takes no traffic, comes back
 //! when its ejection time is over, is ejected again; with too many ejected the cluster panics and
-//! uses every endpoint. The same bootstrap runs on a real Envoy, which must count and answer alike.
+//! uses every endpoint; the TCP proxy's refused connections eject too. The same bootstrap runs on a
+//! real Envoy, which must count and answer alike.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -107,5 +108,43 @@ async fn failing_endpoints_are_ejected_and_return_as_in_envoy() {
         // Envoy counts a second ejection some time after this phase, without it costing traffic
         // here (see the closing note of this change); at least the first is counted alike.
         assert!(!stats.contains(": 0"), "{stats}");
+    }
+}
+
+/// Whether a connection through the TCP proxy on `port` reached an upstream (an HTTP answer came).
+async fn tcp_reaches_upstream(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\nx-script: ok\r\nconnection: close\r\n\r\n").await;
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply)).await;
+    reply.starts_with(b"HTTP/1.1 200")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_proxy_connection_failures_eject_like_envoys() {
+    let live = Scripted::always("live", "ok").await.addr;
+    let dead: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let yaml = |admin: u16, port: u16| {
+        format!(
+            "admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}\nstatic_resources:\n  listeners:\n{}  clusters:\n{}",
+            tcp_listener("tcp", port, "pair", ""),
+            static_cluster("pair", &[dead, live], &OUTLIER.replace("consecutive_5xx: 3", "consecutive_5xx: 2"))
+        )
+    };
+    let failures = |port: u16| async move {
+        let mut failed = 0;
+        for _ in 0..12 {
+            failed += usize::from(!tcp_reaches_upstream(port).await);
+        }
+        failed
+    };
+    let (port, admin) = (free_port(), free_port());
+    let _strait = Proxy::start(&yaml(admin, port), admin).await;
+    let ours = failures(port).await;
+    assert_eq!(ours, 2, "the dead endpoint is ejected after its second refused connection");
+    let (envoy_port, envoy_admin) = (free_port(), free_port());
+    if let Some(_envoy) = Envoy::start(&yaml(envoy_admin, envoy_port), envoy_admin).await {
+        assert_eq!(failures(envoy_port).await, ours, "Strait vs Envoy");
     }
 }

@@ -4,6 +4,7 @@
 use crate::routing::ClusterTarget;
 use crate::snapshot::SharedSnapshot;
 use crate::telemetry::TcpStats;
+use crate::upstream::outlier::Outcome;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -47,15 +48,22 @@ pub async fn serve(
         return;
     };
     cluster.stats.cx_total.increment(1);
+    // Connection failures and successes count for outlier detection, as Envoy's TCP proxy reports
+    // them (a failure as a 5xx and gateway failure, a success resets the counts).
     let upstream = match tokio::time::timeout(cluster.config.connect_timeout, TcpStream::connect(endpoint.addr)).await {
-        Ok(Ok(s)) => s,
+        Ok(Ok(s)) => {
+            cluster.report(&endpoint, Outcome::Status(200));
+            s
+        }
         Ok(Err(e)) => {
             cluster.stats.cx_connect_fail.increment(1);
+            cluster.report(&endpoint, Outcome::LocalFailure);
             tracing::debug!(endpoint = %endpoint.addr, error = %e, "tcp proxy: connect failed (UF)");
             return;
         }
         Err(_) => {
             cluster.stats.cx_connect_fail.increment(1);
+            cluster.report(&endpoint, Outcome::LocalFailure);
             tracing::debug!(endpoint = %endpoint.addr, "tcp proxy: connect timeout (UF)");
             return;
         }
