@@ -51,8 +51,23 @@ pub struct LbTable {
     /// Cumulative weights for weighted random draws.
     cumulative: Vec<u64>,
     equal_weights: bool,
-    ring: Option<Ring>,
-    maglev: Option<Maglev>,
+    /// The consistent-hashing table of RING_HASH and MAGLEV clusters.
+    hashed: Option<HashTable>,
+}
+
+#[derive(Debug)]
+enum HashTable {
+    Ring(Ring),
+    Maglev(Maglev),
+}
+
+impl HashTable {
+    fn pick(&self, hash: u64) -> Option<usize> {
+        match self {
+            HashTable::Ring(ring) => ring.pick(hash),
+            HashTable::Maglev(maglev) => maglev.pick(hash),
+        }
+    }
 }
 
 /// The longest round-robin sequence kept; heavier weight sets are scaled down to fit.
@@ -61,13 +76,13 @@ const MAX_RR_SEQUENCE: u64 = 16_384;
 impl LbTable {
     pub fn build(policy: &LbPolicy, endpoints: &[(std::net::SocketAddr, u32)]) -> Self {
         let mut table = Self::weighted(&endpoints.iter().map(|(_, w)| *w).collect::<Vec<_>>());
-        match policy {
+        table.hashed = match policy {
             LbPolicy::RingHash { min_ring_size, max_ring_size } => {
-                table.ring = Some(Ring::build(endpoints, *min_ring_size, *max_ring_size));
+                Some(HashTable::Ring(Ring::build(endpoints, *min_ring_size, *max_ring_size)))
             }
-            LbPolicy::Maglev { table_size } => table.maglev = Some(Maglev::build(endpoints, *table_size)),
-            _ => {}
-        }
+            LbPolicy::Maglev { table_size } => Some(HashTable::Maglev(Maglev::build(endpoints, *table_size))),
+            _ => None,
+        };
         table
     }
 
@@ -81,7 +96,7 @@ impl LbTable {
             cumulative.push(total);
         }
         let rr_sequence = if equal_weights { (0..weights.len() as u32).collect() } else { smooth_wrr(&weights) };
-        LbTable { rr_sequence, cumulative, equal_weights, ring: None, maglev: None }
+        LbTable { rr_sequence, cumulative, equal_weights, hashed: None }
     }
 
     fn weighted_random(&self) -> usize {
@@ -135,28 +150,21 @@ pub fn pick<'a>(
         _ => {}
     }
     let table = &set.lb;
-    let index = match policy {
-        LbPolicy::RoundRobin => {
+    let index = match (policy, hash, &table.hashed) {
+        (_, Some(hash), Some(hashed)) => hashed.pick(hash).unwrap_or(0),
+        (LbPolicy::RoundRobin, ..) => {
             let n = cursor.fetch_add(1, Ordering::Relaxed);
             table.rr_sequence[n % table.rr_sequence.len()] as usize
         }
-        LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } if hash.is_some() => {
-            let hash = hash.unwrap_or_default();
-            let picked = match (&table.ring, &table.maglev) {
-                (Some(ring), _) => ring.pick(hash),
-                (_, Some(maglev)) => maglev.pick(hash),
-                _ => None,
-            };
-            picked.unwrap_or(0)
-        }
-        LbPolicy::Random | LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => {
+        // Random, and a hashing policy for a request without a hash.
+        (LbPolicy::Random | LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. }, ..) => {
             if table.equal_weights {
                 fastrand::usize(..hosts.len())
             } else {
                 table.weighted_random()
             }
         }
-        LbPolicy::LeastRequest { choice_count } => {
+        (LbPolicy::LeastRequest { choice_count }, ..) => {
             let draw = || if table.equal_weights { fastrand::usize(..hosts.len()) } else { table.weighted_random() };
             let load = |i: usize| {
                 let active = hosts[i].active_requests.load(Ordering::Relaxed) as f64;

@@ -84,10 +84,10 @@ impl Lifetime {
         Lifetime { born: now, requests: 0, last_used: now }
     }
 
-    /// Whether the connection may carry another request.
-    fn usable(&self, options: &PoolOptions) -> bool {
-        options.idle_timeout.is_none_or(|t| self.last_used.elapsed() < t)
-            && options.max_connection_duration.is_none_or(|d| self.born.elapsed() < d)
+    /// Whether the connection may carry another request at `now` (one clock read per caller).
+    fn usable(&self, options: &PoolOptions, now: Instant) -> bool {
+        options.idle_timeout.is_none_or(|t| now.saturating_duration_since(self.last_used) < t)
+            && options.max_connection_duration.is_none_or(|d| now.saturating_duration_since(self.born) < d)
             && options.max_requests_per_connection.is_none_or(|n| self.requests < n)
     }
 }
@@ -239,7 +239,7 @@ impl Pool {
                 let (mut sender, mut lifetime) = match pooled {
                     Some((s, _)) if s.is_closed() => continue,
                     // Idle too long or too old: closed (dropped) instead of used.
-                    Some((_, lifetime)) if !lifetime.usable(&self.options) => continue,
+                    Some((_, lifetime)) if !lifetime.usable(&self.options, Instant::now()) => continue,
                     Some(pooled) => pooled,
                     None => (Box::pin(self.connect_http1(stats, false)).await?, Lifetime::new()),
                 };
@@ -308,12 +308,13 @@ impl Pool {
     fn current_http2(&self) -> Option<http2::SendRequest<RequestBody>> {
         let mut guard = self.http2.lock().unwrap_or_else(|e| e.into_inner());
         let (sender, lifetime) = guard.as_mut()?;
-        if sender.is_closed() || !lifetime.usable(&self.options) {
+        let now = Instant::now();
+        if sender.is_closed() || !lifetime.usable(&self.options, now) {
             *guard = None;
             return None;
         }
         lifetime.requests += 1;
-        lifetime.last_used = Instant::now();
+        lifetime.last_used = now;
         Some(sender.clone())
     }
 
@@ -359,12 +360,15 @@ impl Pool {
     /// Takes back a connection whose exchange ended, unless it is closed or has carried its last
     /// request; idle connections past their idle timeout are closed on the way.
     fn checkin(&self, sender: http1::SendRequest<RequestBody>, mut lifetime: Lifetime) {
-        lifetime.last_used = Instant::now();
+        let now = Instant::now();
+        lifetime.last_used = now;
         let mut idle = self.idle_http1.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(timeout) = self.options.idle_timeout {
-            idle.retain(|(_, l)| l.last_used.elapsed() < timeout);
+            // Pushed in the order they were last used: the expired ones are a prefix.
+            let expired = idle.partition_point(|(_, l)| now.saturating_duration_since(l.last_used) >= timeout);
+            idle.drain(..expired);
         }
-        if sender.is_closed() || !lifetime.usable(&self.options) {
+        if sender.is_closed() || !lifetime.usable(&self.options, now) {
             return;
         }
         if idle.len() < self.options.max_idle_per_endpoint {
