@@ -15,10 +15,17 @@ fn main() {
 
     println!("cargo:rerun-if-changed=Cargo.toml");
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let metadata = cargo_metadata::MetadataCommand::new()
-        .manifest_path(manifest_dir.join("Cargo.toml"))
-        .other_options(vec!["--offline".to_string()])
-        .exec()
+    // Offline first (no network during a build); a fresh machine that has only fetched what this
+    // build needs lacks other workspace members' packages, which `cargo metadata` resolves too, so it
+    // then runs again allowed to download them.
+    let metadata = |extra: &[&str]| {
+        cargo_metadata::MetadataCommand::new()
+            .manifest_path(manifest_dir.join("Cargo.toml"))
+            .other_options(extra.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .exec()
+    };
+    let metadata = metadata(&["--offline"])
+        .or_else(|_| metadata(&[]))
         .expect("cargo metadata (needed to find the envoy-types package)");
     let envoy_types = metadata
         .packages
