@@ -198,7 +198,7 @@ async fn load_balancing_and_dns_clusters() {
     let clusters = s.proxy.admin_text("/clusters").await;
     assert!(clusters.contains("weighted::127.0.0.1:") && clusters.contains("::weight::3"), "{clusters}");
     assert!(
-        clusters.contains("unhealthy::127.0.0.1:") && clusters.contains("health_flags::/eds_unhealthy"),
+        clusters.contains("unhealthy::127.0.0.1:") && clusters.contains("health_flags::/failed_eds_health"),
         "{clusters}"
     );
 }

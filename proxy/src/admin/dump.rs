@@ -3,6 +3,7 @@
 
 use crate::ads::{AdsStatus, Received};
 use crate::snapshot::Snapshot;
+use crate::upstream::HealthStatus;
 use prost_reflect::{DynamicMessage, SerializeOptions};
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -217,10 +218,14 @@ pub fn clusters_text(s: &Snapshot) -> String {
             let _ = writeln!(out, "{name}::{a}::rq_active::{}", e.active_requests.load(Ordering::Relaxed));
             let _ = writeln!(out, "{name}::{a}::idle_connections::{}", e.pool.idle_connections());
             let _ = writeln!(out, "{name}::{a}::weight::{}", e.weight);
-            let mut flags = String::new();
-            if !e.health.takes_traffic() {
-                flags += &format!("/eds_{}", e.health.as_str());
-            }
+            let _ = writeln!(out, "{name}::{a}::priority::{}", e.priority);
+            // Envoy's health flag names.
+            let mut flags = String::from(match e.health {
+                HealthStatus::Unhealthy | HealthStatus::Timeout => "/failed_eds_health",
+                HealthStatus::Draining => "/eds_status_draining",
+                HealthStatus::Degraded => "/degraded_eds_health",
+                HealthStatus::Unknown | HealthStatus::Healthy => "",
+            });
             if e.outlier.is_ejected() {
                 flags += "/failed_outlier_check";
             }

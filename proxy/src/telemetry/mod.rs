@@ -173,7 +173,10 @@ pub struct ClusterStats {
     pub cx_active: Gauge,
     pub cx_connect_fail: Counter,
     pub cx_none_healthy: Counter,
+    /// Requests balanced over all endpoints of a level in panic.
+    pub lb_healthy_panic: Counter,
     pub membership_healthy: Gauge,
+    pub membership_degraded: Gauge,
     pub membership_total: Gauge,
     pub outlier: OutlierStats,
     pub health_check: HealthCheckStats,
@@ -199,7 +202,9 @@ impl ClusterStats {
             cx_active: gauge!("envoy_cluster_upstream_cx_active", l => name.clone()),
             cx_connect_fail: counter!("envoy_cluster_upstream_cx_connect_fail", l => name.clone()),
             cx_none_healthy: counter!("envoy_cluster_upstream_cx_none_healthy", l => name.clone()),
+            lb_healthy_panic: counter!("envoy_cluster_lb_healthy_panic", l => name.clone()),
             membership_healthy: gauge!("envoy_cluster_membership_healthy", l => name.clone()),
+            membership_degraded: gauge!("envoy_cluster_membership_degraded", l => name.clone()),
             membership_total: gauge!("envoy_cluster_membership_total", l => name),
             outlier: OutlierStats::new(cluster),
             health_check: HealthCheckStats::new(cluster),
@@ -212,8 +217,11 @@ impl ClusterStats {
 
     pub fn set_membership(&self, set: &crate::upstream::EndpointSet) {
         self.membership_total.set(set.all.len() as f64);
-        let healthy = set.all.iter().filter(|e| e.takes_traffic(set.health_checked)).count();
-        self.membership_healthy.set(healthy as f64);
+        let available = set.all.iter().filter(|e| e.takes_traffic(set.health_checked));
+        let (degraded, healthy): (Vec<_>, Vec<_>) =
+            available.partition(|e| e.health == crate::upstream::HealthStatus::Degraded);
+        self.membership_healthy.set(healthy.len() as f64);
+        self.membership_degraded.set(degraded.len() as f64);
     }
 }
 

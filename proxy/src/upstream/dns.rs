@@ -1,7 +1,7 @@
 //! DNS discovery for STRICT_DNS and LOGICAL_DNS clusters: resolves each endpoint's name with the
 //! system resolver and replaces the cluster's endpoint set when the answer changes.
 
-use super::{Cluster, Discovery, DnsFamily};
+use super::{Cluster, Discovery, DnsFamily, Member};
 use std::net::{IpAddr, SocketAddr};
 
 /// Resolves every endpoint of the cluster once and applies the result. A name that fails to resolve
@@ -23,8 +23,8 @@ pub(super) async fn refresh(cluster: &Cluster) {
         }
         let take = if config.discovery == Discovery::LogicalDns { 1 } else { usize::MAX };
         for addr in resolved.into_iter().take(take) {
-            if !next.iter().any(|(a, _, _)| *a == addr) {
-                next.push((addr, spec.weight, spec.health));
+            if !next.iter().any(|m: &Member| m.addr == addr) {
+                next.push(Member { addr, weight: spec.weight, health: spec.health, priority: spec.priority });
             }
         }
         if config.discovery == Discovery::LogicalDns {

@@ -1,7 +1,7 @@
 //! Load-balancing policies: weighted round robin (a precomputed smooth-WRR sequence walked by one atomic
 //! cursor), least request (power of two choices, weight-aware) and weighted random. No locks on the pick.
 
-use super::endpoints::{Endpoint, EndpointSet};
+use super::endpoints::{Endpoint, EndpointSet, Tier};
 use super::hashing::{Maglev, Ring};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -135,21 +135,35 @@ fn smooth_wrr(weights: &[u64]) -> Vec<u32> {
     order
 }
 
-/// Picks a healthy endpoint, or `None` when there is none. Hashing policies use `hash` (a request
-/// without one gets a random endpoint, as in Envoy).
+/// Picks an endpoint: first the priority level and tier by their loads (hashing policies draw by the
+/// request's hash, as Envoy does, others at random), then an endpoint of that tier by the policy.
+/// Returns it and whether its level was in panic; `None` when there is nobody to send to.
 pub fn pick<'a>(
     policy: &LbPolicy,
     set: &'a EndpointSet,
     cursor: &AtomicUsize,
     hash: Option<u64>,
+) -> Option<(&'a Arc<Endpoint>, bool)> {
+    let hash = hash.filter(|_| policy.is_hashing());
+    let (tier, panic) = set.choose_tier(|| hash.unwrap_or_else(|| fastrand::u64(..)))?;
+    pick_in(policy, tier, cursor, hash).map(|e| (e, panic))
+}
+
+/// Picks an endpoint of one tier. Hashing policies use `hash` (a request without one gets a random
+/// endpoint, as in Envoy).
+fn pick_in<'a>(
+    policy: &LbPolicy,
+    tier: &'a Tier,
+    cursor: &AtomicUsize,
+    hash: Option<u64>,
 ) -> Option<&'a Arc<Endpoint>> {
-    let hosts = &set.healthy;
+    let hosts = &tier.hosts;
     match hosts.len() {
         0 => return None,
         1 => return hosts.first(),
         _ => {}
     }
-    let table = &set.lb;
+    let table = &tier.lb;
     let index = match (policy, hash, &table.hashed) {
         (_, Some(hash), Some(hashed)) => hashed.pick(hash).unwrap_or(0),
         (LbPolicy::RoundRobin, ..) => {

@@ -12,7 +12,7 @@ pub mod lb;
 pub mod outlier;
 pub mod pool;
 
-pub use endpoints::{Endpoint, EndpointSet, HealthStatus};
+pub use endpoints::{Endpoint, EndpointSet, HealthStatus, Member, PriorityLevel, Tier};
 pub use lb::LbPolicy;
 pub use pool::{Pool, PoolOptions, UpstreamError};
 
@@ -59,6 +59,8 @@ pub struct EndpointSpec {
     pub port: u16,
     pub weight: u32,
     pub health: HealthStatus,
+    /// `LocalityLbEndpoints.priority`.
+    pub priority: u32,
 }
 
 /// A validated `Cluster`: everything that decides how the cluster behaves.
@@ -79,6 +81,33 @@ pub struct ClusterConfig {
     /// Under this percentage of endpoints taking traffic, the balancer uses all (Envoy's
     /// `healthy_panic_threshold`, default 50; 0 never).
     pub panic_threshold: u32,
+    /// `ClusterLoadAssignment.policy.overprovisioning_factor` (percent, default 140).
+    pub overprovisioning_factor: u32,
+    /// `ClusterLoadAssignment.policy.weighted_priority_health`: a level's health by weight, not count.
+    pub weighted_priority_health: bool,
+}
+
+impl Default for ClusterConfig {
+    /// Envoy's defaults for a STATIC cluster without endpoints.
+    fn default() -> Self {
+        ClusterConfig {
+            name: String::new(),
+            discovery: Discovery::Static,
+            endpoints: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            lb_policy: LbPolicy::RoundRobin,
+            protocol: UpstreamProtocol::Http1,
+            dns_refresh_rate: Duration::from_secs(5),
+            dns_family: DnsFamily::Auto,
+            pool: PoolOptions::default(),
+            breakers: breakers::Thresholds::default(),
+            outlier: None,
+            health_check: None,
+            panic_threshold: 50,
+            overprovisioning_factor: 140,
+            weighted_priority_health: false,
+        }
+    }
 }
 
 /// A running cluster: config, the current endpoint set, and the state that outlives config swaps.
@@ -127,7 +156,10 @@ impl Cluster {
             let addrs = config
                 .endpoints
                 .iter()
-                .filter_map(|e| Some((SocketAddr::new(e.host.parse().ok()?, e.port), e.weight, e.health)))
+                .filter_map(|e| {
+                    let addr = SocketAddr::new(e.host.parse().ok()?, e.port);
+                    Some(Member { addr, weight: e.weight, health: e.health, priority: e.priority })
+                })
                 .collect::<Vec<_>>();
             EndpointSet::build(&config, addrs, previous.as_deref())
         } else {
@@ -293,7 +325,7 @@ impl Cluster {
     }
 
     /// Replaces the endpoint set, keeping the pools and counters of endpoints that stay.
-    pub fn update_endpoints(&self, addrs: Vec<(SocketAddr, u32, HealthStatus)>) {
+    pub fn update_endpoints(&self, addrs: Vec<Member>) {
         let old = self.endpoints.load_full();
         let next = EndpointSet::build(&self.config, addrs, Some(&old));
         if next.same_as(&old) {
@@ -307,6 +339,10 @@ impl Cluster {
     /// route's `hash_policy`); `None` when no endpoint is healthy.
     pub fn pick(&self, hash: Option<u64>) -> Option<Arc<Endpoint>> {
         let set = self.endpoints.load();
-        lb::pick(&self.config.lb_policy, &set, &self.rr_cursor, hash).cloned()
+        let (endpoint, panic) = lb::pick(&self.config.lb_policy, &set, &self.rr_cursor, hash)?;
+        if panic {
+            self.stats.lb_healthy_panic.increment(1);
+        }
+        Some(endpoint.clone())
     }
 }

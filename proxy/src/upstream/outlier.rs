@@ -281,25 +281,12 @@ mod tests {
     }
 
     fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
-        use super::super::endpoints::HealthStatus;
-        use super::super::{UpstreamProtocol, pool::Pool};
+        use super::super::endpoints::{HealthStatus, Member};
         (0..n)
             .map(|i| {
                 let addr: std::net::SocketAddr = ([127, 0, 0, 1], 1000 + i as u16).into();
-                Arc::new(Endpoint {
-                    addr,
-                    weight: 1,
-                    health: HealthStatus::Healthy,
-                    active_requests: Default::default(),
-                    pool: Arc::new(Pool::new(
-                        addr,
-                        UpstreamProtocol::Http1,
-                        Duration::from_secs(1),
-                        Default::default(),
-                    )),
-                    outlier: Arc::default(),
-                    health_check: Arc::default(),
-                })
+                let member = Member { addr, weight: 1, health: HealthStatus::Healthy, priority: 0 };
+                Arc::new(Endpoint::new(&Default::default(), member))
             })
             .collect()
     }

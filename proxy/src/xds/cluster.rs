@@ -153,6 +153,7 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig> {
         }
         None => 50,
     };
+    let (overprovisioning_factor, weighted_priority_health) = load_policy(c)?;
     Ok(ClusterConfig {
         name: c.name.clone(),
         discovery,
@@ -167,7 +168,26 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig> {
         outlier,
         health_check,
         panic_threshold,
+        overprovisioning_factor,
+        weighted_priority_health,
     })
+}
+
+/// The highest priority number accepted (levels are kept as an array).
+const MAX_PRIORITY: u32 = 127;
+
+/// `load_assignment.policy`: the overprovisioning factor (percent, Envoy's default 140) and whether
+/// a priority level's health is weighed by endpoint weights.
+fn load_policy(c: &cluster::Cluster) -> Result<(u32, bool)> {
+    let Some(policy) = c.load_assignment.as_ref().and_then(|la| la.policy.as_ref()) else { return Ok((140, false)) };
+    if !policy.drop_overloads.is_empty() {
+        return Err(ConfigError::new("load_assignment.policy.drop_overloads", "is not supported yet"));
+    }
+    let factor = policy.overprovisioning_factor.map_or(140, |f| f.value);
+    if factor == 0 {
+        return Err(ConfigError::new("load_assignment.policy.overprovisioning_factor", "must be greater than 0"));
+    }
+    Ok((factor, policy.weighted_priority_health))
 }
 
 /// A `HealthCheck`: HTTP, TCP or gRPC, with Envoy's defaults where a field is optional.
@@ -371,10 +391,11 @@ fn endpoints(c: &cluster::Cluster, discovery: Discovery) -> Result<Vec<EndpointS
     let mut out = Vec::new();
     let Some(la) = &c.load_assignment else { return Ok(out) };
     for (i, locality) in la.endpoints.iter().enumerate() {
-        if locality.priority != 0 {
+        // Envoy's limit: priorities are levels of an array, 0 the highest.
+        if locality.priority > MAX_PRIORITY {
             return Err(ConfigError::new(
                 format!("load_assignment.endpoints[{i}].priority"),
-                "priorities are not supported yet",
+                format!("must be at most {MAX_PRIORITY}"),
             ));
         }
         for (j, lbe) in locality.lb_endpoints.iter().enumerate() {
@@ -417,7 +438,7 @@ fn endpoints(c: &cluster::Cluster, discovery: Discovery) -> Result<Vec<EndpointS
                 5 => HealthStatus::Degraded,
                 n => return Err(ConfigError::new(format!("{at}.health_status"), format!("unknown value {n}"))),
             };
-            out.push(EndpointSpec { host: sa.address.clone(), port, weight, health });
+            out.push(EndpointSpec { host: sa.address.clone(), port, weight, health, priority: locality.priority });
         }
     }
     Ok(out)

@@ -324,7 +324,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", &["choice_count"]),
     ("envoy.config.cluster.v3.Cluster.RingHashLbConfig", &["minimum_ring_size", "maximum_ring_size", "hash_function"]),
     ("envoy.config.cluster.v3.Cluster.MaglevLbConfig", &["table_size"]),
-    ("envoy.config.endpoint.v3.ClusterLoadAssignment", &["cluster_name", "endpoints"]),
+    ("envoy.config.endpoint.v3.ClusterLoadAssignment", &["cluster_name", "endpoints", "policy"]),
+    // `endpoint_stale_after` is an EDS freshness guard; its absence (the default) means never stale.
+    (
+        "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy",
+        &["overprovisioning_factor", "weighted_priority_health", "drop_overloads"],
+    ),
     // `load_balancing_weight` only matters with locality-weighted balancing (not configurable here), as
     // in Envoy, where it is ignored without `locality_weighted_lb_config` too.
     (
