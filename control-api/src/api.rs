@@ -4,6 +4,7 @@
 
 use crate::control::{ChangeError, Changed, Control, Served};
 use crate::mesh::{self, Mesh};
+use crate::policy::{self, TrafficPolicy};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,10 +154,15 @@ pub fn from_proto(m: pb::Mesh) -> Result<Mesh, String> {
         let at = format!("service '{}'", s.name);
         services.push(mesh::ServiceSpec {
             connect_timeout: duration(&s.connect_timeout, &format!("{at}: connect_timeout"))?,
+            traffic_policy: policy_from_proto(s.traffic_policy.unwrap_or_default(), &format!("{at}: traffic_policy"))?,
             endpoints: s
                 .endpoints
                 .into_iter()
-                .map(|e| mesh::EndpointSpec::Weighted { address: e.address, weight: e.weight.max(1) })
+                .map(|e| mesh::EndpointSpec::Weighted {
+                    address: e.address,
+                    weight: e.weight.max(1),
+                    priority: e.priority,
+                })
                 .collect(),
             name: s.name,
             protocol,
@@ -237,8 +243,14 @@ pub fn to_proto(m: &Mesh) -> pb::Mesh {
                 endpoints: s
                     .endpoints
                     .iter()
-                    .map(|e| pb::Endpoint { address: e.address().to_string(), weight: e.weight() })
+                    .map(|e| pb::Endpoint {
+                        address: e.address().to_string(),
+                        weight: e.weight(),
+                        priority: e.priority(),
+                    })
                     .collect(),
+                traffic_policy: (s.traffic_policy != TrafficPolicy::default())
+                    .then(|| policy_to_proto(&s.traffic_policy)),
                 protocol: match s.protocol {
                     mesh::Protocol::Http1 => "http1".into(),
                     mesh::Protocol::Http2 => "http2".into(),
@@ -281,5 +293,107 @@ pub fn to_proto(m: &Mesh) -> pb::Mesh {
                 }),
             })
             .collect(),
+    }
+}
+
+fn policy_from_proto(p: pb::TrafficPolicy, at: &str) -> Result<TrafficPolicy, String> {
+    let load_balancer = match p.load_balancer.as_str() {
+        "" => policy::LoadBalancer::default(),
+        name => policy::LoadBalancer::parse(name)
+            .ok_or_else(|| format!("{at}: load_balancer: '{name}' is not one of {}", policy::LoadBalancer::NAMES))?,
+    };
+    let outlier_detection = match p.outlier_detection {
+        None => None,
+        Some(o) => Some(policy::OutlierSpec {
+            consecutive_5xx_errors: o.consecutive_5xx_errors,
+            consecutive_gateway_errors: o.consecutive_gateway_errors,
+            interval: duration(&o.interval, &format!("{at}: outlier_detection.interval"))?,
+            base_ejection_time: duration(
+                &o.base_ejection_time,
+                &format!("{at}: outlier_detection.base_ejection_time"),
+            )?,
+            max_ejection_percent: o.max_ejection_percent,
+            min_health_percent: o.min_health_percent,
+        }),
+    };
+    let health_check = match p.health_check {
+        None => None,
+        Some(h) => Some(policy::HealthCheckSpec {
+            kind: match h.kind.as_str() {
+                "" | "http" => policy::ProbeKind::Http,
+                "tcp" => policy::ProbeKind::Tcp,
+                "grpc" => policy::ProbeKind::Grpc,
+                other => return Err(format!("{at}: health_check.kind: '{other}' is not http, tcp or grpc")),
+            },
+            path: non_empty(h.path),
+            service: non_empty(h.service),
+            interval: duration(&h.interval, &format!("{at}: health_check.interval"))?,
+            timeout: duration(&h.timeout, &format!("{at}: health_check.timeout"))?,
+            unhealthy_threshold: h.unhealthy_threshold,
+            healthy_threshold: h.healthy_threshold,
+        }),
+    };
+    let connection_pool = match p.connection_pool {
+        None => None,
+        Some(c) => Some(policy::ConnectionPoolSpec {
+            max_connections: c.max_connections,
+            max_pending_requests: c.max_pending_requests,
+            max_requests: c.max_requests,
+            max_retries: c.max_retries,
+            max_requests_per_connection: c.max_requests_per_connection,
+            idle_timeout: duration(&c.idle_timeout, &format!("{at}: connection_pool.idle_timeout"))?,
+        }),
+    };
+    let hash_on = match p.hash_on {
+        None => None,
+        Some(h) => Some(policy::HashOn {
+            header: non_empty(h.header),
+            cookie: non_empty(h.cookie),
+            cookie_ttl: duration(&h.cookie_ttl, &format!("{at}: hash_on.cookie_ttl"))?,
+            source_ip: h.source_ip,
+        }),
+    };
+    Ok(TrafficPolicy { load_balancer, hash_on, outlier_detection, health_check, connection_pool })
+}
+
+fn policy_to_proto(p: &TrafficPolicy) -> pb::TrafficPolicy {
+    pb::TrafficPolicy {
+        load_balancer: p.load_balancer.name().to_string(),
+        hash_on: p.hash_on.as_ref().map(|h| pb::HashOn {
+            header: h.header.clone().unwrap_or_default(),
+            cookie: h.cookie.clone().unwrap_or_default(),
+            cookie_ttl: format_duration(h.cookie_ttl),
+            source_ip: h.source_ip,
+        }),
+        outlier_detection: p.outlier_detection.as_ref().map(|o| pb::OutlierDetection {
+            consecutive_5xx_errors: o.consecutive_5xx_errors,
+            consecutive_gateway_errors: o.consecutive_gateway_errors,
+            interval: format_duration(o.interval),
+            base_ejection_time: format_duration(o.base_ejection_time),
+            max_ejection_percent: o.max_ejection_percent,
+            min_health_percent: o.min_health_percent,
+        }),
+        health_check: p.health_check.as_ref().map(|h| pb::HealthCheck {
+            kind: match h.kind {
+                policy::ProbeKind::Http => "http",
+                policy::ProbeKind::Tcp => "tcp",
+                policy::ProbeKind::Grpc => "grpc",
+            }
+            .to_string(),
+            path: h.path.clone().unwrap_or_default(),
+            service: h.service.clone().unwrap_or_default(),
+            interval: format_duration(h.interval),
+            timeout: format_duration(h.timeout),
+            unhealthy_threshold: h.unhealthy_threshold,
+            healthy_threshold: h.healthy_threshold,
+        }),
+        connection_pool: p.connection_pool.as_ref().map(|c| pb::ConnectionPool {
+            max_connections: c.max_connections,
+            max_pending_requests: c.max_pending_requests,
+            max_requests: c.max_requests,
+            max_retries: c.max_retries,
+            max_requests_per_connection: c.max_requests_per_connection,
+            idle_timeout: format_duration(c.idle_timeout),
+        }),
     }
 }

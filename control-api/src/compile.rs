@@ -30,7 +30,7 @@ pub fn compile(mesh: &Mesh) -> Result<Resources, String> {
         items.push(pack::<RouteConfiguration>(
             type_url::ROUTE_CONFIGURATION,
             &listener.name,
-            &route_config_json(&listener.name, &routes),
+            &route_config_json(&listener.name, &routes, mesh),
         )?);
     }
     // Proxyless gRPC clients ask for a listener named after their target (`xds:///name`): each route
@@ -110,7 +110,7 @@ fn api_listener_json(name: &str, route_config: &str) -> Value {
 
 /// Virtual hosts group the routes by their `hosts`, in the order the hosts first appear; routes keep
 /// their file order within a virtual host (first match wins, as in Envoy).
-fn route_config_json(name: &str, routes: &[&RouteSpec]) -> Value {
+fn route_config_json(name: &str, routes: &[&RouteSpec], mesh: &Mesh) -> Value {
     let mut hosts: Vec<(&Vec<String>, Vec<Value>)> = Vec::new();
     for route in routes {
         let entry = match hosts.iter_mut().find(|(h, _)| *h == &route.hosts) {
@@ -120,7 +120,7 @@ fn route_config_json(name: &str, routes: &[&RouteSpec]) -> Value {
                 hosts.last_mut().expect("just pushed")
             }
         };
-        entry.1.push(route_json(route));
+        entry.1.push(route_json(route, mesh));
     }
     let virtual_hosts: Vec<Value> = hosts
         .into_iter()
@@ -148,9 +148,15 @@ fn header_fields(route: &mut Value, headers: &HeadersSpec) {
     }
 }
 
-fn route_json(route: &RouteSpec) -> Value {
+fn route_json(route: &RouteSpec, mesh: &Mesh) -> Value {
     let mut out = route_action_json(route);
     header_fields(&mut out, &route.headers);
+    // Consistent hashing is the services' policy; the hash comes from the route (validation made
+    // sure every target of a split hashes alike).
+    let hashing = route.to.iter().find_map(|t| mesh.services.iter().find(|s| s.name == t.service));
+    if let (Some(policy), Some(action)) = (hashing.and_then(|s| s.traffic_policy.hash_policy()), out.get_mut("route")) {
+        action["hash_policy"] = policy;
+    }
     out
 }
 
@@ -220,15 +226,28 @@ fn route_action_json(route: &RouteSpec) -> Value {
 
 /// The cluster, and its endpoints when they go over EDS (all IP addresses).
 fn service_resources(s: &ServiceSpec) -> (Value, Option<Value>) {
-    let endpoints = json!({
-        "cluster_name": s.name,
-        // A locality with a weight: gRPC's xDS client requires both (Envoy does not mind).
-        "endpoints": [{ "locality": {}, "load_balancing_weight": 1, "lb_endpoints": s.endpoints.iter().map(|e| {
-            let (host, port) = e.host_port().expect("validated");
-            json!({ "endpoint": { "address": { "socket_address": { "address": host, "port_value": port } } },
-                    "load_balancing_weight": e.weight() })
-        }).collect::<Vec<_>>() }]
-    });
+    let mut priorities: Vec<u32> = s.endpoints.iter().map(|e| e.priority()).collect();
+    priorities.sort_unstable();
+    priorities.dedup();
+    // One locality per priority, each with a weight: gRPC's xDS client requires both (Envoy does
+    // not mind).
+    let localities: Vec<Value> = priorities
+        .iter()
+        .map(|&priority| {
+            let lb_endpoints: Vec<Value> = s
+                .endpoints
+                .iter()
+                .filter(|e| e.priority() == priority)
+                .map(|e| {
+                    let (host, port) = e.host_port().expect("validated");
+                    json!({ "endpoint": { "address": { "socket_address": { "address": host, "port_value": port } } },
+                            "load_balancing_weight": e.weight() })
+                })
+                .collect();
+            json!({ "locality": {}, "load_balancing_weight": 1, "priority": priority, "lb_endpoints": lb_endpoints })
+        })
+        .collect();
+    let endpoints = json!({ "cluster_name": s.name, "endpoints": localities });
     let by_ip = s.endpoints.iter().all(|e| e.host_port().is_some_and(|(h, _)| h.parse::<std::net::IpAddr>().is_ok()));
     let timeout = s.connect_timeout.map_or(1.0, |d| d.as_secs_f64());
     let mut cluster = json!({ "name": s.name, "connect_timeout": format!("{timeout}s") });
@@ -240,6 +259,7 @@ fn service_resources(s: &ServiceSpec) -> (Value, Option<Value>) {
             }
         });
     }
+    s.traffic_policy.apply_to_cluster(&mut cluster);
     if by_ip {
         cluster["type"] = json!("EDS");
         cluster["eds_cluster_config"] = json!({ "eds_config": ads() });

@@ -8,6 +8,7 @@ pub mod api;
 pub mod compile;
 pub mod control;
 pub mod mesh;
+pub mod policy;
 pub mod resources;
 pub mod store;
 

@@ -1,6 +1,7 @@
 //! The friendly mesh config: listeners, services and routes in a YAML that fits on one screen,
 //! validated whole (every problem named by object and field) before anything is compiled.
 
+use crate::policy::TrafficPolicy;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -118,6 +119,13 @@ pub struct ServiceSpec {
     pub protocol: Protocol,
     #[serde(default, with = "humantime_serde_opt", skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Duration>,
+    /// Load balancing, outlier detection, health checks and limits, as Istio's `trafficPolicy`.
+    #[serde(default, skip_serializing_if = "is_default_policy")]
+    pub traffic_policy: TrafficPolicy,
+}
+
+fn is_default_policy(p: &TrafficPolicy) -> bool {
+    *p == TrafficPolicy::default()
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -128,8 +136,10 @@ pub enum Protocol {
     Http2,
 }
 
-/// `host:port`, or `{ address: host:port, weight: N }`. An IP address is sent as an endpoint (EDS);
-/// a DNS name makes the service a `STRICT_DNS` cluster.
+/// `host:port`, or `{ address: host:port, weight: N, priority: P }`. An IP address is sent as an
+/// endpoint (EDS); a DNS name makes the service a `STRICT_DNS` cluster. Priority 0 (the default) is
+/// the highest: lower ones take traffic only as far as the higher ones are short of healthy
+/// endpoints (Envoy's priority levels, for failover).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum EndpointSpec {
@@ -138,8 +148,17 @@ pub enum EndpointSpec {
         address: String,
         #[serde(default = "one")]
         weight: u32,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        priority: u32,
     },
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The lowest priority (highest number) an endpoint may have, as the proxy accepts.
+pub const MAX_PRIORITY: u32 = 127;
 
 fn one() -> u32 {
     1
@@ -156,6 +175,13 @@ impl EndpointSpec {
         match self {
             EndpointSpec::Address(_) => 1,
             EndpointSpec::Weighted { weight, .. } => *weight,
+        }
+    }
+
+    pub fn priority(&self) -> u32 {
+        match self {
+            EndpointSpec::Address(_) => 0,
+            EndpointSpec::Weighted { priority, .. } => *priority,
         }
     }
 
@@ -430,7 +456,11 @@ impl Mesh {
                 if e.weight() == 0 {
                     errors.push(format!("{at}: endpoints[{j}].weight: must be at least 1"));
                 }
+                if e.priority() > MAX_PRIORITY {
+                    errors.push(format!("{at}: endpoints[{j}].priority: must be at most {MAX_PRIORITY}"));
+                }
             }
+            s.traffic_policy.validate(&format!("{at}: traffic_policy"), &mut errors);
         }
         let mut routes = HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
@@ -471,6 +501,15 @@ impl Mesh {
             }
             errors.extend(r.headers.request.problems(&format!("{at}: headers.request")));
             errors.extend(r.headers.response.problems(&format!("{at}: headers.response")));
+            let mut hashing: Vec<_> =
+                r.to.iter()
+                    .filter_map(|t| self.services.iter().find(|s| s.name == t.service))
+                    .map(|s| s.traffic_policy.hash_on.clone())
+                    .collect();
+            hashing.dedup();
+            if hashing.len() > 1 {
+                errors.push(format!("{at}: to: the services split between must hash alike (traffic_policy.hash_on)"));
+            }
             if let Some(retries) = &r.retries {
                 if retries.attempts == 0 {
                     errors.push(format!("{at}: retries.attempts: must be at least 1"));
@@ -516,7 +555,7 @@ pub fn parse(text: &str) -> Result<Mesh, String> {
 }
 
 /// `timeout: 5s` style durations (humantime), optional.
-mod humantime_serde_opt {
+pub(crate) mod humantime_serde_opt {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 

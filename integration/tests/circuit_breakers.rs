@@ -1,7 +1,9 @@
 //! Circuit breakers (`circuit_breakers.thresholds`) with a scripted upstream that holds requests:
 //! the request over `max_requests` is answered at once with 503 `UO` and counted; a retry over
-//! `max_retries` is not made and counted; places free up as requests end. The same bootstrap runs
-//! on a real Envoy, which must answer and count the same.
+//! `max_retries` is not made and counted; at `max_connections` a request waits for a connection and
+//! gets one when another closes, while one more than `max_pending_requests` is answered at once;
+//! places free up as requests end. The same bootstrap runs on a real Envoy, which must answer and
+//! count the same.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -15,10 +17,42 @@ fn bootstrap(admin: u16, port: u16, upstream: SocketAddr) -> String {
     let route_config = "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\
          \x20             - match: { prefix: /hold }\n                route: { cluster: limited, timeout: 1.5s }\n\
          \x20             - match: { prefix: /retry }\n                route: { cluster: limited, timeout: 1s, \
-         retry_policy: { retry_on: 5xx, num_retries: 1 } }\n";
+         retry_policy: { retry_on: 5xx, num_retries: 1 } }\n\
+         \x20             - match: { prefix: /pooled/hold }\n                route: { cluster: pooled, timeout: 1s }\n\
+         \x20             - match: { prefix: /pooled/wait }\n                route: { cluster: pooled, timeout: 10s }\n";
     let breakers = "    circuit_breakers:\n      thresholds:\n      - { priority: DEFAULT, max_requests: 3, max_retries: 1 }\n      \
                     - { priority: HIGH, max_requests: 100, max_connections: 4294967295 }\n";
-    http_bootstrap(admin, port, "", route_config, &static_cluster("limited", &[upstream], breakers))
+    let pooled = "    circuit_breakers:\n      thresholds: [{ max_connections: 2, max_pending_requests: 1 }]\n";
+    let clusters = static_cluster("limited", &[upstream], breakers) + &static_cluster("pooled", &[upstream], pooled);
+    http_bootstrap(admin, port, "", route_config, &clusters)
+}
+
+/// `max_connections: 2, max_pending_requests: 1`: two held requests take both connections; a third
+/// waits (pending) and a fourth overflows at once; when the held ones time out and their connections
+/// close, the waiting one gets a new connection and its answer.
+async fn pending_scenario(who: &str, port: u16, upstream: &Scripted) {
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let client = http1_client();
+        let id = format!("{who}-pooled-hold-{i}");
+        let req = request(port, "/pooled/hold", &id, "hang");
+        held.push(tokio::spawn(async move { send(&client, req).await.status }));
+        seen(upstream, &id, 1).await;
+    }
+    let wait_id = format!("{who}-pooled-wait");
+    let wait_req = request(port, "/pooled/wait", &wait_id, "ok");
+    let waiting = tokio::spawn(async move { send(&http1_client(), wait_req).await.status });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(upstream.attempts(&wait_id).is_empty(), "{who}: a third connection was opened past max_connections");
+    let client = http1_client();
+    let over = send(&client, request(port, "/pooled/wait", &format!("{who}-pooled-over"), "ok")).await;
+    assert_eq!(over.status, 503, "{who}: over max_pending_requests: {over:?}");
+    assert_eq!(over.body, "upstream connect error or disconnect/reset before headers. reset reason: overflow", "{who}");
+    for h in held {
+        assert_eq!(h.await.unwrap(), 504, "{who}");
+    }
+    assert_eq!(waiting.await.unwrap(), 200, "{who}: the pending request got a connection once one closed");
+    assert_eq!(upstream.attempts(&wait_id).len(), 1, "{who}");
 }
 
 /// Waits until the upstream has seen `n` attempts for `id`.
@@ -78,9 +112,9 @@ async fn scenario(who: &str, port: u16, upstream: &Scripted) {
     assert_eq!((c.status, upstream.attempts(&c_id).len()), (200, 2), "{who}: C");
 }
 
-/// Envoy's counter `cluster.limited.<name>`.
-async fn envoy_counter(admin: SocketAddr, name: &str) -> f64 {
-    let (_, text) = get_text(&format!("http://{admin}/stats?filter=^cluster\\.limited\\.{name}$")).await.unwrap();
+/// Envoy's counter `cluster.<cluster>.<name>`.
+async fn envoy_counter(admin: SocketAddr, cluster: &str, name: &str) -> f64 {
+    let (_, text) = get_text(&format!("http://{admin}/stats?filter=^cluster\\.{cluster}\\.{name}$")).await.unwrap();
     text.lines().find_map(|l| l.rsplit(": ").next()?.parse().ok()).unwrap_or(0.0)
 }
 
@@ -90,31 +124,39 @@ async fn breakers_trip_at_their_thresholds_as_envoys_do() {
     let (port, admin) = (free_port(), free_port());
     let strait = Proxy::start(&bootstrap(admin, port, upstream.addr), admin).await;
     scenario("strait", port, &upstream).await;
-    let label = "{envoy_cluster_name=\"limited\"}";
+    pending_scenario("strait", port, &upstream).await;
+    let (limited, pooled) = ("{envoy_cluster_name=\"limited\"}", "{envoy_cluster_name=\"pooled\"}");
     let ours = [
-        strait.stat(&format!("envoy_cluster_upstream_rq_active_overflow{label}")).await,
-        strait.stat(&format!("envoy_cluster_upstream_rq_retry_overflow{label}")).await,
+        strait.stat(&format!("envoy_cluster_upstream_rq_active_overflow{limited}")).await,
+        strait.stat(&format!("envoy_cluster_upstream_rq_retry_overflow{limited}")).await,
+        strait.stat(&format!("envoy_cluster_upstream_rq_pending_overflow{pooled}")).await,
+        strait.stat(&format!("envoy_cluster_upstream_rq_pending_total{pooled}")).await,
     ];
-    assert_eq!(ours, [1.0, 1.0]);
+    assert_eq!(ours, [1.0, 1.0, 1.0, 3.0]);
+    assert!(strait.stat(&format!("envoy_cluster_upstream_cx_overflow{pooled}")).await >= 1.0);
 
     let (envoy_port, envoy_admin) = (free_port(), free_port());
     if let Some(envoy) = Envoy::start(&bootstrap(envoy_admin, envoy_port, upstream.addr), envoy_admin).await {
         scenario("envoy", envoy_port, &upstream).await;
+        pending_scenario("envoy", envoy_port, &upstream).await;
+        let counter = |cluster: &'static str, name: &'static str| envoy_counter(envoy.admin, cluster, name);
         let theirs = [
-            envoy_counter(envoy.admin, "upstream_rq_active_overflow").await,
-            envoy_counter(envoy.admin, "upstream_rq_retry_overflow").await,
+            counter("limited", "upstream_rq_active_overflow").await,
+            counter("limited", "upstream_rq_retry_overflow").await,
+            counter("pooled", "upstream_rq_pending_overflow").await,
+            counter("pooled", "upstream_rq_pending_total").await,
         ];
         assert_eq!(ours, theirs, "counters: Strait vs Envoy");
     }
 }
 
 #[test]
-fn limits_that_need_a_queueing_pool_are_refused_unless_unlimited() {
+fn a_limit_on_connection_pools_is_refused_unless_unlimited() {
     let dir = TempDir::new("breakers-bad");
     let upstream: SocketAddr = ([127, 0, 0, 1], 1).into();
     let route_config = "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\
          \x20             - match: { prefix: / }\n                route: { cluster: c }\n";
-    let breakers = "    circuit_breakers:\n      thresholds: [{ max_connections: 100 }]\n";
+    let breakers = "    circuit_breakers:\n      thresholds: [{ max_connections: 100, max_connection_pools: 10 }]\n";
     let yaml = http_bootstrap(free_port(), free_port(), "", route_config, &static_cluster("c", &[upstream], breakers));
     let file = write_file(&dir.0, "bad.yaml", &yaml);
     let out = std::process::Command::new(BIN).arg("validate").arg(&file).output().unwrap();
@@ -122,8 +164,9 @@ fn limits_that_need_a_queueing_pool_are_refused_unless_unlimited() {
     assert!(!out.status.success());
     assert!(
         text.contains(
-            "circuit_breakers.thresholds[0].max_connections: is not supported yet (only 4294967295, unlimited)"
+            "circuit_breakers.thresholds[0].max_connection_pools: is not supported yet (only 4294967295, unlimited)"
         ),
         "{text}"
     );
+    assert!(!text.contains("max_connections"), "{text}");
 }

@@ -17,14 +17,15 @@ pub enum ProxyError {
     NoHealthyUpstream,
     #[error("upstream request timeout")]
     UpstreamTimeout,
-    /// A circuit breaker is open (`max_requests`).
+    /// A circuit breaker is open (`max_requests`, `max_pending_requests`, `max_connections`).
     #[error("upstream overflow: the cluster's circuit breaker is open")]
     Overflow,
     /// One attempt ran out of its `per_try_timeout` (Envoy answers it as a route timeout).
     #[error("upstream per-try timeout")]
     UpstreamPerTryTimeout,
+    /// Made from an [`UpstreamError`] with `into()`, which turns a pool overflow into `Overflow`.
     #[error("upstream: {0}")]
-    Upstream(#[from] UpstreamError),
+    Upstream(UpstreamError),
     /// The last of several attempts failed so.
     #[error("upstream, after retries: {0}")]
     UpstreamAfterRetries(UpstreamError),
@@ -34,6 +35,16 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("request timeout")]
     RequestTimeout,
+}
+
+impl From<UpstreamError> for ProxyError {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            // Never retried, never the endpoint's fault: the cluster's circuit breaker.
+            UpstreamError::Overflow => ProxyError::Overflow,
+            e => ProxyError::Upstream(e),
+        }
+    }
 }
 
 impl ProxyError {
@@ -96,6 +107,7 @@ impl ProxyError {
             UpstreamError::ConnectTimeout => "connection timeout",
             UpstreamError::Protocol(_) => "protocol error",
             UpstreamError::Reset(_) => "connection termination",
+            UpstreamError::Overflow => "overflow",
         };
         match self {
             ProxyError::NoRoute | ProxyError::ClusterNotFound(_) | ProxyError::UpgradeRejected(_) => String::new(),

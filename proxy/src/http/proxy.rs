@@ -353,7 +353,7 @@ fn forward(
             match exchange.upstream {
                 Upstream::Endpoint(endpoint, request) => {
                     let _in_flight = endpoint.start_request();
-                    let result = endpoint.pool.send(request, stats, upgrade).await;
+                    let result = endpoint.pool.send(request, &exchange.cluster, upgrade).await;
                     exchange.cluster.report(&endpoint, outlier::Outcome::of(&result));
                     result.map_err(ProxyError::from)
                 }

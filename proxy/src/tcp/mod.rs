@@ -47,6 +47,12 @@ pub async fn serve(
         tracing::debug!(cluster = cluster_name, %peer, "tcp proxy: no healthy upstream (UH)");
         return;
     };
+    // The cluster's `max_connections` circuit breaker: over it, the connection is refused (`UO`).
+    let Some(_held) = cluster.open.connection(&cluster.config.breakers) else {
+        cluster.stats.cx_overflow.increment(1);
+        tracing::debug!(cluster = cluster_name, %peer, "tcp proxy: max_connections reached (UO)");
+        return;
+    };
     cluster.stats.cx_total.increment(1);
     // Connection failures and successes count for outlier detection, as Envoy's TCP proxy reports
     // them (a failure as a 5xx and gateway failure, a success resets the counts).

@@ -167,6 +167,13 @@ pub struct ClusterStats {
     pub rq_retry_overflow: Counter,
     /// Requests answered at once: `max_requests` reached.
     pub rq_active_overflow: Counter,
+    /// Requests that waited for a connection, those waiting now, and those answered at once because
+    /// `max_pending_requests` was reached.
+    pub rq_pending_total: Counter,
+    pub rq_pending_active: Gauge,
+    pub rq_pending_overflow: Counter,
+    /// Times `max_connections` kept a connection from being opened.
+    pub cx_overflow: Counter,
     /// Retries given up because the request body outgrew its buffer limit.
     pub retry_or_shadow_abandoned: Counter,
     pub cx_total: Counter,
@@ -197,6 +204,10 @@ impl ClusterStats {
             rq_retry_limit_exceeded: counter!("envoy_cluster_upstream_rq_retry_limit_exceeded", l => name.clone()),
             rq_retry_overflow: counter!("envoy_cluster_upstream_rq_retry_overflow", l => name.clone()),
             rq_active_overflow: counter!("envoy_cluster_upstream_rq_active_overflow", l => name.clone()),
+            rq_pending_total: counter!("envoy_cluster_upstream_rq_pending_total", l => name.clone()),
+            rq_pending_active: gauge!("envoy_cluster_upstream_rq_pending_active", l => name.clone()),
+            rq_pending_overflow: counter!("envoy_cluster_upstream_rq_pending_overflow", l => name.clone()),
+            cx_overflow: counter!("envoy_cluster_upstream_cx_overflow", l => name.clone()),
             retry_or_shadow_abandoned: counter!("envoy_cluster_retry_or_shadow_abandoned", l => name.clone()),
             cx_total: counter!("envoy_cluster_upstream_cx_total", l => name.clone()),
             cx_active: gauge!("envoy_cluster_upstream_cx_active", l => name.clone()),

@@ -89,11 +89,11 @@ impl tower::Service<UpstreamRequest> for Attempt {
             };
             let _in_flight = endpoint.start_request();
             let request = request.map(RequestBody::Replayed);
-            let result = endpoint.pool.send(request, &cluster.stats, false).await;
+            let result = endpoint.pool.send(request, &cluster, false).await;
             cluster.report(&endpoint, Outcome::of(&result));
             match result {
                 Ok(response) => Ok(Attempted { response, endpoint }),
-                Err(e) => Err(ProxyError::Upstream(e)),
+                Err(e) => Err(e.into()),
             }
         })
     }

@@ -1,6 +1,9 @@
-//! Circuit breakers (`circuit_breakers.thresholds`): limits on what a cluster has in flight, over
-//! all its endpoints. A request over `max_requests` is answered at once (503 `UO`); a retry over
-//! `max_retries` is not made. Envoy's defaults: 1024 requests, 3 retries.
+//! Circuit breakers (`circuit_breakers.thresholds`): limits on what a cluster has open, over all its
+//! endpoints. A request over `max_requests` is answered at once (503 `UO`); a retry over
+//! `max_retries` is not made; over `max_connections` no connection is opened (a request waits for
+//! one to be free, unless its endpoint has none at all); over `max_pending_requests` a request that
+//! would wait for a connection is answered at once (503 `UO`). Envoy's defaults: 1024 connections,
+//! pending requests and requests, 3 retries.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -8,13 +11,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// The limits of the default routing priority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
     pub max_requests: u32,
     pub max_retries: u32,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { max_requests: 1024, max_retries: 3 }
+        Thresholds { max_connections: 1024, max_pending_requests: 1024, max_requests: 1024, max_retries: 3 }
     }
 }
 
@@ -23,6 +28,10 @@ impl Default for Thresholds {
 pub struct Open {
     requests: Arc<AtomicU32>,
     retries: Arc<AtomicU32>,
+    /// Upstream connections, connecting or open (TCP proxy ones too).
+    connections: Arc<AtomicU32>,
+    /// Requests waiting for a connection.
+    pending: Arc<AtomicU32>,
 }
 
 /// One admitted request or retry; its place is given back on drop.
@@ -50,6 +59,26 @@ impl Open {
     pub fn retry(&self, t: &Thresholds) -> Option<Slot> {
         admit(&self.retries, t.max_retries)
     }
+
+    /// A place for one more connection, if the cluster is under `max_connections`.
+    pub fn connection(&self, t: &Thresholds) -> Option<Slot> {
+        admit(&self.connections, t.max_connections)
+    }
+
+    /// A connection counted whatever the limit (one endpoint's first, so its requests can proceed).
+    pub fn connection_over_limit(&self) -> Slot {
+        self.connections.fetch_add(1, Ordering::AcqRel);
+        Slot(self.connections.clone())
+    }
+
+    /// A place for one more request waiting for a connection, if under `max_pending_requests`.
+    pub fn pending(&self, t: &Thresholds) -> Option<Slot> {
+        admit(&self.pending, t.max_pending_requests)
+    }
+
+    pub fn connections(&self) -> u32 {
+        self.connections.load(Ordering::Acquire)
+    }
 }
 
 #[cfg(test)]
@@ -58,12 +87,19 @@ mod tests {
 
     #[test]
     fn admits_up_to_the_limit_and_frees_on_drop() {
-        let (open, t) = (Open::default(), Thresholds { max_requests: 2, max_retries: 0 });
+        let (open, t) = (Open::default(), Thresholds { max_requests: 2, max_retries: 0, ..Default::default() });
         let first = open.request(&t).unwrap();
         let _second = open.request(&t).unwrap();
         assert!(open.request(&t).is_none(), "the third is over the limit");
         drop(first);
         assert!(open.request(&t).is_some(), "a freed place is taken again");
         assert!(open.retry(&t).is_none(), "no retries at all with max_retries 0");
+        let t = Thresholds { max_connections: 1, ..t };
+        let first = open.connection(&t).unwrap();
+        assert!(open.connection(&t).is_none());
+        let forced = open.connection_over_limit();
+        assert_eq!(open.connections(), 2);
+        drop((first, forced));
+        assert_eq!(open.connections(), 0);
     }
 }

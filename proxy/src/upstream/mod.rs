@@ -118,8 +118,9 @@ pub struct Cluster {
     /// Round-robin position; kept when endpoints change.
     rr_cursor: AtomicUsize,
     pub stats: ClusterStats,
-    /// Requests and retries in flight, against the circuit breakers.
-    pub open: breakers::Open,
+    /// Requests, retries, connections and pending requests, against the circuit breakers; carried
+    /// from the cluster this one replaces, whose connections and requests may still be open.
+    pub open: Arc<breakers::Open>,
     /// Whether a request was ever routed here (health checks probe at `no_traffic_interval` until).
     had_traffic: std::sync::atomic::AtomicBool,
     /// Background work of this cluster (DNS refresh, outlier sweeps), stopped when it is dropped.
@@ -144,6 +145,7 @@ impl Cluster {
     /// would be made the same way (protocol, connect timeout, pool settings), an endpoint that stays
     /// keeps its pool and in-flight count; only the changed endpoints are new.
     pub fn replacing(config: ClusterConfig, previous: Option<&Cluster>) -> Arc<Self> {
+        let open = previous.map(|p| p.open.clone()).unwrap_or_default();
         let previous = previous
             .filter(|p| {
                 p.config.protocol == config.protocol
@@ -171,7 +173,7 @@ impl Cluster {
             endpoints: ArcSwap::from_pointee(initial),
             rr_cursor: AtomicUsize::new(0),
             stats,
-            open: breakers::Open::default(),
+            open,
             had_traffic: std::sync::atomic::AtomicBool::new(false),
             tasks: std::sync::Mutex::new(Vec::new()),
         })

@@ -69,12 +69,15 @@ pub enum Outcome {
     Status(u16),
     /// No response: the connection failed, was reset, or timed out (counts as a 503).
     LocalFailure,
+    /// Not sent: the cluster's circuit breaker was open (says nothing about the endpoint).
+    NotSent,
 }
 
 impl Outcome {
     pub fn of(result: &Result<super::pool::UpstreamResponse, super::UpstreamError>) -> Outcome {
         match result {
             Ok(response) => Outcome::Status(response.status().as_u16()),
+            Err(super::UpstreamError::Overflow) => Outcome::NotSent,
             Err(_) => Outcome::LocalFailure,
         }
     }
@@ -114,6 +117,7 @@ impl HostOutlier {
         let (server_error, gateway) = match outcome {
             Outcome::Status(s) => (s >= 500, matches!(s, 502..=504)),
             Outcome::LocalFailure => (true, true),
+            Outcome::NotSent => return None,
         };
         if !server_error {
             self.successes.fetch_add(1, Ordering::Relaxed);

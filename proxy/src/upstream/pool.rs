@@ -1,8 +1,11 @@
 //! Per-endpoint connection pools: idle keep-alive HTTP/1.1 connections reused last-in first-out, or one
 //! multiplexed HTTP/2 connection. A pooled HTTP/1.1 connection goes back to the pool when the response
 //! body has been read to the end; one the upstream closed meanwhile is retried on a fresh connection.
+//! A request that finds no idle connection is pending (within the cluster's `max_pending_requests`)
+//! until a new one is made or, with the cluster at `max_connections`, one is given back.
 
-use super::UpstreamProtocol;
+use super::breakers::Slot;
+use super::{Cluster, UpstreamProtocol};
 use crate::policy::retry::body::ReplayBody;
 use crate::telemetry::ClusterStats;
 use bytes::Bytes;
@@ -139,6 +142,9 @@ pub enum UpstreamError {
     Protocol(#[source] hyper::Error),
     #[error("connection termination: {0}")]
     Reset(#[source] hyper::Error),
+    /// No connection, and `max_pending_requests` requests already wait for one.
+    #[error("overflow: too many requests pending")]
+    Overflow,
 }
 
 impl UpstreamError {
@@ -165,6 +171,37 @@ pub struct Pool {
     idle_http1: Mutex<Vec<(http1::SendRequest<RequestBody>, Lifetime)>>,
     http2: Mutex<Option<(http2::SendRequest<RequestBody>, Lifetime)>>,
     http2_connecting: tokio::sync::Mutex<()>,
+    /// This endpoint's connections, connecting or open.
+    connections: Arc<std::sync::atomic::AtomicU32>,
+    /// Told when a connection is given back or closes, for requests waiting for one.
+    freed: Arc<tokio::sync::Notify>,
+}
+
+/// A connection's hold on its cluster's and its endpoint's counts, released when it closes, which
+/// also wakes a request waiting for a connection.
+struct Held {
+    _cluster: Slot,
+    endpoint: Arc<std::sync::atomic::AtomicU32>,
+    freed: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.endpoint.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.freed.notify_one();
+    }
+}
+
+/// Marks a request as waiting for a connection while it lives.
+struct Pending<'a> {
+    _slot: Slot,
+    gauge: &'a metrics::Gauge,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.gauge.decrement(1.0);
+    }
 }
 
 impl Pool {
@@ -177,6 +214,70 @@ impl Pool {
             idle_http1: Mutex::new(Vec::new()),
             http2: Mutex::new(None),
             http2_connecting: tokio::sync::Mutex::new(()),
+            connections: Arc::default(),
+            freed: Arc::default(),
+        }
+    }
+
+    /// Counts a request as waiting for a connection, or `Overflow` at `max_pending_requests`.
+    fn pending<'a>(&self, cluster: &'a Cluster) -> Result<Pending<'a>, UpstreamError> {
+        let Some(slot) = cluster.open.pending(&cluster.config.breakers) else {
+            cluster.stats.rq_pending_overflow.increment(1);
+            return Err(UpstreamError::Overflow);
+        };
+        cluster.stats.rq_pending_total.increment(1);
+        cluster.stats.rq_pending_active.increment(1.0);
+        Ok(Pending { _slot: slot, gauge: &cluster.stats.rq_pending_active })
+    }
+
+    /// A new connection's place: within the cluster's `max_connections`, or over it when this
+    /// endpoint has no connection at all (as Envoy does, so its requests are not stuck).
+    fn hold_connection(&self, cluster: &Cluster) -> Option<Held> {
+        let slot = match cluster.open.connection(&cluster.config.breakers) {
+            Some(slot) => slot,
+            None if self.connections.load(std::sync::atomic::Ordering::Acquire) == 0 => {
+                cluster.stats.cx_overflow.increment(1);
+                cluster.open.connection_over_limit()
+            }
+            None => {
+                cluster.stats.cx_overflow.increment(1);
+                return None;
+            }
+        };
+        self.connections.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Some(Held { _cluster: slot, endpoint: self.connections.clone(), freed: self.freed.clone() })
+    }
+
+    /// An idle HTTP/1.1 connection that may carry another request (closed or expired ones are dropped).
+    fn take_idle(&self) -> Option<(http1::SendRequest<RequestBody>, Lifetime)> {
+        let mut idle = self.idle_http1.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        while let Some((sender, lifetime)) = idle.pop() {
+            if !sender.is_closed() && lifetime.usable(&self.options, now) {
+                return Some((sender, lifetime));
+            }
+        }
+        None
+    }
+
+    /// For a request that found no idle connection: waits, as a pending request, for a new
+    /// connection or (at `max_connections`) one given back. The flag says whether it was reused.
+    async fn wait_for_http1(
+        &self,
+        cluster: &Cluster,
+    ) -> Result<(http1::SendRequest<RequestBody>, Lifetime, bool), UpstreamError> {
+        let _pending = self.pending(cluster)?;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some((sender, lifetime)) = self.take_idle() {
+                return Ok((sender, lifetime, true));
+            }
+            if let Some(held) = self.hold_connection(cluster) {
+                return Ok((self.connect_http1(cluster, false, held).await?, Lifetime::new(), false));
+            }
+            freed.await;
         }
     }
 
@@ -194,12 +295,13 @@ impl Pool {
     pub fn send<'a>(
         self: &'a Arc<Self>,
         mut req: Request<RequestBody>,
-        stats: &'a ClusterStats,
+        cluster: &'a Cluster,
         upgrade: bool,
     ) -> impl Future<Output = Result<UpstreamResponse, UpstreamError>> + Send + 'a {
         async move {
             if upgrade {
-                let mut sender = Box::pin(self.connect_http1(stats, true)).await?;
+                let held = self.hold_connection(cluster).ok_or(UpstreamError::Overflow)?;
+                let mut sender = Box::pin(self.connect_http1(cluster, true, held)).await?;
                 return sender
                     .send_request(req)
                     .await
@@ -210,7 +312,7 @@ impl Pool {
                 for _attempt in 0..2 {
                     let mut sender = match self.current_http2() {
                         Some(sender) => sender,
-                        None => Box::pin(self.http2_sender(stats)).await?,
+                        None => Box::pin(self.http2_sender(cluster)).await?,
                     };
                     match sender.try_send_request(req).await {
                         Ok(resp) => {
@@ -234,14 +336,9 @@ impl Pool {
                 )));
             }
             loop {
-                let pooled = self.idle_http1.lock().unwrap_or_else(|e| e.into_inner()).pop();
-                let reused = pooled.is_some();
-                let (mut sender, mut lifetime) = match pooled {
-                    Some((s, _)) if s.is_closed() => continue,
-                    // Idle too long or too old: closed (dropped) instead of used.
-                    Some((_, lifetime)) if !lifetime.usable(&self.options, Instant::now()) => continue,
-                    Some(pooled) => pooled,
-                    None => (Box::pin(self.connect_http1(stats, false)).await?, Lifetime::new()),
+                let (mut sender, mut lifetime, reused) = match self.take_idle() {
+                    Some((sender, lifetime)) => (sender, lifetime, true),
+                    None => Box::pin(self.wait_for_http1(cluster)).await?,
                 };
                 lifetime.requests += 1;
                 if sender.ready().await.is_err() {
@@ -271,14 +368,23 @@ impl Pool {
         }
     }
 
-    async fn http2_sender(&self, stats: &ClusterStats) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
-        if let Some(s) = self.current_http2() {
-            return Ok(s);
-        }
+    /// The HTTP/2 connection, made now if there is none; the request is pending meanwhile.
+    async fn http2_sender(&self, cluster: &Cluster) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
+        let _pending = self.pending(cluster)?;
         let _connecting = self.http2_connecting.lock().await;
         if let Some(s) = self.current_http2() {
             return Ok(s);
         }
+        // The endpoint's one connection is made even over `max_connections` (it has none).
+        let held = self.hold_connection(cluster).unwrap_or_else(|| Held {
+            _cluster: cluster.open.connection_over_limit(),
+            endpoint: {
+                self.connections.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                self.connections.clone()
+            },
+            freed: self.freed.clone(),
+        });
+        let stats = &cluster.stats;
         let stream = self.connect(stats).await?;
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
@@ -294,7 +400,7 @@ impl Pool {
         let active = stats.connection_opened();
         tokio::spawn(async move {
             let _ = conn.await;
-            drop(active);
+            drop((active, held));
         });
         let mut lifetime = Lifetime::new();
         lifetime.requests = 1;
@@ -334,11 +440,14 @@ impl Pool {
         result
     }
 
+    /// Opens an HTTP/1.1 connection in the place `held` (given back when it closes).
     async fn connect_http1(
         &self,
-        stats: &ClusterStats,
+        cluster: &Cluster,
         upgrades: bool,
+        held: Held,
     ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+        let stats = &cluster.stats;
         let stream = self.connect(stats).await?;
         let (sender, conn) =
             http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::from_hyper)?;
@@ -346,12 +455,12 @@ impl Pool {
         if upgrades {
             tokio::spawn(async move {
                 let _ = conn.with_upgrades().await;
-                drop(active);
+                drop((active, held));
             });
         } else {
             tokio::spawn(async move {
                 let _ = conn.await;
-                drop(active);
+                drop((active, held));
             });
         }
         Ok(sender)
@@ -373,6 +482,8 @@ impl Pool {
         }
         if idle.len() < self.options.max_idle_per_endpoint {
             idle.push((sender, lifetime));
+            drop(idle);
+            self.freed.notify_one();
         }
     }
 }

@@ -351,8 +351,8 @@ fn outlier_detection(o: &cluster::OutlierDetection) -> Result<OutlierConfig> {
     })
 }
 
-/// The default priority's thresholds. Limits on connections and pending requests (which need a
-/// queueing pool) are accepted only as unlimited, the value Istio sets.
+/// The default priority's thresholds. `max_connection_pools` (one pool per endpoint here) is
+/// accepted only as unlimited, the value Istio sets.
 fn circuit_breakers(cb: Option<&cluster::CircuitBreakers>) -> Result<Thresholds> {
     use cluster::circuit_breakers::Thresholds as T;
     let mut out = Thresholds::default();
@@ -368,15 +368,15 @@ fn circuit_breakers(cb: Option<&cluster::CircuitBreakers>) -> Result<Thresholds>
             }
             _ => Ok(()),
         };
-        let T { max_connections, max_pending_requests, max_connection_pools, retry_budget, .. } = t;
-        unlimited_only(max_connections, "max_connections")?;
-        unlimited_only(max_pending_requests, "max_pending_requests")?;
+        let T { max_connection_pools, retry_budget, .. } = t;
         unlimited_only(max_connection_pools, "max_connection_pools")?;
         if retry_budget.is_some() {
             return Err(ConfigError::new(format!("{at}.retry_budget"), "is not supported yet"));
         }
         // HIGH priority thresholds apply to high-priority routes, which Strait does not have.
         if t.priority == core::RoutingPriority::Default as i32 {
+            out.max_connections = t.max_connections.map_or(out.max_connections, |v| v.value);
+            out.max_pending_requests = t.max_pending_requests.map_or(out.max_pending_requests, |v| v.value);
             out.max_requests = t.max_requests.map_or(out.max_requests, |v| v.value);
             out.max_retries = t.max_retries.map_or(out.max_retries, |v| v.value);
         }
