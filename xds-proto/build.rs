@@ -42,6 +42,49 @@ fn main() {
     for file in &mut set.file {
         file.source_code_info = None;
     }
+    add_typed_structs(&mut set);
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("envoy_descriptors.bin");
     std::fs::write(&out, set.encode_to_vec()).unwrap_or_else(|e| panic!("writing {}: {e}", out.display()));
+}
+
+/// Adds `xds.type.v3.TypedStruct` and `udpa.type.v1.TypedStruct` (`type_url` 1, `value` 2, a
+/// `google.protobuf.Struct`) where the set lacks them: envoy-types' set references them but does
+/// not define them, and a config may carry one in an `Any` (custom extension settings, such as
+/// Strait's peak-EWMA balancer). Built from their wire shape, not copied from a .proto file.
+fn add_typed_structs(set: &mut prost_types::FileDescriptorSet) {
+    use prost_types::field_descriptor_proto::{Label, Type};
+    use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorProto};
+    for (file, package) in
+        [("xds/type/v3/typed_struct.proto", "xds.type.v3"), ("udpa/type/v1/typed_struct.proto", "udpa.type.v1")]
+    {
+        let defined =
+            set.file.iter().any(|f| f.package() == package && f.message_type.iter().any(|m| m.name() == "TypedStruct"));
+        if defined || set.file.iter().any(|f| f.name() == file) {
+            continue;
+        }
+        let field = |name: &str, number: i32, kind: Type, type_name: Option<&str>| FieldDescriptorProto {
+            name: Some(name.into()),
+            number: Some(number),
+            label: Some(Label::Optional as i32),
+            r#type: Some(kind as i32),
+            type_name: type_name.map(Into::into),
+            json_name: Some(name.replace("_u", "U")),
+            ..Default::default()
+        };
+        set.file.push(FileDescriptorProto {
+            name: Some(file.into()),
+            package: Some(package.into()),
+            dependency: vec!["google/protobuf/struct.proto".into()],
+            message_type: vec![DescriptorProto {
+                name: Some("TypedStruct".into()),
+                field: vec![
+                    field("type_url", 1, Type::String, None),
+                    field("value", 2, Type::Message, Some(".google.protobuf.Struct")),
+                ],
+                ..Default::default()
+            }],
+            syntax: Some("proto3".into()),
+            ..Default::default()
+        });
+    }
 }

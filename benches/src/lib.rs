@@ -57,7 +57,7 @@ pub fn route_table(vhosts: usize, routes: usize) -> RouteTable {
 }
 
 /// A STATIC cluster of `n` endpoints (127.0.0.1:10000+i) with the given policy and weights 1..=weights.
-pub fn cluster(n: usize, policy: cluster::cluster::LbPolicy, weighted: bool) -> Arc<Cluster> {
+fn cluster_proto(n: usize, weighted: bool) -> cluster::Cluster {
     let lb_endpoints = (0..n)
         .map(|i| endpoint::LbEndpoint {
             host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(endpoint::Endpoint {
@@ -75,15 +75,39 @@ pub fn cluster(n: usize, policy: cluster::cluster::LbPolicy, weighted: bool) -> 
             ..Default::default()
         })
         .collect();
-    let proto = cluster::Cluster {
+    cluster::Cluster {
         name: "bench".into(),
-        lb_policy: policy as i32,
         load_assignment: Some(endpoint::ClusterLoadAssignment {
             cluster_name: "bench".into(),
             endpoints: vec![endpoint::LocalityLbEndpoints { lb_endpoints, ..Default::default() }],
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// A STATIC cluster of `n` endpoints (weights 1-5 when `weighted`) balanced by `policy`.
+pub fn cluster(n: usize, policy: cluster::cluster::LbPolicy, weighted: bool) -> Arc<Cluster> {
+    let proto = cluster::Cluster { lb_policy: policy as i32, ..cluster_proto(n, weighted) };
+    Cluster::new(strait_proxy::xds::cluster_config(&proto).expect("valid generated cluster"))
+}
+
+/// The same, balanced by Strait's peak-EWMA (`load_balancing_policy` with its `TypedStruct`).
+pub fn peak_ewma_cluster(n: usize, weighted: bool) -> Arc<Cluster> {
+    use prost::Message;
+    let typed = xds_proto::TypedStruct { type_url: xds_proto::PEAK_EWMA_TYPE.into(), value: Some(Default::default()) };
+    let policy = cluster::load_balancing_policy::Policy {
+        typed_extension_config: Some(core::TypedExtensionConfig {
+            name: "strait.peak_ewma".into(),
+            typed_config: Some(xds_proto::pb::google::protobuf::Any {
+                type_url: "type.googleapis.com/xds.type.v3.TypedStruct".into(),
+                value: typed.encode_to_vec(),
+            }),
+        }),
+    };
+    let proto = cluster::Cluster {
+        load_balancing_policy: Some(cluster::LoadBalancingPolicy { policies: vec![policy] }),
+        ..cluster_proto(n, weighted)
     };
     Cluster::new(strait_proxy::xds::cluster_config(&proto).expect("valid generated cluster"))
 }

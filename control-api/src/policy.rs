@@ -17,10 +17,13 @@ pub enum LoadBalancer {
     Random,
     RingHash,
     Maglev,
+    /// Latency-aware (linkerd2-proxy's): sent as a `load_balancing_policy` listing Strait's
+    /// peak-EWMA first and LEAST_REQUEST second, which an Envoy uses instead.
+    PeakEwma,
 }
 
 impl LoadBalancer {
-    pub const NAMES: &'static str = "round_robin, least_request, random, ring_hash, maglev";
+    pub const NAMES: &'static str = "round_robin, least_request, random, ring_hash, maglev, peak_ewma";
 
     pub fn parse(name: &str) -> Option<Self> {
         serde_json::from_value(Value::String(name.to_string())).ok()
@@ -33,6 +36,7 @@ impl LoadBalancer {
             LoadBalancer::Random => "random",
             LoadBalancer::RingHash => "ring_hash",
             LoadBalancer::Maglev => "maglev",
+            LoadBalancer::PeakEwma => "peak_ewma",
         }
     }
 
@@ -43,6 +47,7 @@ impl LoadBalancer {
             LoadBalancer::Random => "RANDOM",
             LoadBalancer::RingHash => "RING_HASH",
             LoadBalancer::Maglev => "MAGLEV",
+            LoadBalancer::PeakEwma => "LEAST_REQUEST",
         }
     }
 
@@ -237,7 +242,20 @@ impl TrafficPolicy {
 
     /// Sets the cluster fields this policy decides.
     pub fn apply_to_cluster(&self, cluster: &mut Value) {
-        cluster["lb_policy"] = json!(self.load_balancer.envoy());
+        if self.load_balancer == LoadBalancer::PeakEwma {
+            cluster["load_balancing_policy"] = json!({ "policies": [
+                { "typed_extension_config": { "name": "strait.peak_ewma", "typed_config": {
+                    "@type": "type.googleapis.com/xds.type.v3.TypedStruct",
+                    "type_url": xds_proto::PEAK_EWMA_TYPE,
+                    "value": {}
+                } } },
+                { "typed_extension_config": { "name": "envoy.load_balancing_policies.least_request", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest"
+                } } }
+            ] });
+        } else {
+            cluster["lb_policy"] = json!(self.load_balancer.envoy());
+        }
         if let Some(o) = &self.outlier_detection {
             // Istio's translation: each rule given is enforced; success-rate ejection is off.
             let mut od = json!({ "enforcing_success_rate": 0 });

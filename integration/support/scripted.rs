@@ -1,8 +1,8 @@
 //! A scripted upstream: each request says, in `x-script`, what its attempts get (`503,reset,ok`:
 //! the first attempt a 503, the second a reset connection, the third and later a 200), and carries
 //! an `x-test-id` that groups its attempts. Actions: a status code, `ok`, `reset` (the connection
-//! closes with no response), `hang` (no answer for 30 s), `grpc-N` (a trailers-only gRPC answer with
-//! status N). Every attempt is recorded: when it came and how many body bytes it carried. Health
+//! closes with no response), `hang` (no answer for 30 s), `slow-N` (a 200 after N ms), `grpc-N` (a
+//! trailers-only gRPC answer with status N). Every attempt is recorded: when it came and how many body bytes it carried. Health
 //! probes get their own answers, switched with [`Scripted::set_healthy`]: `GET /healthz` 200 or 503,
 //! and `grpc.health.v1.Health/Check` SERVING or NOT_SERVING.
 
@@ -125,6 +125,10 @@ impl Scripted {
             "hang" => {
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 reply(200, "late".into())
+            }
+            slow if slow.starts_with("slow-") => {
+                tokio::time::sleep(Duration::from_millis(slow[5..].parse().unwrap_or(100))).await;
+                reply(200, format!("{} attempt {}", self.name, attempt + 1))
             }
             grpc if grpc.starts_with("grpc-") => Ok(http::Response::builder()
                 .status(200)

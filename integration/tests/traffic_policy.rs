@@ -2,7 +2,8 @@
 //! compiles it onto the Envoy cluster and routes, and a Strait proxy and a real Envoy, both fed over
 //! ADS by the same control plane, behave by it: consistent hashing on a header keeps a user on one
 //! endpoint; active health checks move traffic off a failing priority-0 endpoint to priority 1 and
-//! back once it recovers; outlier detection ejects an endpoint that keeps answering 500.
+//! back once it recovers (balanced by peak-EWMA on Strait, by the LEAST_REQUEST fallback on Envoy);
+//! outlier detection ejects an endpoint that keeps answering 500.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -28,7 +29,7 @@ fn mesh(strait_port: u16, envoy_port: u16, up: &[SocketAddr]) -> String {
          services:\n\
          - name: sticky\n  endpoints: ['{u0}', '{u1}', '{u2}']\n  traffic_policy: {{ load_balancer: maglev, hash_on: {{ header: x-user }} }}\n\
          - name: failover\n  endpoints: ['{u0}', {{ address: '{u2}', priority: 1 }}]\n  \
-           traffic_policy:\n    load_balancer: least_request\n    \
+           traffic_policy:\n    load_balancer: peak_ewma\n    \
            health_check: {{ path: /healthz, interval: 100ms, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1 }}\n\
          - name: flaky\n  endpoints: ['{u1}', '{bad}']\n  \
            traffic_policy: {{ outlier_detection: {{ consecutive_5xx_errors: 3, interval: 1s, base_ejection_time: 60s, max_ejection_percent: 50 }} }}\n\
@@ -112,6 +113,8 @@ async fn the_mesh_traffic_policy_drives_strait_and_envoy_alike() {
     let clusters = strait.admin_text("/clusters").await;
     assert!(clusters.contains(&format!("failover::{}::priority::1", u2.addr)), "{clusters}");
     assert!(clusters.contains(&format!("flaky::{}::health_flags::/failed_outlier_check", bad.addr)), "{clusters}");
+    let json = strait.admin_text("/clusters?format=json").await;
+    assert!(json.contains("\"lb_policy\": \"PEAK_EWMA\""), "peak_ewma reaches the proxy: {json}");
 
     let envoy_admin = free_port();
     if let Some(_envoy) = Envoy::start(&peer_bootstrap(xds, "envoy", envoy_admin), envoy_admin).await {

@@ -50,6 +50,21 @@ pub mod type_url {
 
 /// Envoy's `RetryPolicy.retry_on` conditions Strait implements (HTTP, then gRPC), for the proxy
 /// and for the control plane's validation of the mesh YAML.
+/// `xds.type.v3.TypedStruct` (and `udpa.type.v1.TypedStruct`, of the same shape): an extension's
+/// config as a JSON-like struct under the extension's own type URL, for extensions without a
+/// published proto. Its descriptor is in envoy-types' set, which has no Rust type for it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TypedStruct {
+    #[prost(string, tag = "1")]
+    pub type_url: String,
+    #[prost(message, optional, tag = "2")]
+    pub value: Option<pb::google::protobuf::Struct>,
+}
+
+/// The type URL (inside a `TypedStruct`) of Strait's peak-EWMA balancer in a cluster's
+/// `load_balancing_policy`. Envoy does not know it and, as xDS says, uses the next policy listed.
+pub const PEAK_EWMA_TYPE: &str = "type.googleapis.com/strait.lb.v1.PeakEwma";
+
 pub const RETRY_ON: [&str; 12] = [
     "5xx",
     "gateway-error",

@@ -353,8 +353,9 @@ fn forward(
             match exchange.upstream {
                 Upstream::Endpoint(endpoint, request) => {
                     let _in_flight = endpoint.start_request();
+                    let started = exchange.cluster.attempt_clock();
                     let result = endpoint.pool.send(request, &exchange.cluster, upgrade).await;
-                    exchange.cluster.report(&endpoint, outlier::Outcome::of(&result));
+                    exchange.cluster.report_attempt(&endpoint, outlier::Outcome::of(&result), started);
                     result.map_err(ProxyError::from)
                 }
                 Upstream::Retried(policy, request) => Box::pin(retried(policy, &exchange.cluster, request)).await,

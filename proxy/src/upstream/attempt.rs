@@ -89,8 +89,9 @@ impl tower::Service<UpstreamRequest> for Attempt {
             };
             let _in_flight = endpoint.start_request();
             let request = request.map(RequestBody::Replayed);
+            let started = cluster.attempt_clock();
             let result = endpoint.pool.send(request, &cluster, false).await;
-            cluster.report(&endpoint, Outcome::of(&result));
+            cluster.report_attempt(&endpoint, Outcome::of(&result), started);
             match result {
                 Ok(response) => Ok(Attempted { response, endpoint }),
                 Err(e) => Err(e.into()),

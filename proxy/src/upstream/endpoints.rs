@@ -2,6 +2,7 @@
 //! precomputed load-balancing tables for them.
 
 use super::ClusterConfig;
+use super::ewma::RttEstimate;
 use super::health::HostHealth;
 use super::lb::LbTable;
 use super::outlier::HostOutlier;
@@ -52,6 +53,8 @@ pub struct Endpoint {
     pub outlier: Arc<HostOutlier>,
     /// Active health checking's view of this address (kept likewise).
     pub health_check: Arc<HostHealth>,
+    /// Its response-time estimate, for peak-EWMA balancing (kept likewise).
+    pub rtt: Arc<RttEstimate>,
 }
 
 /// What discovery says about one endpoint: where it is, its weight, EDS health and priority.
@@ -75,6 +78,7 @@ impl Endpoint {
             pool: Arc::new(Pool::new(m.addr, config.protocol, config.connect_timeout, config.pool.clone())),
             outlier: Arc::default(),
             health_check: Arc::new(HostHealth::new(config.health_check.is_some())),
+            rtt: Arc::default(),
         }
     }
 
@@ -168,6 +172,7 @@ impl EndpointSet {
                         pool: e.pool.clone(),
                         outlier: e.outlier.clone(),
                         health_check: e.health_check.clone(),
+                        rtt: e.rtt.clone(),
                     }),
                     None => Arc::new(Endpoint::new(config, m)),
                 }

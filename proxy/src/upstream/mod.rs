@@ -6,6 +6,7 @@ pub mod attempt;
 pub mod breakers;
 mod dns;
 mod endpoints;
+pub mod ewma;
 pub mod hashing;
 pub mod health;
 pub mod lb;
@@ -281,6 +282,22 @@ impl Cluster {
         if !self.had_traffic.load(Ordering::Relaxed) {
             self.had_traffic.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// When an attempt starts, for its response time: read only where the balancer uses it.
+    pub fn attempt_clock(&self) -> Option<std::time::Instant> {
+        matches!(self.config.lb_policy, LbPolicy::PeakEwma { .. }).then(std::time::Instant::now)
+    }
+
+    /// Reports what an attempt at `endpoint` got (and, from [`Cluster::attempt_clock`], how long it
+    /// took), for outlier detection and peak-EWMA balancing.
+    pub fn report_attempt(&self, endpoint: &Endpoint, outcome: outlier::Outcome, started: Option<std::time::Instant>) {
+        if let (Some(started), LbPolicy::PeakEwma { decay, default_rtt }) = (started, &self.config.lb_policy)
+            && outcome != outlier::Outcome::NotSent
+        {
+            endpoint.rtt.observe(started.elapsed(), *decay, *default_rtt);
+        }
+        self.report(endpoint, outcome);
     }
 
     /// Reports what an attempt at `endpoint` got, for outlier detection.

@@ -20,7 +20,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
 
 pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig> {
-    use cluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy as P};
+    use cluster::cluster::{ClusterDiscoveryType, DiscoveryType};
     if c.name.is_empty() {
         return Err(ConfigError::new("name", "a cluster name is required"));
     }
@@ -48,71 +48,10 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig> {
             ));
         }
     };
-    let lb_policy = match P::try_from(c.lb_policy) {
-        Ok(P::RoundRobin) => LbPolicy::RoundRobin,
-        Ok(P::Random) => LbPolicy::Random,
-        Ok(P::LeastRequest) => {
-            let choice_count = match &c.lb_config {
-                Some(cluster::cluster::LbConfig::LeastRequestLbConfig(l)) => l.choice_count.map_or(2, |v| v.value),
-                _ => 2,
-            };
-            if choice_count < 2 {
-                return Err(ConfigError::new("least_request_lb_config.choice_count", "must be at least 2"));
-            }
-            LbPolicy::LeastRequest { choice_count }
-        }
-        Ok(P::RingHash) => {
-            let (min, max) = match &c.lb_config {
-                Some(cluster::cluster::LbConfig::RingHashLbConfig(r)) => {
-                    if r.hash_function != 0 {
-                        return Err(ConfigError::new("ring_hash_lb_config.hash_function", "only XX_HASH is supported"));
-                    }
-                    (r.minimum_ring_size.map_or(1024, |v| v.value), r.maximum_ring_size.map_or(8 << 20, |v| v.value))
-                }
-                _ => (1024, 8 << 20),
-            };
-            if min == 0 || min > max || max > 8 << 20 {
-                return Err(ConfigError::new(
-                    "ring_hash_lb_config",
-                    "minimum_ring_size must be 1 to maximum_ring_size, at most 8M",
-                ));
-            }
-            LbPolicy::RingHash { min_ring_size: min, max_ring_size: max }
-        }
-        Ok(P::Maglev) => {
-            let size = match &c.lb_config {
-                Some(cluster::cluster::LbConfig::MaglevLbConfig(m)) => m.table_size.map_or(65537, |v| v.value),
-                _ => 65537,
-            };
-            if !is_prime(size) || size > 5_000_011 {
-                return Err(ConfigError::new("maglev_lb_config.table_size", "must be a prime, at most 5000011"));
-            }
-            LbPolicy::Maglev { table_size: size }
-        }
-        Ok(other) => {
-            return Err(ConfigError::new(
-                "lb_policy",
-                format!(
-                    "{} is not supported yet (ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV are)",
-                    other.as_str_name()
-                ),
-            ));
-        }
-        Err(_) => return Err(ConfigError::new("lb_policy", format!("unknown policy {}", c.lb_policy))),
+    let lb_policy = match &c.load_balancing_policy {
+        Some(typed) => typed_lb_policy(typed).map_err(|e| e.within("load_balancing_policy"))?,
+        None => legacy_lb_policy(c)?,
     };
-    match (&c.lb_config, &lb_policy) {
-        (None, _)
-        | (Some(cluster::cluster::LbConfig::LeastRequestLbConfig(_)), LbPolicy::LeastRequest { .. })
-        | (Some(cluster::cluster::LbConfig::RingHashLbConfig(_)), LbPolicy::RingHash { .. })
-        | (Some(cluster::cluster::LbConfig::MaglevLbConfig(_)), LbPolicy::Maglev { .. }) => {}
-        _ => return Err(ConfigError::new("lb_config", "does not go with the lb_policy")),
-    }
-    if c.load_balancing_policy.is_some() {
-        return Err(ConfigError::new(
-            "load_balancing_policy",
-            "typed load-balancing policies are not supported yet; use lb_policy",
-        ));
-    }
 
     let endpoints = endpoints(c, discovery)?;
     if discovery == Discovery::LogicalDns && endpoints.len() != 1 {
@@ -516,4 +455,159 @@ fn apply_h2(pool: &mut PoolOptions, h2: &core::Http2ProtocolOptions) {
 
 fn is_prime(n: u64) -> bool {
     n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+}
+
+/// `lb_policy` with its `*_lb_config`.
+fn legacy_lb_policy(c: &cluster::Cluster) -> Result<LbPolicy> {
+    use cluster::cluster::LbPolicy as P;
+    let lb_policy = match P::try_from(c.lb_policy) {
+        Ok(P::RoundRobin) => LbPolicy::RoundRobin,
+        Ok(P::Random) => LbPolicy::Random,
+        Ok(P::LeastRequest) => {
+            let choice_count = match &c.lb_config {
+                Some(cluster::cluster::LbConfig::LeastRequestLbConfig(l)) => l.choice_count.map_or(2, |v| v.value),
+                _ => 2,
+            };
+            least_request(choice_count).map_err(|e| e.within("least_request_lb_config"))?
+        }
+        Ok(P::RingHash) => match &c.lb_config {
+            Some(cluster::cluster::LbConfig::RingHashLbConfig(r)) => {
+                ring_hash(r.hash_function, r.minimum_ring_size, r.maximum_ring_size)
+                    .map_err(|e| e.within("ring_hash_lb_config"))?
+            }
+            _ => ring_hash(0, None, None)?,
+        },
+        Ok(P::Maglev) => {
+            let size = match &c.lb_config {
+                Some(cluster::cluster::LbConfig::MaglevLbConfig(m)) => m.table_size,
+                _ => None,
+            };
+            maglev(size).map_err(|e| e.within("maglev_lb_config"))?
+        }
+        Ok(other) => {
+            return Err(ConfigError::new(
+                "lb_policy",
+                format!(
+                    "{} is not supported yet (ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV are)",
+                    other.as_str_name()
+                ),
+            ));
+        }
+        Err(_) => return Err(ConfigError::new("lb_policy", format!("unknown policy {}", c.lb_policy))),
+    };
+    match (&c.lb_config, &lb_policy) {
+        (None, _)
+        | (Some(cluster::cluster::LbConfig::LeastRequestLbConfig(_)), LbPolicy::LeastRequest { .. })
+        | (Some(cluster::cluster::LbConfig::RingHashLbConfig(_)), LbPolicy::RingHash { .. })
+        | (Some(cluster::cluster::LbConfig::MaglevLbConfig(_)), LbPolicy::Maglev { .. }) => {}
+        _ => return Err(ConfigError::new("lb_config", "does not go with the lb_policy")),
+    }
+    Ok(lb_policy)
+}
+
+fn least_request(choice_count: u32) -> Result<LbPolicy> {
+    if choice_count < 2 {
+        return Err(ConfigError::new("choice_count", "must be at least 2"));
+    }
+    Ok(LbPolicy::LeastRequest { choice_count })
+}
+
+type U64Value = xds_proto::pb::google::protobuf::UInt64Value;
+
+fn ring_hash(hash_function: i32, min: Option<U64Value>, max: Option<U64Value>) -> Result<LbPolicy> {
+    if hash_function != 0 {
+        return Err(ConfigError::new("hash_function", "only XX_HASH is supported"));
+    }
+    let (min, max) = (min.map_or(1024, |v| v.value), max.map_or(8 << 20, |v| v.value));
+    if min == 0 || min > max || max > 8 << 20 {
+        return Err(ConfigError::new("minimum_ring_size", "must be 1 to maximum_ring_size, at most 8M"));
+    }
+    Ok(LbPolicy::RingHash { min_ring_size: min, max_ring_size: max })
+}
+
+fn maglev(table_size: Option<U64Value>) -> Result<LbPolicy> {
+    let size = table_size.map_or(65537, |v| v.value);
+    if !is_prime(size) || size > 5_000_011 {
+        return Err(ConfigError::new("table_size", "must be a prime, at most 5000011"));
+    }
+    Ok(LbPolicy::Maglev { table_size: size })
+}
+
+/// `load_balancing_policy`: the first policy of the list that Strait supports, as xDS clients do.
+fn typed_lb_policy(typed: &cluster::LoadBalancingPolicy) -> Result<LbPolicy> {
+    use prost::Message;
+    use xds_proto::pb::envoy::extensions::load_balancing_policies as lbp;
+    let mut seen = Vec::new();
+    for (i, policy) in typed.policies.iter().enumerate() {
+        let at = format!("policies[{i}].typed_extension_config.typed_config");
+        let Some(any) = policy.typed_extension_config.as_ref().and_then(|t| t.typed_config.as_ref()) else {
+            return Err(ConfigError::new(
+                format!("policies[{i}].typed_extension_config"),
+                "a typed_config is required",
+            ));
+        };
+        let bad = |e: prost::DecodeError| ConfigError::new(at.clone(), format!("cannot be decoded: {e}"));
+        let name = any.type_url.rsplit('/').next().unwrap_or_default();
+        let chosen = match name {
+            "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin" => LbPolicy::RoundRobin,
+            "envoy.extensions.load_balancing_policies.random.v3.Random" => LbPolicy::Random,
+            "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest" => {
+                let l = lbp::least_request::v3::LeastRequest::decode(any.value.as_slice()).map_err(bad)?;
+                least_request(l.choice_count.map_or(2, |v| v.value)).map_err(|e| e.within(&at))?
+            }
+            "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash" => {
+                let r = lbp::ring_hash::v3::RingHash::decode(any.value.as_slice()).map_err(bad)?;
+                ring_hash(r.hash_function, r.minimum_ring_size, r.maximum_ring_size).map_err(|e| e.within(&at))?
+            }
+            "envoy.extensions.load_balancing_policies.maglev.v3.Maglev" => {
+                let m = lbp::maglev::v3::Maglev::decode(any.value.as_slice()).map_err(bad)?;
+                maglev(m.table_size).map_err(|e| e.within(&at))?
+            }
+            "xds.type.v3.TypedStruct" | "udpa.type.v1.TypedStruct" => {
+                let typed = xds_proto::TypedStruct::decode(any.value.as_slice()).map_err(bad)?;
+                if typed.type_url != xds_proto::PEAK_EWMA_TYPE {
+                    seen.push(typed.type_url);
+                    continue;
+                }
+                peak_ewma(typed.value.unwrap_or_default()).map_err(|e| e.within(&format!("{at}.value")))?
+            }
+            other => {
+                seen.push(other.to_string());
+                continue;
+            }
+        };
+        return Ok(chosen);
+    }
+    Err(ConfigError::new(
+        "policies",
+        format!(
+            "none of the policies is supported (got [{}]); Strait has round_robin, least_request, random, ring_hash, maglev and {}",
+            seen.join(", "),
+            xds_proto::PEAK_EWMA_TYPE
+        ),
+    ))
+}
+
+/// Peak-EWMA's settings from its `TypedStruct` value: `decay` (default 10s) and `default_rtt`
+/// (default 30ms), as durations (`"10s"`), linkerd2-proxy's defaults.
+fn peak_ewma(value: xds_proto::pb::google::protobuf::Struct) -> Result<LbPolicy> {
+    use xds_proto::pb::google::protobuf::value::Kind;
+    let mut out = (Duration::from_secs(10), Duration::from_millis(30));
+    for (key, v) in value.fields {
+        let slot = match key.as_str() {
+            "decay" => &mut out.0,
+            "default_rtt" => &mut out.1,
+            other => return Err(ConfigError::new(other, "unknown setting (decay and default_rtt are)")),
+        };
+        let text = match v.kind {
+            Some(Kind::StringValue(t)) => t,
+            _ => return Err(ConfigError::new(key.as_str(), "must be a duration such as \"10s\"")),
+        };
+        *slot =
+            humantime::parse_duration(&text).map_err(|e| ConfigError::new(key.as_str(), format!("'{text}': {e}")))?;
+        if slot.is_zero() {
+            return Err(ConfigError::new(key.as_str(), "must be greater than 0"));
+        }
+    }
+    Ok(LbPolicy::PeakEwma { decay: out.0, default_rtt: out.1 })
 }

@@ -233,8 +233,20 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "outlier_detection",
             "common_lb_config",
             "health_checks",
+            "load_balancing_policy",
         ],
     ),
+    ("envoy.config.cluster.v3.LoadBalancingPolicy", &["policies"]),
+    ("envoy.config.cluster.v3.LoadBalancingPolicy.Policy", &["typed_extension_config"]),
+    ("envoy.config.core.v3.TypedExtensionConfig", &["name", "typed_config"]),
+    ("envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin", &[]),
+    ("envoy.extensions.load_balancing_policies.random.v3.Random", &[]),
+    ("envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest", &["choice_count"]),
+    (
+        "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
+        &["hash_function", "minimum_ring_size", "maximum_ring_size"],
+    ),
+    ("envoy.extensions.load_balancing_policies.maglev.v3.Maglev", &["table_size"]),
     (
         "envoy.config.core.v3.HealthCheck",
         &[
