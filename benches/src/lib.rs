@@ -111,3 +111,18 @@ pub fn peak_ewma_cluster(n: usize, weighted: bool) -> Arc<Cluster> {
     };
     Cluster::new(strait_proxy::xds::cluster_config(&proto).expect("valid generated cluster"))
 }
+
+/// A port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Whether the proxy (Strait or Envoy) whose admin listens on `admin` answers `/ready` with 200.
+pub fn admin_ready(admin: u16) -> bool {
+    use std::io::{Read, Write as _};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", admin)) else { return false };
+    let _ = s.write_all(b"GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 200")
+}

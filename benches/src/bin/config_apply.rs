@@ -8,10 +8,7 @@ use std::fmt::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use strait_benches::{admin_ready, free_port};
 
 fn bootstrap(admin: u16, port: u16, clusters: usize, vhosts: usize, routes_per_vhost: usize) -> String {
     let mut y = format!(
@@ -57,15 +54,6 @@ fn rss_mb(pid: u32) -> f64 {
         / 1024.0
 }
 
-fn ready(admin: u16) -> bool {
-    use std::io::{Read, Write as _};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", admin)) else { return false };
-    let _ = s.write_all(b"GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.starts_with("HTTP/1.1 200")
-}
-
 /// Starts `cmd` on `config`: (seconds until /ready, RSS once ready).
 fn measure(cmd: &[&str], config: &str, dir: &Path, admin: u16) -> Option<(f64, f64)> {
     let path = dir.join(format!("bootstrap-{admin}.yaml"));
@@ -81,7 +69,7 @@ fn measure(cmd: &[&str], config: &str, dir: &Path, admin: u16) -> Option<(f64, f
         .spawn()
         .ok()?;
     let result = loop {
-        if ready(admin) {
+        if admin_ready(admin) {
             let elapsed = started.elapsed().as_secs_f64();
             std::thread::sleep(Duration::from_millis(500));
             break Some((elapsed, rss_mb(child.id())));

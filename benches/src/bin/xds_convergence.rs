@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use strait_benches::free_port;
 use tokio::sync::{Barrier, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use xds_proto::control as pb;
@@ -23,10 +24,6 @@ services:
 routes:
   - { name: main, listener: http, to: [{ service: web, weight: 90 }, { service: canary, weight: 10 }] }
 ";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn proc_stat(pid: u32) -> (f64, f64) {
     let tick = 100.0;
