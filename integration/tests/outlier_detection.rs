@@ -148,3 +148,54 @@ async fn tcp_proxy_connection_failures_eject_like_envoys() {
         assert_eq!(failures(envoy_port).await, ours, "Strait vs Envoy");
     }
 }
+
+/// Upstream timeouts count for outlier detection, as in Envoy (a local-origin failure, a 504): an
+/// endpoint that hangs is ejected after its second timed-out request, by the route timeout and by
+/// a retry's per-try timeout alike; then requests go to the live endpoint only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_eject_like_envoys() {
+    let live = Scripted::always("live", "ok").await.addr;
+    let hung = Scripted::always("hung", "hang").await.addr;
+    let yaml = |admin: u16, port: u16| {
+        let route_config = "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\
+             \x20             - match: { prefix: /route }\n                route: { cluster: route, timeout: 0.2s }\n\
+             \x20             - match: { prefix: /try }\n                route: { cluster: try, timeout: 5s, \
+             retry_policy: { retry_on: 5xx, num_retries: 1, per_try_timeout: 0.2s } }\n";
+        let outlier = "    outlier_detection: { consecutive_5xx: 2, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 100 }\n";
+        let clusters = static_cluster("route", &[hung, live], outlier) + &static_cluster("try", &[hung, live], outlier);
+        http_bootstrap(admin, port, "", route_config, &clusters)
+    };
+    // Statuses of 8 sequential requests to `path`.
+    let statuses = |port: u16, path: &'static str| async move {
+        let client = http1_client();
+        let mut out = Vec::new();
+        for _ in 0..8 {
+            out.push(get(&client, &format!("http://127.0.0.1:{port}{path}"), &[]).await.status);
+        }
+        out
+    };
+    let check = |who: &str, route: &[u16], tried: &[u16]| {
+        // Round robin alternates until the hung endpoint's second timeout ejects it.
+        assert_eq!(route.iter().filter(|s| **s == 504).count(), 2, "{who}: route timeouts: {route:?}");
+        assert!(route[4..].iter().all(|s| *s == 200), "{who}: after the ejection: {route:?}");
+        // With a retry, a per-try timeout is retried on the live endpoint: every request succeeds.
+        assert!(tried.iter().all(|s| *s == 200), "{who}: {tried:?}");
+    };
+    let (port, admin) = (free_port(), free_port());
+    let strait = Proxy::start(&yaml(admin, port), admin).await;
+    let (route, tried) = (statuses(port, "/route").await, statuses(port, "/try").await);
+    check("strait", &route, &tried);
+    let clusters = strait.admin_text("/clusters").await;
+    for cluster in ["route", "try"] {
+        assert!(clusters.contains(&format!("{cluster}::{hung}::health_flags::/failed_outlier_check")), "{clusters}");
+    }
+    let (envoy_port, envoy_admin) = (free_port(), free_port());
+    if let Some(envoy) = Envoy::start(&yaml(envoy_admin, envoy_port), envoy_admin).await {
+        let (route, tried) = (statuses(envoy_port, "/route").await, statuses(envoy_port, "/try").await);
+        check("envoy", &route, &tried);
+        let text = get_text(&format!("http://{}/clusters", envoy.admin)).await.unwrap().1;
+        for cluster in ["route", "try"] {
+            assert!(text.contains(&format!("{cluster}::{hung}::health_flags::/failed_outlier_check")), "{text}");
+        }
+    }
+}

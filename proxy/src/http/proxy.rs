@@ -60,6 +60,12 @@ struct Received {
 }
 
 /// Where a routed request goes.
+/// The endpoint an exchange's attempt is at: known up front, or the latest of the retries.
+enum Timed {
+    Endpoint(std::net::SocketAddr),
+    Tried(Option<TriedHosts>),
+}
+
 enum Upstream {
     /// The endpoint picked when it was routed.
     Endpoint(Arc<Endpoint>, Request<RequestBody>),
@@ -349,6 +355,11 @@ fn forward(
         let _active = GaugeGuard::new(&stats.rq_active);
         let upgrade = exchange.downstream_upgrade.is_some();
         let sent_at = (!hcm.suppress_envoy_headers).then(Instant::now);
+        // Where the attempt cut short by the route timeout went, for outlier detection.
+        let timed = match &exchange.upstream {
+            Upstream::Endpoint(endpoint, _) => Timed::Endpoint(endpoint.addr),
+            Upstream::Retried(_, request) => Timed::Tried(request.extensions().get::<TriedHosts>().cloned()),
+        };
         let send = async {
             match exchange.upstream {
                 Upstream::Endpoint(endpoint, request) => {
@@ -366,6 +377,13 @@ fn forward(
                 Ok(result) => result,
                 Err(_) => {
                     stats.rq_timeout.increment(1);
+                    let addr = match timed {
+                        Timed::Endpoint(addr) => Some(addr),
+                        Timed::Tried(tried) => tried.and_then(|t| t.last()),
+                    };
+                    if let Some(addr) = addr {
+                        exchange.cluster.report_timeout(addr);
+                    }
                     return Err(ProxyError::UpstreamTimeout);
                 }
             },

@@ -34,6 +34,11 @@ impl TriedHosts {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(addr);
     }
 
+    /// The endpoint of the latest attempt.
+    pub fn last(&self) -> Option<SocketAddr> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).last().copied()
+    }
+
     /// How many attempts picked an endpoint.
     pub fn count(&self) -> usize {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).len()

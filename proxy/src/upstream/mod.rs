@@ -300,6 +300,18 @@ impl Cluster {
         self.report(endpoint, outcome);
     }
 
+    /// Reports that the attempt at `addr` ran out of its (per-try or route) timeout: for outlier
+    /// detection a local-origin failure, as Envoy counts a timeout (a 504).
+    pub fn report_timeout(&self, addr: SocketAddr) {
+        if self.config.outlier.is_none() {
+            return;
+        }
+        let endpoint = self.endpoints.load().all.iter().find(|e| e.addr == addr).cloned();
+        if let Some(endpoint) = endpoint {
+            self.report(&endpoint, outlier::Outcome::LocalFailure);
+        }
+    }
+
     /// Reports what an attempt at `endpoint` got, for outlier detection.
     pub fn report(&self, endpoint: &Endpoint, outcome: outlier::Outcome) {
         let Some(config) = &self.config.outlier else { return };

@@ -6,7 +6,7 @@ pub mod body;
 
 use crate::http::ProxyError;
 use crate::telemetry::ClusterStats;
-use crate::upstream::attempt::{Attempted, UpstreamRequest};
+use crate::upstream::attempt::{Attempted, TriedHosts, UpstreamRequest};
 use crate::upstream::breakers::Slot;
 use crate::upstream::{Cluster, UpstreamError};
 use std::sync::Arc;
@@ -184,6 +184,9 @@ impl tower::retry::Policy<UpstreamRequest, Attempted, tower::BoxError> for Retri
             && e.is::<tower::timeout::error::Elapsed>()
         {
             self.stats().rq_per_try_timeout.increment(1);
+            if let Some(addr) = request.extensions().get::<TriedHosts>().and_then(TriedHosts::last) {
+                self.cluster.report_timeout(addr);
+            }
         }
         let retriable = match result {
             Ok(attempted) => {
