@@ -149,6 +149,15 @@ async fn tcp_proxy_connection_failures_eject_like_envoys() {
     }
 }
 
+/// The per-endpoint counter lines of a `/clusters` page, sorted.
+fn host_counters(text: &str) -> Vec<&str> {
+    let names =
+        ["cx_total", "cx_active", "cx_connect_fail", "rq_total", "rq_timeout", "rq_success", "rq_error", "rq_active"];
+    let mut lines: Vec<&str> = text.lines().filter(|l| names.iter().any(|n| l.contains(&format!("::{n}::")))).collect();
+    lines.sort_unstable();
+    lines
+}
+
 /// Upstream timeouts count for outlier detection, as in Envoy (a local-origin failure, a 504): an
 /// endpoint that hangs is ejected after its second timed-out request, by the route timeout and by
 /// a retry's per-try timeout alike; then requests go to the live endpoint only.
@@ -189,11 +198,20 @@ async fn timeouts_eject_like_envoys() {
     for cluster in ["route", "try"] {
         assert!(clusters.contains(&format!("{cluster}::{hung}::health_flags::/failed_outlier_check")), "{clusters}");
     }
+    // Per-endpoint counters as Envoy shows them.
+    let counted = |text: &str| {
+        for line in [format!("route::{hung}::rq_timeout::2"), format!("route::{live}::rq_success::6")] {
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+    };
+    counted(&clusters);
     let (envoy_port, envoy_admin) = (free_port(), free_port());
     if let Some(envoy) = Envoy::start(&yaml(envoy_admin, envoy_port), envoy_admin).await {
         let (route, tried) = (statuses(envoy_port, "/route").await, statuses(envoy_port, "/try").await);
         check("envoy", &route, &tried);
         let text = get_text(&format!("http://{}/clusters", envoy.admin)).await.unwrap().1;
+        counted(&text);
+        assert_eq!(host_counters(&clusters), host_counters(&text), "per-endpoint counters: Strait vs Envoy");
         for cluster in ["route", "try"] {
             assert!(text.contains(&format!("{cluster}::{hung}::health_flags::/failed_outlier_check")), "{text}");
         }

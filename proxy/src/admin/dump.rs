@@ -215,7 +215,21 @@ pub fn clusters_text(s: &Snapshot) -> String {
         let _ = writeln!(out, "{name}::default_priority::max_connections::1024");
         for e in &c.endpoints().all {
             let a = e.addr;
-            let _ = writeln!(out, "{name}::{a}::rq_active::{}", e.active_requests.load(Ordering::Relaxed));
+            let (cx_total, cx_connect_fail, cx_active) = e.pool.connection_counts();
+            let n = &e.counts;
+            let counters = [
+                ("cx_total", cx_total),
+                ("cx_active", u64::from(cx_active)),
+                ("cx_connect_fail", cx_connect_fail),
+                ("rq_total", n.rq_total.load(Ordering::Relaxed)),
+                ("rq_timeout", n.rq_timeout.load(Ordering::Relaxed)),
+                ("rq_success", n.rq_success.load(Ordering::Relaxed)),
+                ("rq_error", n.rq_error.load(Ordering::Relaxed)),
+                ("rq_active", e.active_requests.load(Ordering::Relaxed)),
+            ];
+            for (stat, value) in counters {
+                let _ = writeln!(out, "{name}::{a}::{stat}::{value}");
+            }
             let _ = writeln!(out, "{name}::{a}::idle_connections::{}", e.pool.idle_connections());
             let _ = writeln!(out, "{name}::{a}::weight::{}", e.weight);
             let _ = writeln!(out, "{name}::{a}::priority::{}", e.priority);
@@ -244,6 +258,23 @@ pub fn clusters_text(s: &Snapshot) -> String {
     out
 }
 
+/// An endpoint's counters as Envoy's `/clusters?format=json` lists them.
+fn host_stats_json(e: &crate::upstream::Endpoint) -> Vec<serde_json::Value> {
+    let (cx_total, cx_connect_fail, cx_active) = e.pool.connection_counts();
+    let c = &e.counts;
+    let counter = |name: &str, value: u64| serde_json::json!({ "name": name, "value": value, "type": "COUNTER" });
+    vec![
+        counter("cx_connect_fail", cx_connect_fail),
+        counter("cx_total", cx_total),
+        counter("rq_error", c.rq_error.load(Ordering::Relaxed)),
+        counter("rq_success", c.rq_success.load(Ordering::Relaxed)),
+        counter("rq_timeout", c.rq_timeout.load(Ordering::Relaxed)),
+        counter("rq_total", c.rq_total.load(Ordering::Relaxed)),
+        serde_json::json!({ "name": "cx_active", "value": cx_active, "type": "GAUGE" }),
+        serde_json::json!({ "name": "rq_active", "value": e.active_requests.load(Ordering::Relaxed), "type": "GAUGE" }),
+    ]
+}
+
 /// `/clusters?format=json`.
 pub fn clusters_json(s: &Snapshot) -> String {
     let mut names: Vec<_> = s.clusters.keys().collect();
@@ -265,7 +296,8 @@ pub fn clusters_json(s: &Snapshot) -> String {
                             "failed_outlier_check": e.outlier.is_ejected(),
                             "failed_active_health_check": c.endpoints().health_checked && e.health_check.is_failed(),
                         },
-                        "stats": [{"name": "rq_active", "value": e.active_requests.load(Ordering::Relaxed)}],
+                        "priority": e.priority,
+                        "stats": host_stats_json(e),
                     })
                 })
                 .collect();

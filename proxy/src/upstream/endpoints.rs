@@ -55,6 +55,18 @@ pub struct Endpoint {
     pub health_check: Arc<HostHealth>,
     /// Its response-time estimate, for peak-EWMA balancing (kept likewise).
     pub rtt: Arc<RttEstimate>,
+    /// Its request counters, for `/clusters` (kept likewise).
+    pub counts: Arc<HostCounts>,
+}
+
+/// An endpoint's requests as Envoy's `/clusters` shows them: sent, answered below 500, failed
+/// (5xx or no answer), timed out.
+#[derive(Debug, Default)]
+pub struct HostCounts {
+    pub rq_total: AtomicU64,
+    pub rq_success: AtomicU64,
+    pub rq_error: AtomicU64,
+    pub rq_timeout: AtomicU64,
 }
 
 /// What discovery says about one endpoint: where it is, its weight, EDS health and priority.
@@ -79,12 +91,14 @@ impl Endpoint {
             outlier: Arc::default(),
             health_check: Arc::new(HostHealth::new(config.health_check.is_some())),
             rtt: Arc::default(),
+            counts: Arc::default(),
         }
     }
 
     /// Counts a request in flight until the guard drops.
     pub fn start_request(self: &Arc<Self>) -> ActiveRequest {
         self.active_requests.fetch_add(1, Ordering::Relaxed);
+        self.counts.rq_total.fetch_add(1, Ordering::Relaxed);
         ActiveRequest(self.clone())
     }
 
@@ -173,6 +187,7 @@ impl EndpointSet {
                         outlier: e.outlier.clone(),
                         health_check: e.health_check.clone(),
                         rtt: e.rtt.clone(),
+                        counts: e.counts.clone(),
                     }),
                     None => Arc::new(Endpoint::new(config, m)),
                 }

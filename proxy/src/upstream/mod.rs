@@ -13,7 +13,7 @@ pub mod lb;
 pub mod outlier;
 pub mod pool;
 
-pub use endpoints::{Endpoint, EndpointSet, HealthStatus, Member, PriorityLevel, Tier};
+pub use endpoints::{Endpoint, EndpointSet, HealthStatus, HostCounts, Member, PriorityLevel, Tier};
 pub use lb::LbPolicy;
 pub use pool::{Pool, PoolOptions, UpstreamError};
 
@@ -292,9 +292,14 @@ impl Cluster {
     /// Reports what an attempt at `endpoint` got (and, from [`Cluster::attempt_clock`], how long it
     /// took), for outlier detection and peak-EWMA balancing.
     pub fn report_attempt(&self, endpoint: &Endpoint, outcome: outlier::Outcome, started: Option<std::time::Instant>) {
-        if let (Some(started), LbPolicy::PeakEwma { decay, default_rtt }) = (started, &self.config.lb_policy)
-            && outcome != outlier::Outcome::NotSent
-        {
+        let failed = match outcome {
+            outlier::Outcome::Status(status) => status >= 500,
+            outlier::Outcome::LocalFailure => true,
+            outlier::Outcome::NotSent => return,
+        };
+        let counter = if failed { &endpoint.counts.rq_error } else { &endpoint.counts.rq_success };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let (Some(started), LbPolicy::PeakEwma { decay, default_rtt }) = (started, &self.config.lb_policy) {
             endpoint.rtt.observe(started.elapsed(), *decay, *default_rtt);
         }
         self.report(endpoint, outcome);
@@ -303,11 +308,10 @@ impl Cluster {
     /// Reports that the attempt at `addr` ran out of its (per-try or route) timeout: for outlier
     /// detection a local-origin failure, as Envoy counts a timeout (a 504).
     pub fn report_timeout(&self, addr: SocketAddr) {
-        if self.config.outlier.is_none() {
-            return;
-        }
         let endpoint = self.endpoints.load().all.iter().find(|e| e.addr == addr).cloned();
         if let Some(endpoint) = endpoint {
+            endpoint.counts.rq_timeout.fetch_add(1, Ordering::Relaxed);
+            endpoint.counts.rq_error.fetch_add(1, Ordering::Relaxed);
             self.report(&endpoint, outlier::Outcome::LocalFailure);
         }
     }

@@ -175,6 +175,9 @@ pub struct Pool {
     connections: Arc<std::sync::atomic::AtomicU32>,
     /// Told when a connection is given back or closes, for requests waiting for one.
     freed: Arc<tokio::sync::Notify>,
+    /// Connections attempted and those that failed, for `/clusters`.
+    cx_total: std::sync::atomic::AtomicU64,
+    cx_connect_fail: std::sync::atomic::AtomicU64,
 }
 
 /// A connection's hold on its cluster's and its endpoint's counts, released when it closes, which
@@ -216,7 +219,15 @@ impl Pool {
             http2_connecting: tokio::sync::Mutex::new(()),
             connections: Arc::default(),
             freed: Arc::default(),
+            cx_total: Default::default(),
+            cx_connect_fail: Default::default(),
         }
+    }
+
+    /// (connections attempted, failed to connect, open now), for `/clusters`.
+    pub fn connection_counts(&self) -> (u64, u64, u32) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.cx_total.load(Relaxed), self.cx_connect_fail.load(Relaxed), self.connections.load(Relaxed))
     }
 
     /// Counts a request as waiting for a connection, or `Overflow` at `max_pending_requests`.
@@ -426,6 +437,7 @@ impl Pool {
 
     async fn connect(&self, stats: &ClusterStats) -> Result<TcpStream, UpstreamError> {
         stats.cx_total.increment(1);
+        self.cx_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let result = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
             Err(_) => Err(UpstreamError::ConnectTimeout),
             Ok(Err(e)) => Err(UpstreamError::Connect(e)),
@@ -436,6 +448,7 @@ impl Pool {
         };
         if result.is_err() {
             stats.cx_connect_fail.increment(1);
+            self.cx_connect_fail.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         result
     }
