@@ -1,7 +1,8 @@
 //! Upstream connection lifetimes (`common_http_protocol_options` in the cluster's
 //! `HttpProtocolOptions`): `max_requests_per_connection` (HTTP/1.1 and HTTP/2), `idle_timeout` and
-//! `max_connection_duration`, seen in how many connections the upstream gets. The same bootstrap runs
-//! on a real Envoy, which must open as many.
+//! `max_connection_duration`, seen in how many connections the upstream gets; and HTTP/2 connections
+//! shared up to `max_concurrent_streams` streams, another opened when they are full. The same
+//! bootstrap runs on a real Envoy, which must open as many.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -36,8 +37,15 @@ fn bootstrap(admin: u16, port: u16, upstream: SocketAddr) -> String {
     let route_config = format!(
         "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
     );
-    let clusters: String =
+    let mut clusters: String =
         clusters.iter().map(|(name, h2, common)| static_cluster(name, &[upstream], &options(*h2, common))).collect();
+    let streams = options(true, "")
+        .replace("http2_protocol_options: {}", "http2_protocol_options: { max_concurrent_streams: 2 }");
+    clusters += &static_cluster("streams", &[upstream], &streams);
+    let route_config = route_config.replace(
+        "              routes:\n",
+        "              routes:\n              - match: { prefix: /streams }\n                route: { cluster: streams }\n",
+    );
     http_bootstrap(admin, port, "", &route_config, &clusters)
 }
 
@@ -57,9 +65,22 @@ async fn scenario(port: u16) {
     tokio::time::sleep(Duration::from_millis(700)).await;
     requests(port, "/idle", 1).await;
     requests(port, "/aged", 1).await;
+    // Five streams at once, two per connection: three connections; later ones reuse them.
+    let mut concurrent = Vec::new();
+    for _ in 0..5 {
+        concurrent.push(tokio::spawn(async move {
+            let client = http1_client();
+            get(&client, &format!("http://127.0.0.1:{port}/streams"), &[("x-script", "slow-300")]).await.status
+        }));
+    }
+    for c in concurrent {
+        assert_eq!(c.await.unwrap(), 200);
+    }
+    requests(port, "/streams", 4).await;
 }
 
-const EXPECTED: [(&str, f64); 4] = [("per_conn", 3.0), ("per_stream", 3.0), ("idle", 2.0), ("aged", 2.0)];
+const EXPECTED: [(&str, f64); 5] =
+    [("per_conn", 3.0), ("per_stream", 3.0), ("idle", 2.0), ("aged", 2.0), ("streams", 3.0)];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_end_after_their_requests_idle_time_or_age_as_in_envoy() {

@@ -169,7 +169,8 @@ pub struct Pool {
     connect_timeout: Duration,
     options: PoolOptions,
     idle_http1: Mutex<Vec<(http1::SendRequest<RequestBody>, Lifetime)>>,
-    http2: Mutex<Option<(http2::SendRequest<RequestBody>, Lifetime)>>,
+    /// Open HTTP/2 connections, each carrying up to `http2_max_concurrent_streams` streams.
+    http2: Mutex<Vec<H2Connection>>,
     http2_connecting: tokio::sync::Mutex<()>,
     /// This endpoint's connections, connecting or open.
     connections: Arc<std::sync::atomic::AtomicU32>,
@@ -195,6 +196,36 @@ impl Drop for Held {
     }
 }
 
+/// One HTTP/2 connection and its streams in flight.
+struct H2Connection {
+    sender: http2::SendRequest<RequestBody>,
+    lifetime: Lifetime,
+    streams: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl std::fmt::Debug for H2Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Connection").field("streams", &self.streams).finish_non_exhaustive()
+    }
+}
+
+/// A stream's place on its HTTP/2 connection, given back when its response body is done with.
+#[derive(Debug)]
+struct H2Stream(Arc<std::sync::atomic::AtomicU32>);
+
+impl H2Stream {
+    fn on(connection: &H2Connection) -> Self {
+        connection.streams.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        H2Stream(connection.streams.clone())
+    }
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Marks a request as waiting for a connection while it lives.
 struct Pending<'a> {
     _slot: Slot,
@@ -215,7 +246,7 @@ impl Pool {
             connect_timeout,
             options,
             idle_http1: Mutex::new(Vec::new()),
-            http2: Mutex::new(None),
+            http2: Mutex::new(Vec::new()),
             http2_connecting: tokio::sync::Mutex::new(()),
             connections: Arc::default(),
             freed: Arc::default(),
@@ -294,7 +325,7 @@ impl Pool {
 
     pub fn idle_connections(&self) -> usize {
         self.idle_http1.lock().unwrap_or_else(|e| e.into_inner()).len()
-            + usize::from(self.http2.lock().unwrap_or_else(|e| e.into_inner()).is_some())
+            + self.http2.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Sends a request (origin-form URI and `host` header for HTTP/1.1; absolute URI for HTTP/2); an
@@ -321,8 +352,8 @@ impl Pool {
             }
             if self.protocol == UpstreamProtocol::Http2 {
                 for _attempt in 0..2 {
-                    let mut sender = match self.current_http2() {
-                        Some(sender) => sender,
+                    let (mut sender, stream) = match self.current_http2(false) {
+                        Some(found) => found,
                         None => Box::pin(self.http2_sender(cluster)).await?,
                     };
                     match sender.try_send_request(req).await {
@@ -331,10 +362,14 @@ impl Pool {
                                 inner: b,
                                 checkin: None,
                                 slot: None,
+                                stream: Some(stream),
                             })));
                         }
                         Err(mut e) => {
-                            *self.http2.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                            // That connection is done for: requests go to the others or a new one.
+                            let mut conns = self.http2.lock().unwrap_or_else(|e| e.into_inner());
+                            conns.retain(|c| !Arc::ptr_eq(&c.streams, &stream.0));
+                            drop(conns);
                             match e.take_message() {
                                 Some(unsent) => req = unsent,
                                 None => return Err(UpstreamError::from_hyper(e.into_error())),
@@ -362,7 +397,7 @@ impl Pool {
                     Ok(resp) => {
                         let (parts, inner) = resp.into_parts();
                         let checkin = Some(Checkin { sender, lifetime, pool: Arc::downgrade(self) });
-                        let mut body = PooledBody { inner, checkin, slot: None };
+                        let mut body = PooledBody { inner, checkin, slot: None, stream: None };
                         if body.inner.is_end_stream() {
                             // An empty body (HEAD, 204, 304, content-length: 0) is never polled.
                             body.release();
@@ -379,22 +414,32 @@ impl Pool {
         }
     }
 
-    /// The HTTP/2 connection, made now if there is none; the request is pending meanwhile.
-    async fn http2_sender(&self, cluster: &Cluster) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
+    /// A new HTTP/2 connection for a request that found every connection full (or none); the
+    /// request is pending meanwhile. At the cluster's `max_connections` the least busy connection
+    /// takes it anyway (HTTP/2 queues streams over the peer's limit), unless there is none.
+    async fn http2_sender(
+        &self,
+        cluster: &Cluster,
+    ) -> Result<(http2::SendRequest<RequestBody>, H2Stream), UpstreamError> {
         let _pending = self.pending(cluster)?;
         let _connecting = self.http2_connecting.lock().await;
-        if let Some(s) = self.current_http2() {
-            return Ok(s);
+        if let Some(found) = self.current_http2(false) {
+            return Ok(found);
         }
-        // The endpoint's one connection is made even over `max_connections` (it has none).
-        let held = self.hold_connection(cluster).unwrap_or_else(|| Held {
-            _cluster: cluster.open.connection_over_limit(),
-            endpoint: {
-                self.connections.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                self.connections.clone()
+        let held = match self.hold_connection(cluster) {
+            Some(held) => held,
+            None => match self.current_http2(true) {
+                Some(found) => return Ok(found),
+                None => Held {
+                    _cluster: cluster.open.connection_over_limit(),
+                    endpoint: {
+                        self.connections.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                        self.connections.clone()
+                    },
+                    freed: self.freed.clone(),
+                },
             },
-            freed: self.freed.clone(),
-        });
+        };
         let stats = &cluster.stats;
         let stream = self.connect(stats).await?;
         let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -415,24 +460,29 @@ impl Pool {
         });
         let mut lifetime = Lifetime::new();
         lifetime.requests = 1;
-        *self.http2.lock().unwrap_or_else(|e| e.into_inner()) = Some((sender.clone(), lifetime));
-        Ok(sender)
+        let connection = H2Connection { sender: sender.clone(), lifetime, streams: Arc::default() };
+        let stream = H2Stream::on(&connection);
+        self.http2.lock().unwrap_or_else(|e| e.into_inner()).push(connection);
+        Ok((sender, stream))
     }
 
-    /// The shared HTTP/2 connection for one more request, if it is open and may carry it. One that
-    /// may not (idle too long, too old, enough requests) is let go: its streams finish, then it
-    /// closes, and the next request opens another.
-    fn current_http2(&self) -> Option<http2::SendRequest<RequestBody>> {
-        let mut guard = self.http2.lock().unwrap_or_else(|e| e.into_inner());
-        let (sender, lifetime) = guard.as_mut()?;
+    /// An HTTP/2 connection for one more stream: the least busy one under its stream limit
+    /// (`http2_max_concurrent_streams`), or with `over_limit` the least busy one at all. Connections
+    /// that closed or may carry no more (idle too long, too old, enough requests) are let go: their
+    /// streams finish, then they close.
+    fn current_http2(&self, over_limit: bool) -> Option<(http2::SendRequest<RequestBody>, H2Stream)> {
+        use std::sync::atomic::Ordering::Acquire;
+        let mut conns = self.http2.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if sender.is_closed() || !lifetime.usable(&self.options, now) {
-            *guard = None;
-            return None;
-        }
-        lifetime.requests += 1;
-        lifetime.last_used = now;
-        Some(sender.clone())
+        conns.retain(|c| !c.sender.is_closed() && c.lifetime.usable(&self.options, now));
+        let limit = self.options.http2_max_concurrent_streams.unwrap_or(u32::MAX);
+        let connection = conns
+            .iter_mut()
+            .filter(|c| over_limit || c.streams.load(Acquire) < limit)
+            .min_by_key(|c| c.streams.load(Acquire))?;
+        connection.lifetime.requests += 1;
+        connection.lifetime.last_used = now;
+        Some((connection.sender.clone(), H2Stream::on(connection)))
     }
 
     async fn connect(&self, stats: &ClusterStats) -> Result<TcpStream, UpstreamError> {
@@ -519,12 +569,14 @@ pub struct PooledBody {
     checkin: Option<Checkin>,
     /// The circuit breaker's place of the request, given back when the body is done with.
     slot: Option<crate::upstream::breakers::Slot>,
+    /// The stream's place on its HTTP/2 connection, likewise.
+    stream: Option<H2Stream>,
 }
 
 impl PooledBody {
     /// A body from a connection that is not pooled (an upgrade attempt).
     pub fn unpooled(inner: Incoming) -> Self {
-        PooledBody { inner, checkin: None, slot: None }
+        PooledBody { inner, checkin: None, slot: None, stream: None }
     }
 
     /// Keeps the request's circuit-breaker place until the body is read or dropped.
@@ -533,6 +585,7 @@ impl PooledBody {
     }
 
     fn release(&mut self) {
+        self.stream = None;
         if let Some(Checkin { sender, lifetime, pool }) = self.checkin.take()
             && let Some(pool) = pool.upgrade()
         {
