@@ -217,3 +217,71 @@ async fn timeouts_eject_like_envoys() {
         }
     }
 }
+
+/// `split_external_local_origin_errors`: refused connections count only toward
+/// `consecutive_local_origin_failure`, 5xx answers only toward `consecutive_5xx`; each ejects at
+/// its own threshold, counted under its own name, as in Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_mode_ejects_local_and_upstream_failures_apart_like_envoy() {
+    let live = [
+        Scripted::always("live1", "ok").await.addr,
+        Scripted::always("live2", "ok").await.addr,
+        Scripted::always("live3", "ok").await.addr,
+    ];
+    let failing = Scripted::always("failing", "500").await.addr;
+    let dead: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    // Five endpoints, so two ejected (60% left) is no panic.
+    let endpoints = [dead, failing, live[0], live[1], live[2]];
+    let yaml = |admin: u16, port: u16| {
+        let route_config = "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\
+             \x20             - match: { prefix: / }\n                route: { cluster: split }\n";
+        let outlier = "    outlier_detection: { split_external_local_origin_errors: true, consecutive_local_origin_failure: 2, \
+                       consecutive_5xx: 3, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 100 }\n";
+        http_bootstrap(admin, port, "", route_config, &static_cluster("split", &endpoints, outlier))
+    };
+    // Statuses of 25 sequential requests: round robin over the five until two are ejected.
+    let statuses = |port: u16| async move {
+        let client = http1_client();
+        let mut out = Vec::new();
+        for _ in 0..25 {
+            out.push(get(&client, &format!("http://127.0.0.1:{port}/"), &[]).await.status);
+        }
+        out
+    };
+    let counters = [
+        "ejections_enforced_consecutive_local_origin_failure",
+        "ejections_enforced_consecutive_5xx",
+        "ejections_enforced_total",
+    ];
+    let (port, admin) = (free_port(), free_port());
+    let strait = Proxy::start(&yaml(admin, port), admin).await;
+    let ours = statuses(port).await;
+    assert_eq!(ours.iter().filter(|s| **s == 503).count(), 2, "two refused connections eject the dead one: {ours:?}");
+    assert_eq!(ours.iter().filter(|s| **s == 500).count(), 3, "three 500s eject the failing one: {ours:?}");
+    assert!(ours[15..].iter().all(|s| *s == 200), "{ours:?}");
+    let mut our_counts = Vec::new();
+    for c in counters {
+        our_counts
+            .push(strait.stat(&format!("envoy_cluster_outlier_detection_{c}{{envoy_cluster_name=\"split\"}}")).await);
+    }
+    assert_eq!(our_counts, [1.0, 1.0, 2.0]);
+    let (envoy_port, envoy_admin) = (free_port(), free_port());
+    if let Some(envoy) = Envoy::start(&yaml(envoy_admin, envoy_port), envoy_admin).await {
+        // Envoy applies a health change that comes within `update_merge_window` (1 s by default)
+        // of the previous one only when that window ends, where Strait applies it at once: the
+        // second ejection reaches Envoy's balancer up to a second later, so the sequences are not
+        // compared request by request.
+        let theirs = statuses(envoy_port).await;
+        assert_eq!(theirs.iter().filter(|s| **s == 503).count(), 2, "Envoy: {theirs:?}");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let after = statuses(envoy_port).await;
+        assert!(after.iter().all(|s| *s == 200), "Envoy, both ejected: {after:?}");
+        let mut theirs = Vec::new();
+        for c in counters {
+            let url = format!("http://{}/stats?filter=^cluster\\.split\\.outlier_detection\\.{c}$", envoy.admin);
+            let (_, text) = get_text(&url).await.unwrap();
+            theirs.push(text.lines().find_map(|l| l.rsplit(": ").next()?.parse::<f64>().ok()).unwrap_or(0.0));
+        }
+        assert_eq!(theirs, our_counts, "counters: Strait vs Envoy");
+    }
+}

@@ -81,8 +81,8 @@ pub struct OutlierStats {
     ejections_enforced_total: Counter,
     ejections_overflow: Counter,
     /// (detected, enforced) per reason: consecutive 5xx, consecutive gateway failure, success rate,
-    /// failure percentage.
-    by_reason: [(Counter, Counter); 4],
+    /// failure percentage, and their local-origin kinds.
+    by_reason: [(Counter, Counter); 7],
 }
 
 impl OutlierStats {
@@ -105,6 +105,9 @@ impl OutlierStats {
                 pair("consecutive_gateway_failure"),
                 pair("success_rate"),
                 pair("failure_percentage"),
+                pair("consecutive_local_origin_failure"),
+                pair("local_origin_success_rate"),
+                pair("local_origin_failure_percentage"),
             ],
         }
     }
@@ -117,6 +120,9 @@ impl OutlierStats {
             Reason::ConsecutiveGatewayFailure => 1,
             Reason::SuccessRate => 2,
             Reason::FailurePercentage => 3,
+            Reason::ConsecutiveLocalOriginFailure => 4,
+            Reason::LocalOriginSuccessRate => 5,
+            Reason::LocalOriginFailurePercentage => 6,
         }];
         detected.increment(1);
         match verdict {

@@ -3,7 +3,10 @@
 //! a refused connection, which count as both) eject the endpoint at once, and a sweep every
 //! `interval` returns endpoints whose ejection time is over and ejects by success rate and failure
 //! percentage. Detection by consecutive failures fires when the count reaches its threshold, and the
-//! count is reset only by a success (Envoy's behaviour). An ejected endpoint takes no traffic (unless the cluster is in panic); each ejection of
+//! count is reset only by a success (Envoy's behaviour). With `split_external_local_origin_errors`
+//! local failures (connect failures, resets, timeouts) are counted apart, by
+//! `consecutive_local_origin_failure` and their own success rate and failure percentage, and the 5xx
+//! counts see only the upstream's answers. An ejected endpoint takes no traffic (unless the cluster is in panic); each ejection of
 //! the same endpoint lasts longer (`base_ejection_time` times the ejections, at most
 //! `max_ejection_time`), and the multiplier goes back down while it stays healthy.
 
@@ -35,6 +38,11 @@ pub struct OutlierConfig {
     pub enforcing_failure_percentage: u32,
     pub failure_percentage_minimum_hosts: u32,
     pub failure_percentage_request_volume: u32,
+    pub split_external_local_origin_errors: bool,
+    pub consecutive_local_origin_failure: u32,
+    pub enforcing_consecutive_local_origin_failure: u32,
+    pub enforcing_local_origin_success_rate: u32,
+    pub enforcing_failure_percentage_local_origin: u32,
 }
 
 impl Default for OutlierConfig {
@@ -58,6 +66,11 @@ impl Default for OutlierConfig {
             enforcing_failure_percentage: 0,
             failure_percentage_minimum_hosts: 5,
             failure_percentage_request_volume: 50,
+            split_external_local_origin_errors: false,
+            consecutive_local_origin_failure: 5,
+            enforcing_consecutive_local_origin_failure: 100,
+            enforcing_local_origin_success_rate: 100,
+            enforcing_failure_percentage_local_origin: 0,
         }
     }
 }
@@ -90,6 +103,9 @@ pub enum Reason {
     ConsecutiveGatewayFailure,
     SuccessRate,
     FailurePercentage,
+    ConsecutiveLocalOriginFailure,
+    LocalOriginSuccessRate,
+    LocalOriginFailurePercentage,
 }
 
 /// One endpoint's outlier state, shared by every version of that endpoint (it outlives config swaps
@@ -101,6 +117,10 @@ pub struct HostOutlier {
     /// Answers in the current interval, for success rate and failure percentage.
     successes: AtomicU64,
     failures: AtomicU64,
+    /// Split mode: local failures in a row, and the interval's local successes and failures.
+    consecutive_local: AtomicU32,
+    local_successes: AtomicU64,
+    local_failures: AtomicU64,
     ejected: AtomicBool,
     /// The ejection-time multiplier: times ejected, less the healthy intervals since.
     ejections: AtomicU32,
@@ -114,6 +134,22 @@ impl HostOutlier {
 
     /// Counts an outcome; the reason when it makes the endpoint an outlier now.
     pub fn record(&self, outcome: Outcome, config: &OutlierConfig) -> Option<Reason> {
+        if config.split_external_local_origin_errors {
+            match outcome {
+                Outcome::LocalFailure => {
+                    self.local_failures.fetch_add(1, Ordering::Relaxed);
+                    let c = self.consecutive_local.fetch_add(1, Ordering::Relaxed) + 1;
+                    return (c == config.consecutive_local_origin_failure)
+                        .then_some(Reason::ConsecutiveLocalOriginFailure);
+                }
+                // An answer came: the connection worked, whatever the status says.
+                Outcome::Status(_) => {
+                    self.local_successes.fetch_add(1, Ordering::Relaxed);
+                    self.consecutive_local.store(0, Ordering::Relaxed);
+                }
+                Outcome::NotSent => return None,
+            }
+        }
         let (server_error, gateway) = match outcome {
             Outcome::Status(s) => (s >= 500, matches!(s, 502..=504)),
             Outcome::LocalFailure => (true, true),
@@ -172,6 +208,13 @@ impl HostOutlier {
         let f = self.failures.swap(0, Ordering::Relaxed);
         (s, s + f)
     }
+
+    /// The same for local-origin outcomes (split mode).
+    fn take_local_interval(&self) -> (u64, u64) {
+        let s = self.local_successes.swap(0, Ordering::Relaxed);
+        let f = self.local_failures.swap(0, Ordering::Relaxed);
+        (s, s + f)
+    }
 }
 
 /// Envoy's enforcement roll: eject with this percentage of chance.
@@ -205,6 +248,9 @@ pub fn detected(endpoint: &Endpoint, all: &[Arc<Endpoint>], reason: Reason, conf
         Reason::ConsecutiveGatewayFailure => config.enforcing_consecutive_gateway_failure,
         Reason::SuccessRate => config.enforcing_success_rate,
         Reason::FailurePercentage => config.enforcing_failure_percentage,
+        Reason::ConsecutiveLocalOriginFailure => config.enforcing_consecutive_local_origin_failure,
+        Reason::LocalOriginSuccessRate => config.enforcing_local_origin_success_rate,
+        Reason::LocalOriginFailurePercentage => config.enforcing_failure_percentage_local_origin,
     };
     if endpoint.outlier.is_ejected() || !enforced(enforcing) {
         return Verdict::Detected(reason);
@@ -222,19 +268,37 @@ pub fn detected(endpoint: &Endpoint, all: &[Arc<Endpoint>], reason: Reason, conf
 pub fn sweep(all: &[Arc<Endpoint>], config: &OutlierConfig) -> (Vec<Verdict>, bool) {
     let now = Instant::now();
     let mut returned = false;
-    let mut volumes = Vec::new();
+    let (mut volumes, mut local_volumes) = (Vec::new(), Vec::new());
     for e in all {
         let o = &e.outlier;
         let interval = o.take_interval();
+        let local = o.take_local_interval();
         if o.is_ejected() {
             returned |= o.uneject_if_due(now);
         } else {
             let _ = o.ejections.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
             volumes.push((e.clone(), interval));
+            local_volumes.push((e.clone(), local));
         }
     }
     let mut verdicts = Vec::new();
-    // Success rate: below the mean by more than the factor times the standard deviation.
+    judge(all, &volumes, config, [Reason::SuccessRate, Reason::FailurePercentage], &mut verdicts);
+    if config.split_external_local_origin_errors {
+        let reasons = [Reason::LocalOriginSuccessRate, Reason::LocalOriginFailurePercentage];
+        judge(all, &local_volumes, config, reasons, &mut verdicts);
+    }
+    (verdicts, returned)
+}
+
+/// Success rate (below the mean by more than the factor times the standard deviation) and failure
+/// percentage (at or over the threshold) over one kind of the interval's answers.
+fn judge(
+    all: &[Arc<Endpoint>],
+    volumes: &[(Arc<Endpoint>, (u64, u64))],
+    config: &OutlierConfig,
+    [success_rate, failure_percentage]: [Reason; 2],
+    verdicts: &mut Vec<Verdict>,
+) {
     let rated: Vec<(&Arc<Endpoint>, f64)> = volumes
         .iter()
         .filter(|(_, (_, total))| *total >= u64::from(config.success_rate_request_volume))
@@ -246,11 +310,10 @@ pub fn sweep(all: &[Arc<Endpoint>], config: &OutlierConfig) -> (Vec<Verdict>, bo
         let threshold = mean - f64::from(config.success_rate_stdev_factor) / 1000.0 * variance.sqrt();
         for (e, rate) in &rated {
             if *rate < threshold {
-                verdicts.push(detected(e, all, Reason::SuccessRate, config));
+                verdicts.push(detected(e, all, success_rate, config));
             }
         }
     }
-    // Failure percentage: at or over the threshold.
     let counted: Vec<_> = volumes
         .iter()
         .filter(|(_, (_, total))| *total >= u64::from(config.failure_percentage_request_volume))
@@ -259,11 +322,10 @@ pub fn sweep(all: &[Arc<Endpoint>], config: &OutlierConfig) -> (Vec<Verdict>, bo
         for (e, (ok, total)) in counted {
             let failed = (total - ok) as f64 * 100.0 / *total as f64;
             if failed >= f64::from(config.failure_percentage_threshold) {
-                verdicts.push(detected(e, all, Reason::FailurePercentage, config));
+                verdicts.push(detected(e, all, failure_percentage, config));
             }
         }
     }
-    (verdicts, returned)
 }
 
 #[cfg(test)]
@@ -335,6 +397,29 @@ mod tests {
         let few = endpoints(3);
         answers(&few[2], 0, 100, &config);
         assert!(sweep(&few, &config).0.is_empty());
+    }
+
+    #[test]
+    fn split_mode_counts_local_failures_apart_from_the_upstreams_answers() {
+        let config = OutlierConfig {
+            split_external_local_origin_errors: true,
+            consecutive_local_origin_failure: 2,
+            consecutive_5xx: 2,
+            ..Default::default()
+        };
+        let h = HostOutlier::default();
+        // A 500 and a local failure: neither count reaches 2 (they are kept apart).
+        assert_eq!(h.record(Outcome::Status(500), &config), None);
+        assert_eq!(h.record(Outcome::LocalFailure, &config), None);
+        // Any answer resets the local count, a 500 included; two local failures in a row eject.
+        assert_eq!(h.record(Outcome::Status(503), &config), Some(Reason::Consecutive5xx));
+        assert_eq!(h.record(Outcome::LocalFailure, &config), None);
+        assert_eq!(h.record(Outcome::LocalFailure, &config), Some(Reason::ConsecutiveLocalOriginFailure));
+        // Not split: a local failure is a 5xx too.
+        let joint = OutlierConfig { consecutive_5xx: 2, ..Default::default() };
+        let g = HostOutlier::default();
+        assert_eq!(g.record(Outcome::Status(500), &joint), None);
+        assert_eq!(g.record(Outcome::LocalFailure, &joint), Some(Reason::Consecutive5xx));
     }
 
     #[test]

@@ -231,9 +231,6 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 
 /// `OutlierDetection` with Envoy's defaults for what is not set.
 fn outlier_detection(o: &cluster::OutlierDetection) -> Result<OutlierConfig> {
-    if o.split_external_local_origin_errors {
-        return Err(ConfigError::new("split_external_local_origin_errors", "is not supported yet"));
-    }
     if !o.monitors.is_empty() {
         return Err(ConfigError::new("monitors", "is not supported"));
     }
@@ -272,6 +269,23 @@ fn outlier_detection(o: &cluster::OutlierDetection) -> Result<OutlierConfig> {
             "enforcing_consecutive_gateway_failure",
         )?,
         enforcing_success_rate: percent(&o.enforcing_success_rate, d.enforcing_success_rate, "enforcing_success_rate")?,
+        split_external_local_origin_errors: o.split_external_local_origin_errors,
+        consecutive_local_origin_failure: n(&o.consecutive_local_origin_failure, d.consecutive_local_origin_failure),
+        enforcing_consecutive_local_origin_failure: percent(
+            &o.enforcing_consecutive_local_origin_failure,
+            d.enforcing_consecutive_local_origin_failure,
+            "enforcing_consecutive_local_origin_failure",
+        )?,
+        enforcing_local_origin_success_rate: percent(
+            &o.enforcing_local_origin_success_rate,
+            d.enforcing_local_origin_success_rate,
+            "enforcing_local_origin_success_rate",
+        )?,
+        enforcing_failure_percentage_local_origin: percent(
+            &o.enforcing_failure_percentage_local_origin,
+            d.enforcing_failure_percentage_local_origin,
+            "enforcing_failure_percentage_local_origin",
+        )?,
         success_rate_minimum_hosts: n(&o.success_rate_minimum_hosts, d.success_rate_minimum_hosts),
         success_rate_request_volume: n(&o.success_rate_request_volume, d.success_rate_request_volume),
         success_rate_stdev_factor: n(&o.success_rate_stdev_factor, d.success_rate_stdev_factor),
