@@ -150,23 +150,43 @@ async fn breakers_trip_at_their_thresholds_as_envoys_do() {
     }
 }
 
-#[test]
-fn a_limit_on_connection_pools_is_refused_unless_unlimited() {
-    let dir = TempDir::new("breakers-bad");
-    let upstream: SocketAddr = ([127, 0, 0, 1], 1).into();
-    let route_config = "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\
-         \x20             - match: { prefix: / }\n                route: { cluster: c }\n";
-    let breakers = "    circuit_breakers:\n      thresholds: [{ max_connections: 100, max_connection_pools: 10 }]\n";
-    let yaml = http_bootstrap(free_port(), free_port(), "", route_config, &static_cluster("c", &[upstream], breakers));
-    let file = write_file(&dir.0, "bad.yaml", &yaml);
-    let out = std::process::Command::new(BIN).arg("validate").arg(&file).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        text.contains(
-            "circuit_breakers.thresholds[0].max_connection_pools: is not supported yet (only 4294967295, unlimited)"
-        ),
-        "{text}"
-    );
-    assert!(!text.contains("max_connections"), "{text}");
+/// `max_connection_pools: 1` over two endpoints: the first endpoint used gets the pool (its
+/// connection stays open); the other, having none, is refused for as long, 503 "no healthy
+/// upstream" and `upstream_cx_pool_overflow`, as in Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_pool_over_the_limit_is_refused_as_envoy_does() {
+    let (a, b) = (Scripted::always("a", "ok").await.addr, Scripted::always("b", "ok").await.addr);
+    let yaml = |admin: u16, port: u16| {
+        let route_config = "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\
+             \x20             - match: { prefix: / }\n                route: { cluster: pools }\n";
+        let breakers = "    circuit_breakers:\n      thresholds: [{ max_connection_pools: 1 }]\n";
+        http_bootstrap(admin, port, "", route_config, &static_cluster("pools", &[a, b], breakers))
+    };
+    let run = |port: u16| async move {
+        let client = http1_client();
+        let mut out = Vec::new();
+        for _ in 0..6 {
+            let reply = get(&client, &format!("http://127.0.0.1:{port}/"), &[]).await;
+            out.push((reply.status, reply.header("x-upstream").unwrap_or_default().to_string(), reply.body));
+        }
+        out
+    };
+    let summary = |replies: &[(u16, String, String)]| {
+        let ok: std::collections::BTreeSet<&str> =
+            replies.iter().filter(|r| r.0 == 200).map(|r| r.1.as_str()).collect();
+        let refused = replies.iter().filter(|r| r.0 == 503 && r.2 == "no healthy upstream").count();
+        (ok.len(), refused)
+    };
+    let (port, admin) = (free_port(), free_port());
+    let strait = Proxy::start(&yaml(admin, port), admin).await;
+    let ours = run(port).await;
+    assert_eq!(summary(&ours), (1, 3), "one endpoint served, the other refused: {ours:?}");
+    let overflow = strait.stat("envoy_cluster_upstream_cx_pool_overflow{envoy_cluster_name=\"pools\"}").await;
+    assert_eq!(overflow, 3.0);
+    let (envoy_port, envoy_admin) = (free_port(), free_port());
+    if let Some(envoy) = Envoy::start(&yaml(envoy_admin, envoy_port), envoy_admin).await {
+        let theirs = run(envoy_port).await;
+        assert_eq!(summary(&theirs), summary(&ours), "Envoy: {theirs:?}");
+        assert_eq!(envoy_counter(envoy.admin, "pools", "upstream_cx_pool_overflow").await, overflow);
+    }
 }

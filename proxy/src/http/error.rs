@@ -42,6 +42,8 @@ impl From<UpstreamError> for ProxyError {
         match e {
             // Never retried, never the endpoint's fault: the cluster's circuit breaker.
             UpstreamError::Overflow => ProxyError::Overflow,
+            // Envoy answers a request that gets no connection pool as one with no host.
+            UpstreamError::PoolOverflow => ProxyError::NoHealthyUpstream,
             e => ProxyError::Upstream(e),
         }
     }
@@ -107,7 +109,7 @@ impl ProxyError {
             UpstreamError::ConnectTimeout => "connection timeout",
             UpstreamError::Protocol(_) => "protocol error",
             UpstreamError::Reset(_) => "connection termination",
-            UpstreamError::Overflow => "overflow",
+            UpstreamError::Overflow | UpstreamError::PoolOverflow => "overflow",
         };
         match self {
             ProxyError::NoRoute | ProxyError::ClusterNotFound(_) | ProxyError::UpgradeRejected(_) => String::new(),

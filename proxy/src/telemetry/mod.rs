@@ -180,6 +180,8 @@ pub struct ClusterStats {
     pub rq_pending_overflow: Counter,
     /// Times `max_connections` kept a connection from being opened.
     pub cx_overflow: Counter,
+    /// Requests refused because `max_connection_pools` kept their endpoint from a pool.
+    pub cx_pool_overflow: Counter,
     /// Retries given up because the request body outgrew its buffer limit.
     pub retry_or_shadow_abandoned: Counter,
     pub cx_total: Counter,
@@ -214,6 +216,7 @@ impl ClusterStats {
             rq_pending_active: gauge!("envoy_cluster_upstream_rq_pending_active", l => name.clone()),
             rq_pending_overflow: counter!("envoy_cluster_upstream_rq_pending_overflow", l => name.clone()),
             cx_overflow: counter!("envoy_cluster_upstream_cx_overflow", l => name.clone()),
+            cx_pool_overflow: counter!("envoy_cluster_upstream_cx_pool_overflow", l => name.clone()),
             retry_or_shadow_abandoned: counter!("envoy_cluster_retry_or_shadow_abandoned", l => name.clone()),
             cx_total: counter!("envoy_cluster_upstream_cx_total", l => name.clone()),
             cx_active: gauge!("envoy_cluster_upstream_cx_active", l => name.clone()),

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// The limits of the default routing priority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {
+    /// Endpoints with open connections (Envoy's connection pools, which live while they have any).
+    pub max_connection_pools: u32,
     pub max_connections: u32,
     pub max_pending_requests: u32,
     pub max_requests: u32,
@@ -19,7 +21,13 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { max_connections: 1024, max_pending_requests: 1024, max_requests: 1024, max_retries: 3 }
+        Thresholds {
+            max_connection_pools: u32::MAX,
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
     }
 }
 
@@ -32,6 +40,8 @@ pub struct Open {
     connections: Arc<AtomicU32>,
     /// Requests waiting for a connection.
     pending: Arc<AtomicU32>,
+    /// Endpoints with at least one connection.
+    pub(crate) pools: Arc<AtomicU32>,
 }
 
 /// One admitted request or retry; its place is given back on drop.
@@ -74,6 +84,11 @@ impl Open {
     /// A place for one more request waiting for a connection, if under `max_pending_requests`.
     pub fn pending(&self, t: &Thresholds) -> Option<Slot> {
         admit(&self.pending, t.max_pending_requests)
+    }
+
+    /// Whether an endpoint without connections may open its first (under `max_connection_pools`).
+    pub fn pool_allowed(&self, t: &Thresholds) -> bool {
+        self.pools.load(Ordering::Acquire) < t.max_connection_pools
     }
 
     pub fn connections(&self) -> u32 {

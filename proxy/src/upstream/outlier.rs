@@ -90,7 +90,7 @@ impl Outcome {
     pub fn of(result: &Result<super::pool::UpstreamResponse, super::UpstreamError>) -> Outcome {
         match result {
             Ok(response) => Outcome::Status(response.status().as_u16()),
-            Err(super::UpstreamError::Overflow) => Outcome::NotSent,
+            Err(super::UpstreamError::Overflow | super::UpstreamError::PoolOverflow) => Outcome::NotSent,
             Err(_) => Outcome::LocalFailure,
         }
     }

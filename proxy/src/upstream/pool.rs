@@ -145,6 +145,9 @@ pub enum UpstreamError {
     /// No connection, and `max_pending_requests` requests already wait for one.
     #[error("overflow: too many requests pending")]
     Overflow,
+    /// The endpoint has no connection pool and the cluster has `max_connection_pools` already.
+    #[error("overflow: too many connection pools")]
+    PoolOverflow,
 }
 
 impl UpstreamError {
@@ -186,12 +189,30 @@ pub struct Pool {
 struct Held {
     _cluster: Slot,
     endpoint: Arc<std::sync::atomic::AtomicU32>,
+    /// The cluster's count of endpoints with connections, left when this was the last.
+    pools: Arc<std::sync::atomic::AtomicU32>,
     freed: Arc<tokio::sync::Notify>,
+}
+
+impl Held {
+    fn new(pool: &Pool, cluster: &Cluster, slot: Slot) -> Self {
+        if pool.connections.fetch_add(1, std::sync::atomic::Ordering::AcqRel) == 0 {
+            cluster.open.pools.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        Held {
+            _cluster: slot,
+            endpoint: pool.connections.clone(),
+            pools: cluster.open.pools.clone(),
+            freed: pool.freed.clone(),
+        }
+    }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.endpoint.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        if self.endpoint.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.pools.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
         self.freed.notify_one();
     }
 }
@@ -286,8 +307,7 @@ impl Pool {
                 return None;
             }
         };
-        self.connections.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Some(Held { _cluster: slot, endpoint: self.connections.clone(), freed: self.freed.clone() })
+        Some(Held::new(self, cluster, slot))
     }
 
     /// An idle HTTP/1.1 connection that may carry another request (closed or expired ones are dropped).
@@ -341,6 +361,14 @@ impl Pool {
         upgrade: bool,
     ) -> impl Future<Output = Result<UpstreamResponse, UpstreamError>> + Send + 'a {
         async move {
+            // An endpoint without connections has no pool (as Envoy's pools, which go when their
+            // last connection does); at `max_connection_pools` it gets none.
+            if self.connections.load(std::sync::atomic::Ordering::Acquire) == 0
+                && !cluster.open.pool_allowed(&cluster.config.breakers)
+            {
+                cluster.stats.cx_pool_overflow.increment(1);
+                return Err(UpstreamError::PoolOverflow);
+            }
             if upgrade {
                 let held = self.hold_connection(cluster).ok_or(UpstreamError::Overflow)?;
                 let mut sender = Box::pin(self.connect_http1(cluster, true, held)).await?;
@@ -430,14 +458,7 @@ impl Pool {
             Some(held) => held,
             None => match self.current_http2(true) {
                 Some(found) => return Ok(found),
-                None => Held {
-                    _cluster: cluster.open.connection_over_limit(),
-                    endpoint: {
-                        self.connections.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                        self.connections.clone()
-                    },
-                    freed: self.freed.clone(),
-                },
+                None => Held::new(self, cluster, cluster.open.connection_over_limit()),
             },
         };
         let stats = &cluster.stats;

@@ -304,10 +304,8 @@ fn outlier_detection(o: &cluster::OutlierDetection) -> Result<OutlierConfig> {
     })
 }
 
-/// The default priority's thresholds. `max_connection_pools` (one pool per endpoint here) is
-/// accepted only as unlimited, the value Istio sets.
+/// The default priority's thresholds.
 fn circuit_breakers(cb: Option<&cluster::CircuitBreakers>) -> Result<Thresholds> {
-    use cluster::circuit_breakers::Thresholds as T;
     let mut out = Thresholds::default();
     let Some(cb) = cb else { return Ok(out) };
     if !cb.per_host_thresholds.is_empty() {
@@ -315,19 +313,12 @@ fn circuit_breakers(cb: Option<&cluster::CircuitBreakers>) -> Result<Thresholds>
     }
     for (i, t) in cb.thresholds.iter().enumerate() {
         let at = format!("thresholds[{i}]");
-        let unlimited_only = |value: &Option<xds_proto::pb::google::protobuf::UInt32Value>, field: &str| match value {
-            Some(v) if v.value != u32::MAX => {
-                Err(ConfigError::new(format!("{at}.{field}"), "is not supported yet (only 4294967295, unlimited)"))
-            }
-            _ => Ok(()),
-        };
-        let T { max_connection_pools, retry_budget, .. } = t;
-        unlimited_only(max_connection_pools, "max_connection_pools")?;
-        if retry_budget.is_some() {
+        if t.retry_budget.is_some() {
             return Err(ConfigError::new(format!("{at}.retry_budget"), "is not supported yet"));
         }
         // HIGH priority thresholds apply to high-priority routes, which Strait does not have.
         if t.priority == core::RoutingPriority::Default as i32 {
+            out.max_connection_pools = t.max_connection_pools.map_or(out.max_connection_pools, |v| v.value);
             out.max_connections = t.max_connections.map_or(out.max_connections, |v| v.value);
             out.max_pending_requests = t.max_pending_requests.map_or(out.max_pending_requests, |v| v.value);
             out.max_requests = t.max_requests.map_or(out.max_requests, |v| v.value);
