@@ -1,8 +1,9 @@
 //! Priority levels (`LocalityLbEndpoints.priority`), the overprovisioning factor and panic, with
 //! endpoint health from the config (`health_status`): traffic stays at priority 0 while enough of
 //! it is healthy, spills to priority 1 by Envoy's formula, goes to degraded endpoints only for what
-//! the healthy ones cannot take, and in panic spreads over every endpoint. The same bootstrap runs on
-//! a real Envoy, whose shares must agree with ours.
+//! the healthy ones cannot take, and in panic spreads over every endpoint; with locality-weighted
+//! balancing, localities share by weight times availability. The same bootstrap runs on a real
+//! Envoy, whose shares must agree with ours.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -33,7 +34,7 @@ fn cluster(name: &str, up: &[SocketAddr], levels: &[&[(usize, &str)]], policy: &
 }
 
 fn bootstrap(admin: u16, port: u16, up: &[SocketAddr]) -> String {
-    let names = ["normal", "spill", "factor", "degraded", "short", "total"];
+    let names = ["normal", "spill", "factor", "degraded", "short", "total", "localities"];
     let routes: String = names
         .iter()
         .map(|n| format!("              - match: {{ prefix: /{n} }}\n                route: {{ cluster: {n} }}\n"))
@@ -61,7 +62,28 @@ fn bootstrap(admin: u16, port: u16, up: &[SocketAddr]) -> String {
         cluster("total", up, &[&[(0, u), (1, u), (2, u)], &[(3, u), (4, u)]], ""),
     ]
     .concat();
-    http_bootstrap(admin, port, "", &route_config, &clusters)
+    // Locality-weighted: L0 (weight 1) u0, u1; L1 (weight 3) u2 and an unhealthy u3, so 3 x
+    // min(1, 1.4 x 1/2) = 2.1; L2 (no weight) u4 gets nothing. u2: 2.1 / 3.1 = 68%.
+    let endpoint = |i: usize, health: &str| {
+        format!(
+            "        - {{ endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}, health_status: {health} }}\n",
+            up[i].ip(),
+            up[i].port()
+        )
+    };
+    let localities = format!(
+        "  - name: localities\n    connect_timeout: 1s\n    common_lb_config: {{ locality_weighted_lb_config: {{}} }}\n    \
+         load_assignment:\n      cluster_name: localities\n      endpoints:\n\
+         \x20     - locality: {{ zone: a }}\n        load_balancing_weight: 1\n        lb_endpoints:\n{}{}\
+         \x20     - locality: {{ zone: b }}\n        load_balancing_weight: 3\n        lb_endpoints:\n{}{}\
+         \x20     - locality: {{ zone: c }}\n        lb_endpoints:\n{}",
+        endpoint(0, h),
+        endpoint(1, h),
+        endpoint(2, h),
+        endpoint(3, u),
+        endpoint(4, h),
+    );
+    http_bootstrap(admin, port, "", &route_config, &(clusters + &localities))
 }
 
 /// The share (percent) of `n` requests to `path` each upstream answered.
@@ -103,6 +125,10 @@ async fn scenario(port: u16, who: &str) {
 
     let short = shares(port, "/short", 500).await;
     assert_eq!(short.len(), 5, "{who}: in panic all five endpoints take traffic: {short:?}");
+
+    let localities = shares(port, "/localities", 1000).await;
+    close(share_of(&localities, &["u2"]), 68.0, "locality-weighted: the heavier locality", &localities);
+    assert_eq!(share_of(&localities, &["u3", "u4"]), 0.0, "{who}: unhealthy, and unweighted locality: {localities:?}");
 
     let total = shares(port, "/total", 1000).await;
     assert_eq!(total.len(), 5, "{who}: total panic, every endpoint: {total:?}");

@@ -24,7 +24,8 @@ pub(super) async fn refresh(cluster: &Cluster) {
         let take = if config.discovery == Discovery::LogicalDns { 1 } else { usize::MAX };
         for addr in resolved.into_iter().take(take) {
             if !next.iter().any(|m: &Member| m.addr == addr) {
-                next.push(Member { addr, weight: spec.weight, health: spec.health, priority: spec.priority });
+                let (weight, health, priority, locality) = (spec.weight, spec.health, spec.priority, spec.locality);
+                next.push(Member { addr, weight, health, priority, locality });
             }
         }
         if config.discovery == Discovery::LogicalDns {

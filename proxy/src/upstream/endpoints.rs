@@ -46,6 +46,7 @@ pub struct Endpoint {
     pub health: HealthStatus,
     /// Its `LocalityLbEndpoints.priority` (0 is the highest).
     pub priority: u32,
+    pub locality: Locality,
     /// Requests in flight, for least-request balancing.
     pub active_requests: AtomicU64,
     pub pool: Arc<Pool>,
@@ -69,13 +70,29 @@ pub struct HostCounts {
     pub rq_timeout: AtomicU64,
 }
 
-/// What discovery says about one endpoint: where it is, its weight, EDS health and priority.
+/// What discovery says about one endpoint: where it is, its weight, EDS health, priority and
+/// locality.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Member {
     pub addr: SocketAddr,
     pub weight: u32,
     pub health: HealthStatus,
     pub priority: u32,
+    pub locality: Locality,
+}
+
+/// The `LocalityLbEndpoints` an endpoint came in: its place in the list and its
+/// `load_balancing_weight` (used by locality-weighted balancing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Locality {
+    pub index: u32,
+    pub weight: u32,
+}
+
+impl Default for Locality {
+    fn default() -> Self {
+        Locality { index: 0, weight: 1 }
+    }
 }
 
 impl Endpoint {
@@ -86,6 +103,7 @@ impl Endpoint {
             weight: m.weight,
             health: m.health,
             priority: m.priority,
+            locality: m.locality,
             active_requests: AtomicU64::new(0),
             pool: Arc::new(Pool::new(m.addr, config.protocol, config.connect_timeout, config.pool.clone())),
             outlier: Arc::default(),
@@ -132,12 +150,48 @@ impl Drop for ActiveRequest {
 pub struct Tier {
     pub hosts: Vec<Arc<Endpoint>>,
     pub lb: LbTable,
+    /// Locality-weighted balancing: the tier's localities, each a tier of its own, with their
+    /// cumulative effective weights (empty: pick from the whole tier).
+    pub localities: Vec<(f64, Tier)>,
 }
 
 impl Tier {
     fn new(policy: &super::LbPolicy, hosts: Vec<Arc<Endpoint>>) -> Self {
         let lb = LbTable::build(policy, &hosts.iter().map(|e| (e.addr, e.weight)).collect::<Vec<_>>());
-        Tier { hosts, lb }
+        Tier { hosts, lb, localities: Vec::new() }
+    }
+
+    /// A tier whose picks first choose a locality by its effective weight, as Envoy's
+    /// `locality_weighted_lb_config`: the locality's `load_balancing_weight` times its share of the
+    /// level's endpoints in this tier, scaled by the overprovisioning factor (at most 1).
+    fn by_locality(config: &ClusterConfig, hosts: Vec<Arc<Endpoint>>, level: &[Arc<Endpoint>]) -> Self {
+        let mut indices: Vec<u32> = hosts.iter().map(|e| e.locality.index).collect();
+        indices.sort_unstable();
+        indices.dedup();
+        let mut localities = Vec::new();
+        let mut total = 0.0;
+        for index in indices {
+            let members: Vec<Arc<Endpoint>> = hosts.iter().filter(|e| e.locality.index == index).cloned().collect();
+            let all = level.iter().filter(|e| e.locality.index == index).count().max(1);
+            let availability =
+                (f64::from(config.overprovisioning_factor) / 100.0 * members.len() as f64 / all as f64).min(1.0);
+            let weight = f64::from(members[0].locality.weight) * availability;
+            if weight > 0.0 {
+                total += weight;
+                localities.push((total, Tier::new(&config.lb_policy, members)));
+            }
+        }
+        let mut tier = Tier::new(&config.lb_policy, hosts);
+        tier.localities = localities;
+        tier
+    }
+
+    /// The locality a draw in [0, 1) lands in, by effective weight; the whole tier when not
+    /// locality-weighted.
+    pub fn locality(&self, draw: f64) -> &Tier {
+        let Some((total, _)) = self.localities.last() else { return self };
+        let point = draw * total;
+        self.localities.iter().find(|(upto, _)| point < *upto).map_or(self, |(_, t)| t)
     }
 }
 
@@ -176,12 +230,20 @@ impl EndpointSet {
             .map(|m| {
                 let old = previous.and_then(|p| p.all.iter().find(|e| e.addr == m.addr));
                 match old {
-                    Some(e) if e.weight == m.weight && e.health == m.health && e.priority == m.priority => e.clone(),
+                    Some(e)
+                        if e.weight == m.weight
+                            && e.health == m.health
+                            && e.priority == m.priority
+                            && e.locality == m.locality =>
+                    {
+                        e.clone()
+                    }
                     Some(e) => Arc::new(Endpoint {
                         addr: m.addr,
                         weight: m.weight,
                         health: m.health,
                         priority: m.priority,
+                        locality: m.locality,
                         active_requests: AtomicU64::new(e.active_requests.load(Ordering::Relaxed)),
                         pool: e.pool.clone(),
                         outlier: e.outlier.clone(),
@@ -258,9 +320,16 @@ impl EndpointSet {
                         hosts.iter().filter(|e| e.is_degraded(checked)).cloned().collect(),
                     )
                 };
+                let tier = |members: Vec<Arc<Endpoint>>| {
+                    if config.locality_weighted {
+                        Tier::by_locality(config, members, &hosts)
+                    } else {
+                        Tier::new(&config.lb_policy, members)
+                    }
+                };
                 PriorityLevel {
-                    healthy: Tier::new(&config.lb_policy, healthy),
-                    degraded: Tier::new(&config.lb_policy, degraded),
+                    healthy: tier(healthy),
+                    degraded: tier(degraded),
                     hosts,
                     healthy_load,
                     degraded_load,
@@ -392,7 +461,13 @@ mod tests {
     }
 
     fn member(port: usize, priority: u32, health: HealthStatus) -> Member {
-        Member { addr: ([127, 0, 0, 1], port as u16).into(), weight: 1, health, priority }
+        Member {
+            addr: ([127, 0, 0, 1], port as u16).into(),
+            weight: 1,
+            health,
+            priority,
+            locality: Locality::default(),
+        }
     }
 
     /// (priority, healthy) per endpoint -> each level's (healthy load, degraded load, panic).

@@ -155,6 +155,8 @@ pub fn pick<'a>(
 ) -> Option<(&'a Arc<Endpoint>, bool)> {
     let hash = hash.filter(|_| policy.is_hashing());
     let (tier, panic) = set.choose_tier(|| hash.unwrap_or_else(|| fastrand::u64(..)))?;
+    // Locality-weighted: a locality by its weight first (hashing policies hash over the whole tier).
+    let tier = if tier.localities.is_empty() || hash.is_some() { tier } else { tier.locality(fastrand::f64()) };
     pick_in(policy, tier, cursor, hash).map(|e| (e, panic))
 }
 
@@ -233,6 +235,7 @@ mod tests {
             weight: *w,
             health: HealthStatus::Healthy,
             priority: 0,
+            locality: Default::default(),
         });
         EndpointSet::build(&config, members.collect(), None)
     }

@@ -13,7 +13,7 @@ pub mod lb;
 pub mod outlier;
 pub mod pool;
 
-pub use endpoints::{Endpoint, EndpointSet, HealthStatus, HostCounts, Member, PriorityLevel, Tier};
+pub use endpoints::{Endpoint, EndpointSet, HealthStatus, HostCounts, Locality, Member, PriorityLevel, Tier};
 pub use lb::LbPolicy;
 pub use pool::{Pool, PoolOptions, UpstreamError};
 
@@ -62,6 +62,7 @@ pub struct EndpointSpec {
     pub health: HealthStatus,
     /// `LocalityLbEndpoints.priority`.
     pub priority: u32,
+    pub locality: Locality,
 }
 
 /// A validated `Cluster`: everything that decides how the cluster behaves.
@@ -86,6 +87,8 @@ pub struct ClusterConfig {
     pub overprovisioning_factor: u32,
     /// `ClusterLoadAssignment.policy.weighted_priority_health`: a level's health by weight, not count.
     pub weighted_priority_health: bool,
+    /// `common_lb_config.locality_weighted_lb_config`: picks choose a locality by weight first.
+    pub locality_weighted: bool,
 }
 
 impl Default for ClusterConfig {
@@ -107,6 +110,7 @@ impl Default for ClusterConfig {
             panic_threshold: 50,
             overprovisioning_factor: 140,
             weighted_priority_health: false,
+            locality_weighted: false,
         }
     }
 }
@@ -161,7 +165,13 @@ impl Cluster {
                 .iter()
                 .filter_map(|e| {
                     let addr = SocketAddr::new(e.host.parse().ok()?, e.port);
-                    Some(Member { addr, weight: e.weight, health: e.health, priority: e.priority })
+                    Some(Member {
+                        addr,
+                        weight: e.weight,
+                        health: e.health,
+                        priority: e.priority,
+                        locality: e.locality,
+                    })
                 })
                 .collect::<Vec<_>>();
             EndpointSet::build(&config, addrs, previous.as_deref())

@@ -351,7 +351,13 @@ mod tests {
         (0..n)
             .map(|i| {
                 let addr: std::net::SocketAddr = ([127, 0, 0, 1], 1000 + i as u16).into();
-                let member = Member { addr, weight: 1, health: HealthStatus::Healthy, priority: 0 };
+                let member = Member {
+                    addr,
+                    weight: 1,
+                    health: HealthStatus::Healthy,
+                    priority: 0,
+                    locality: Default::default(),
+                };
                 Arc::new(Endpoint::new(&Default::default(), member))
             })
             .collect()

@@ -109,6 +109,12 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig> {
         panic_threshold,
         overprovisioning_factor,
         weighted_priority_health,
+        locality_weighted: c.common_lb_config.as_ref().is_some_and(|l| {
+            matches!(
+                l.locality_config_specifier,
+                Some(cluster::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+            )
+        }),
     })
 }
 
@@ -382,7 +388,16 @@ fn endpoints(c: &cluster::Cluster, discovery: Discovery) -> Result<Vec<EndpointS
                 5 => HealthStatus::Degraded,
                 n => return Err(ConfigError::new(format!("{at}.health_status"), format!("unknown value {n}"))),
             };
-            out.push(EndpointSpec { host: sa.address.clone(), port, weight, health, priority: locality.priority });
+            let weight_of_locality = locality.load_balancing_weight.map_or(0, |w| w.value);
+            let place = crate::upstream::Locality { index: i as u32, weight: weight_of_locality };
+            out.push(EndpointSpec {
+                host: sa.address.clone(),
+                port,
+                weight,
+                health,
+                priority: locality.priority,
+                locality: place,
+            });
         }
     }
     Ok(out)

@@ -288,7 +288,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.HealthCheck.TcpHealthCheck", &["send", "receive"]),
     ("envoy.config.core.v3.HealthCheck.Payload", &["text", "binary"]),
     ("envoy.config.core.v3.HealthCheck.GrpcHealthCheck", &["service_name", "authority"]),
-    ("envoy.config.cluster.v3.Cluster.CommonLbConfig", &["healthy_panic_threshold"]),
+    ("envoy.config.cluster.v3.Cluster.CommonLbConfig", &["healthy_panic_threshold", "locality_weighted_lb_config"]),
     ("envoy.type.v3.Percent", &["value"]),
     (
         "envoy.config.cluster.v3.OutlierDetection",
@@ -342,8 +342,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy",
         &["overprovisioning_factor", "weighted_priority_health", "drop_overloads"],
     ),
-    // `load_balancing_weight` only matters with locality-weighted balancing (not configurable here), as
-    // in Envoy, where it is ignored without `locality_weighted_lb_config` too.
+    // `load_balancing_weight` only matters with `locality_weighted_lb_config`, as in Envoy.
     (
         "envoy.config.endpoint.v3.LocalityLbEndpoints",
         &["lb_endpoints", "locality", "priority", "load_balancing_weight"],
