@@ -1,6 +1,7 @@
 //! Circuit breakers (`circuit_breakers.thresholds`) with a scripted upstream that holds requests:
 //! the request over `max_requests` is answered at once with 503 `UO` and counted; a retry over
-//! `max_retries` is not made and counted; at `max_connections` a request waits for a connection and
+//! `max_retries` is not made and counted; at `max_connections` (of the cluster, or per endpoint with
+//! `per_host_thresholds`) a request waits for a connection and
 //! gets one when another closes, while one more than `max_pending_requests` is answered at once;
 //! places free up as requests end. The same bootstrap runs on a real Envoy, which must answer and
 //! count the same.
@@ -19,33 +20,40 @@ fn bootstrap(admin: u16, port: u16, upstream: SocketAddr) -> String {
          \x20             - match: { prefix: /retry }\n                route: { cluster: limited, timeout: 1s, \
          retry_policy: { retry_on: 5xx, num_retries: 1 } }\n\
          \x20             - match: { prefix: /pooled/hold }\n                route: { cluster: pooled, timeout: 1s }\n\
-         \x20             - match: { prefix: /pooled/wait }\n                route: { cluster: pooled, timeout: 10s }\n";
+         \x20             - match: { prefix: /pooled/wait }\n                route: { cluster: pooled, timeout: 10s }\n\
+         \x20             - match: { prefix: /per_host/hold }\n                route: { cluster: per_host, timeout: 1s }\n\
+         \x20             - match: { prefix: /per_host/wait }\n                route: { cluster: per_host, timeout: 10s }\n";
     let breakers = "    circuit_breakers:\n      thresholds:\n      - { priority: DEFAULT, max_requests: 3, max_retries: 1 }\n      \
                     - { priority: HIGH, max_requests: 100, max_connections: 4294967295 }\n";
     let pooled = "    circuit_breakers:\n      thresholds: [{ max_connections: 2, max_pending_requests: 1 }]\n";
-    let clusters = static_cluster("limited", &[upstream], breakers) + &static_cluster("pooled", &[upstream], pooled);
+    // The same limits with the connection limit per endpoint instead (one endpoint here).
+    let per_host = "    circuit_breakers:\n      thresholds: [{ max_pending_requests: 1 }]\n      \
+                    per_host_thresholds: [{ max_connections: 2 }]\n";
+    let clusters = static_cluster("limited", &[upstream], breakers)
+        + &static_cluster("pooled", &[upstream], pooled)
+        + &static_cluster("per_host", &[upstream], per_host);
     http_bootstrap(admin, port, "", route_config, &clusters)
 }
 
 /// `max_connections: 2, max_pending_requests: 1`: two held requests take both connections; a third
 /// waits (pending) and a fourth overflows at once; when the held ones time out and their connections
 /// close, the waiting one gets a new connection and its answer.
-async fn pending_scenario(who: &str, port: u16, upstream: &Scripted) {
+async fn pending_scenario(who: &str, port: u16, upstream: &Scripted, cluster: &str) {
     let mut held = Vec::new();
     for i in 0..2 {
         let client = http1_client();
-        let id = format!("{who}-pooled-hold-{i}");
-        let req = request(port, "/pooled/hold", &id, "hang");
+        let id = format!("{who}-{cluster}-hold-{i}");
+        let req = request(port, &format!("/{cluster}/hold"), &id, "hang");
         held.push(tokio::spawn(async move { send(&client, req).await.status }));
         seen(upstream, &id, 1).await;
     }
-    let wait_id = format!("{who}-pooled-wait");
-    let wait_req = request(port, "/pooled/wait", &wait_id, "ok");
+    let wait_id = format!("{who}-{cluster}-wait");
+    let wait_req = request(port, &format!("/{cluster}/wait"), &wait_id, "ok");
     let waiting = tokio::spawn(async move { send(&http1_client(), wait_req).await.status });
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(upstream.attempts(&wait_id).is_empty(), "{who}: a third connection was opened past max_connections");
     let client = http1_client();
-    let over = send(&client, request(port, "/pooled/wait", &format!("{who}-pooled-over"), "ok")).await;
+    let over = send(&client, request(port, &format!("/{cluster}/wait"), &format!("{who}-{cluster}-over"), "ok")).await;
     assert_eq!(over.status, 503, "{who}: over max_pending_requests: {over:?}");
     assert_eq!(over.body, "upstream connect error or disconnect/reset before headers. reset reason: overflow", "{who}");
     for h in held {
@@ -124,27 +132,34 @@ async fn breakers_trip_at_their_thresholds_as_envoys_do() {
     let (port, admin) = (free_port(), free_port());
     let strait = Proxy::start(&bootstrap(admin, port, upstream.addr), admin).await;
     scenario("strait", port, &upstream).await;
-    pending_scenario("strait", port, &upstream).await;
+    pending_scenario("strait", port, &upstream, "pooled").await;
+    pending_scenario("strait", port, &upstream, "per_host").await;
     let (limited, pooled) = ("{envoy_cluster_name=\"limited\"}", "{envoy_cluster_name=\"pooled\"}");
+    let per_host = "{envoy_cluster_name=\"per_host\"}";
     let ours = [
         strait.stat(&format!("envoy_cluster_upstream_rq_active_overflow{limited}")).await,
         strait.stat(&format!("envoy_cluster_upstream_rq_retry_overflow{limited}")).await,
         strait.stat(&format!("envoy_cluster_upstream_rq_pending_overflow{pooled}")).await,
         strait.stat(&format!("envoy_cluster_upstream_rq_pending_total{pooled}")).await,
+        strait.stat(&format!("envoy_cluster_upstream_rq_pending_overflow{per_host}")).await,
+        strait.stat(&format!("envoy_cluster_upstream_rq_pending_total{per_host}")).await,
     ];
-    assert_eq!(ours, [1.0, 1.0, 1.0, 3.0]);
+    assert_eq!(ours, [1.0, 1.0, 1.0, 3.0, 1.0, 3.0]);
     assert!(strait.stat(&format!("envoy_cluster_upstream_cx_overflow{pooled}")).await >= 1.0);
 
     let (envoy_port, envoy_admin) = (free_port(), free_port());
     if let Some(envoy) = Envoy::start(&bootstrap(envoy_admin, envoy_port, upstream.addr), envoy_admin).await {
         scenario("envoy", envoy_port, &upstream).await;
-        pending_scenario("envoy", envoy_port, &upstream).await;
+        pending_scenario("envoy", envoy_port, &upstream, "pooled").await;
+        pending_scenario("envoy", envoy_port, &upstream, "per_host").await;
         let counter = |cluster: &'static str, name: &'static str| envoy_counter(envoy.admin, cluster, name);
         let theirs = [
             counter("limited", "upstream_rq_active_overflow").await,
             counter("limited", "upstream_rq_retry_overflow").await,
             counter("pooled", "upstream_rq_pending_overflow").await,
             counter("pooled", "upstream_rq_pending_total").await,
+            counter("per_host", "upstream_rq_pending_overflow").await,
+            counter("per_host", "upstream_rq_pending_total").await,
         ];
         assert_eq!(ours, theirs, "counters: Strait vs Envoy");
     }

@@ -14,6 +14,8 @@ pub struct Thresholds {
     /// Endpoints with open connections (Envoy's connection pools, which live while they have any).
     pub max_connection_pools: u32,
     pub max_connections: u32,
+    /// `per_host_thresholds.max_connections`: connections to one endpoint.
+    pub max_connections_per_host: u32,
     pub max_pending_requests: u32,
     pub max_requests: u32,
     pub max_retries: u32,
@@ -24,6 +26,7 @@ impl Default for Thresholds {
         Thresholds {
             max_connection_pools: u32::MAX,
             max_connections: 1024,
+            max_connections_per_host: u32::MAX,
             max_pending_requests: 1024,
             max_requests: 1024,
             max_retries: 3,

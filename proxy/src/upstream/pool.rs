@@ -293,9 +293,15 @@ impl Pool {
         Ok(Pending { _slot: slot, gauge: &cluster.stats.rq_pending_active })
     }
 
-    /// A new connection's place: within the cluster's `max_connections`, or over it when this
-    /// endpoint has no connection at all (as Envoy does, so its requests are not stuck).
+    /// A new connection's place: within the endpoint's own limit (`per_host_thresholds`) and the
+    /// cluster's `max_connections`, or over them when this endpoint has no connection at all (as
+    /// Envoy does, so its requests are not stuck).
     fn hold_connection(&self, cluster: &Cluster) -> Option<Held> {
+        let open = self.connections.load(std::sync::atomic::Ordering::Acquire);
+        if open > 0 && open >= cluster.config.breakers.max_connections_per_host {
+            cluster.stats.cx_overflow.increment(1);
+            return None;
+        }
         let slot = match cluster.open.connection(&cluster.config.breakers) {
             Some(slot) => slot,
             None if self.connections.load(std::sync::atomic::Ordering::Acquire) == 0 => {

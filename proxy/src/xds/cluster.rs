@@ -314,8 +314,11 @@ fn outlier_detection(o: &cluster::OutlierDetection) -> Result<OutlierConfig> {
 fn circuit_breakers(cb: Option<&cluster::CircuitBreakers>) -> Result<Thresholds> {
     let mut out = Thresholds::default();
     let Some(cb) = cb else { return Ok(out) };
-    if !cb.per_host_thresholds.is_empty() {
-        return Err(ConfigError::new("per_host_thresholds", "is not supported yet"));
+    for t in &cb.per_host_thresholds {
+        // As in Envoy, only `max_connections` applies per host; the other fields are ignored.
+        if t.priority == core::RoutingPriority::Default as i32 {
+            out.max_connections_per_host = t.max_connections.map_or(out.max_connections_per_host, |v| v.value);
+        }
     }
     for (i, t) in cb.thresholds.iter().enumerate() {
         let at = format!("thresholds[{i}]");
