@@ -53,7 +53,17 @@ impl Scripted {
         Self::start_with(name, Some(action)).await
     }
 
+    /// An HTTP/2-capable upstream that lets a client open at most `streams` streams at once per
+    /// connection (its `SETTINGS_MAX_CONCURRENT_STREAMS`), answering every request with `action`.
+    pub async fn with_stream_limit(name: &'static str, action: &'static str, streams: u32) -> Scripted {
+        Self::serve(name, Some(action), Some(streams)).await
+    }
+
     async fn start_with(name: &'static str, fixed: Option<&'static str>) -> Scripted {
+        Self::serve(name, fixed, None).await
+    }
+
+    async fn serve(name: &'static str, fixed: Option<&'static str>, streams: Option<u32>) -> Scripted {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -64,8 +74,11 @@ impl Scripted {
                 let server = server.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| server.clone().answer(req));
-                    let _ =
-                        auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    if let Some(streams) = streams {
+                        builder.http2().max_concurrent_streams(streams);
+                    }
+                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
                 });
             }
         });

@@ -1,7 +1,8 @@
 //! Upstream connection lifetimes (`common_http_protocol_options` in the cluster's
 //! `HttpProtocolOptions`): `max_requests_per_connection` (HTTP/1.1 and HTTP/2), `idle_timeout` and
 //! `max_connection_duration`, seen in how many connections the upstream gets; and HTTP/2 connections
-//! shared up to `max_concurrent_streams` streams, another opened when they are full. The same
+//! shared up to `max_concurrent_streams` streams (ours, or the upstream's SETTINGS), another opened
+//! when they are full. The same
 //! bootstrap runs on a real Envoy, which must open as many.
 
 #[path = "../support/mod.rs"]
@@ -21,7 +22,7 @@ fn options(http2: bool, common: &str) -> String {
     )
 }
 
-fn bootstrap(admin: u16, port: u16, upstream: SocketAddr) -> String {
+fn bootstrap(admin: u16, port: u16, upstream: SocketAddr, limited: SocketAddr) -> String {
     let clusters = [
         ("per_conn", false, "max_requests_per_connection: 2"),
         ("per_stream", true, "max_requests_per_connection: 3"),
@@ -42,9 +43,11 @@ fn bootstrap(admin: u16, port: u16, upstream: SocketAddr) -> String {
     let streams = options(true, "")
         .replace("http2_protocol_options: {}", "http2_protocol_options: { max_concurrent_streams: 2 }");
     clusters += &static_cluster("streams", &[upstream], &streams);
+    clusters += &static_cluster("peer_streams", &[limited], &options(true, ""));
     let route_config = route_config.replace(
         "              routes:\n",
-        "              routes:\n              - match: { prefix: /streams }\n                route: { cluster: streams }\n",
+        "              routes:\n              - match: { prefix: /streams }\n                route: { cluster: streams }\n\
+         \x20             - match: { prefix: /peer_streams }\n                route: { cluster: peer_streams }\n",
     );
     http_bootstrap(admin, port, "", &route_config, &clusters)
 }
@@ -82,18 +85,42 @@ async fn scenario(port: u16) {
 const EXPECTED: [(&str, f64); 5] =
     [("per_conn", 3.0), ("per_stream", 3.0), ("idle", 2.0), ("aged", 2.0), ("streams", 3.0)];
 
+/// The upstream's own SETTINGS_MAX_CONCURRENT_STREAMS (3), learnt from a first request: seven
+/// streams at once then take three connections, none refused. (Envoy, on the same config, opens a
+/// new connection's streams before its SETTINGS come and answers the ones the upstream refuses with
+/// 503, so this part is Strait's alone.)
+async fn peer_stream_limit(port: u16) {
+    requests(port, "/peer_streams", 1).await;
+    let mut concurrent = Vec::new();
+    for _ in 0..7 {
+        concurrent.push(tokio::spawn(async move {
+            let client = http1_client();
+            get(&client, &format!("http://127.0.0.1:{port}/peer_streams"), &[]).await.status
+        }));
+    }
+    for c in concurrent {
+        assert_eq!(c.await.unwrap(), 200);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_end_after_their_requests_idle_time_or_age_as_in_envoy() {
     let upstream = Scripted::start("pooled").await;
+    let limited = Scripted::with_stream_limit("limited", "slow-300", 3).await;
     let (port, admin) = (free_port(), free_port());
-    let strait = Proxy::start(&bootstrap(admin, port, upstream.addr), admin).await;
+    let strait = Proxy::start(&bootstrap(admin, port, upstream.addr, limited.addr), admin).await;
     scenario(port).await;
+    peer_stream_limit(port).await;
+    let peer = strait.stat("envoy_cluster_upstream_cx_total{envoy_cluster_name=\"peer_streams\"}").await;
+    assert_eq!(peer, 3.0, "peer_streams: upstream connections");
     for (cluster, connections) in EXPECTED {
         let ours = strait.stat(&format!("envoy_cluster_upstream_cx_total{{envoy_cluster_name=\"{cluster}\"}}")).await;
         assert_eq!(ours, connections, "{cluster}: upstream connections");
     }
     let (envoy_port, envoy_admin) = (free_port(), free_port());
-    if let Some(envoy) = Envoy::start(&bootstrap(envoy_admin, envoy_port, upstream.addr), envoy_admin).await {
+    if let Some(envoy) =
+        Envoy::start(&bootstrap(envoy_admin, envoy_port, upstream.addr, limited.addr), envoy_admin).await
+    {
         scenario(envoy_port).await;
         for (cluster, connections) in EXPECTED {
             let url = format!("http://{}/stats?filter=^cluster\\.{cluster}\\.upstream_cx_total$", envoy.admin);

@@ -179,6 +179,9 @@ pub struct Pool {
     connections: Arc<std::sync::atomic::AtomicU32>,
     /// Told when a connection is given back or closes, for requests waiting for one.
     freed: Arc<tokio::sync::Notify>,
+    /// The stream limit this endpoint's HTTP/2 connections were last told (`u32::MAX`: not yet),
+    /// assumed by a new connection until its own SETTINGS come.
+    peer_stream_limit: Arc<std::sync::atomic::AtomicU32>,
     /// Connections attempted and those that failed, for `/clusters`.
     cx_total: std::sync::atomic::AtomicU64,
     cx_connect_fail: std::sync::atomic::AtomicU64,
@@ -222,6 +225,8 @@ struct H2Connection {
     sender: http2::SendRequest<RequestBody>,
     lifetime: Lifetime,
     streams: Arc<std::sync::atomic::AtomicU32>,
+    /// The peer's `SETTINGS_MAX_CONCURRENT_STREAMS`, as last seen by the connection's task.
+    peer_limit: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl std::fmt::Debug for H2Connection {
@@ -271,6 +276,7 @@ impl Pool {
             http2_connecting: tokio::sync::Mutex::new(()),
             connections: Arc::default(),
             freed: Arc::default(),
+            peer_stream_limit: Arc::new(std::sync::atomic::AtomicU32::new(u32::MAX)),
             cx_total: Default::default(),
             cx_connect_fail: Default::default(),
         }
@@ -479,22 +485,46 @@ impl Pool {
         if let Some(max) = self.options.http2_max_concurrent_streams {
             builder.max_concurrent_streams(max);
         }
+        // Until this connection's SETTINGS come, the endpoint's last known limit holds (in h2 too,
+        // which queues streams over it instead of having them refused).
+        let known = self.peer_stream_limit.load(std::sync::atomic::Ordering::Relaxed);
+        if known != u32::MAX {
+            builder.initial_max_send_streams(known as usize);
+        }
         let (sender, conn) = builder.handshake(TokioIo::new(stream)).await.map_err(UpstreamError::from_hyper)?;
         let active = stats.connection_opened();
+        let peer_limit = Arc::new(std::sync::atomic::AtomicU32::new(known));
+        let (seen_limit, endpoint_limit) = (peer_limit.clone(), self.peer_stream_limit.clone());
         tokio::spawn(async move {
-            let _ = conn.await;
+            // Drives the connection. The peer's stream limit (its SETTINGS, read by hyper's own
+            // task) is looked at 10 ms and 100 ms after the handshake, then every second.
+            let mut conn = std::pin::pin!(conn);
+            let mut wait = Duration::from_millis(10);
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    () = tokio::time::sleep(wait) => {
+                        let limit = u32::try_from(conn.current_max_send_streams()).unwrap_or(u32::MAX);
+                        if seen_limit.swap(limit, std::sync::atomic::Ordering::Relaxed) != limit {
+                            endpoint_limit.store(limit, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        wait = (wait * 10).min(Duration::from_secs(1));
+                    }
+                }
+            }
             drop((active, held));
         });
         let mut lifetime = Lifetime::new();
         lifetime.requests = 1;
-        let connection = H2Connection { sender: sender.clone(), lifetime, streams: Arc::default() };
+        let connection = H2Connection { sender: sender.clone(), lifetime, streams: Arc::default(), peer_limit };
         let stream = H2Stream::on(&connection);
         self.http2.lock().unwrap_or_else(|e| e.into_inner()).push(connection);
         Ok((sender, stream))
     }
 
-    /// An HTTP/2 connection for one more stream: the least busy one under its stream limit
-    /// (`http2_max_concurrent_streams`), or with `over_limit` the least busy one at all. Connections
+    /// An HTTP/2 connection for one more stream: the least busy one under its stream limit (the
+    /// peer's `SETTINGS_MAX_CONCURRENT_STREAMS` or `http2_max_concurrent_streams`, the lower), or
+    /// with `over_limit` the least busy one at all. Connections
     /// that closed or may carry no more (idle too long, too old, enough requests) are let go: their
     /// streams finish, then they close.
     fn current_http2(&self, over_limit: bool) -> Option<(http2::SendRequest<RequestBody>, H2Stream)> {
@@ -502,10 +532,13 @@ impl Pool {
         let mut conns = self.http2.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         conns.retain(|c| !c.sender.is_closed() && c.lifetime.usable(&self.options, now));
-        let limit = self.options.http2_max_concurrent_streams.unwrap_or(u32::MAX);
+        let configured = self.options.http2_max_concurrent_streams.unwrap_or(u32::MAX);
         let connection = conns
             .iter_mut()
-            .filter(|c| over_limit || c.streams.load(Acquire) < limit)
+            .filter(|c| {
+                let limit = configured.min(c.peer_limit.load(std::sync::atomic::Ordering::Relaxed));
+                over_limit || c.streams.load(Acquire) < limit
+            })
             .min_by_key(|c| c.streams.load(Acquire))?;
         connection.lifetime.requests += 1;
         connection.lifetime.last_used = now;
