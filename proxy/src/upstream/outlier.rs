@@ -14,7 +14,9 @@ use super::endpoints::Endpoint;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock (the system's outside tests), so ejection times follow a paused test clock.
+use tokio::time::Instant;
 
 /// A validated `OutlierDetection`, with Envoy's defaults.
 #[derive(Debug, Clone, PartialEq)]
@@ -426,6 +428,56 @@ mod tests {
         let g = HostOutlier::default();
         assert_eq!(g.record(Outcome::Status(500), &joint), None);
         assert_eq!(g.record(Outcome::LocalFailure, &joint), Some(Reason::Consecutive5xx));
+    }
+
+    /// A cluster's sweeps on a paused clock: an ejected endpoint takes no traffic until a sweep
+    /// after its ejection time; ejected again, it stays out twice as long.
+    #[tokio::test(start_paused = true)]
+    async fn ejected_endpoints_come_back_at_the_sweep_after_their_time() {
+        use crate::upstream::{Cluster, ClusterConfig, EndpointSpec, HealthStatus};
+        let spec = |port| EndpointSpec {
+            host: "127.0.0.1".into(),
+            port,
+            weight: 1,
+            health: HealthStatus::Healthy,
+            priority: 0,
+            locality: Default::default(),
+        };
+        let outlier = OutlierConfig {
+            consecutive_5xx: 1,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: 100,
+            ..Default::default()
+        };
+        let config =
+            ClusterConfig { endpoints: vec![spec(1001), spec(1002)], outlier: Some(outlier), ..Default::default() };
+        let cluster = Cluster::new(config);
+        cluster.start_discovery(&tokio::runtime::Handle::current()).await;
+        let bad = cluster.endpoints().all[0].clone();
+        let takes_traffic = |cluster: &Cluster| (0..50).any(|_| cluster.pick(None).is_some_and(|e| e.addr == bad.addr));
+        // A second at a time, letting the sweep task run at each step, as a clock would.
+        let wait = |secs| async move {
+            for _ in 0..secs {
+                tokio::time::advance(Duration::from_secs(1)).await;
+                for _ in 0..5 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        cluster.report(&bad, Outcome::Status(500));
+        assert!(!takes_traffic(&cluster), "ejected at once");
+        wait(29).await;
+        assert!(!takes_traffic(&cluster), "still out after 29 s");
+        wait(2).await;
+        assert!(takes_traffic(&cluster), "back at the sweep at 30 s");
+        // A success resets its count (only a success does); the next 500 ejects it again.
+        cluster.report(&bad, Outcome::Status(200));
+        cluster.report(&bad, Outcome::Status(500));
+        wait(55).await;
+        assert!(!takes_traffic(&cluster), "the second ejection lasts 60 s");
+        wait(10).await;
+        assert!(takes_traffic(&cluster), "back after 60 s, at a sweep");
     }
 
     #[test]
