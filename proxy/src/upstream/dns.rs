@@ -24,8 +24,7 @@ pub(super) async fn refresh(cluster: &Cluster) {
         let take = if config.discovery == Discovery::LogicalDns { 1 } else { usize::MAX };
         for addr in resolved.into_iter().take(take) {
             if !next.iter().any(|m: &Member| m.addr == addr) {
-                let (weight, health, priority, locality) = (spec.weight, spec.health, spec.priority, spec.locality);
-                next.push(Member { addr, weight, health, priority, locality });
+                next.push(spec.member(addr));
             }
         }
         if config.discovery == Discovery::LogicalDns {

@@ -113,6 +113,36 @@ impl Endpoint {
         }
     }
 
+    /// What discovery said about it.
+    pub fn member(&self) -> Member {
+        Member {
+            addr: self.addr,
+            weight: self.weight,
+            health: self.health,
+            priority: self.priority,
+            locality: self.locality,
+        }
+    }
+
+    /// The same address as discovery now says it (weight, health, priority, locality), keeping
+    /// what belongs to the address: its pool, requests in flight, outlier, health-check and
+    /// response-time state, and counters.
+    fn as_member(&self, m: Member) -> Self {
+        Endpoint {
+            addr: m.addr,
+            weight: m.weight,
+            health: m.health,
+            priority: m.priority,
+            locality: m.locality,
+            active_requests: AtomicU64::new(self.active_requests.load(Ordering::Relaxed)),
+            pool: self.pool.clone(),
+            outlier: self.outlier.clone(),
+            health_check: self.health_check.clone(),
+            rtt: self.rtt.clone(),
+            counts: self.counts.clone(),
+        }
+    }
+
     /// Counts a request in flight until the guard drops.
     pub fn start_request(self: &Arc<Self>) -> ActiveRequest {
         self.active_requests.fetch_add(1, Ordering::Relaxed);
@@ -230,27 +260,8 @@ impl EndpointSet {
             .map(|m| {
                 let old = previous.and_then(|p| p.all.iter().find(|e| e.addr == m.addr));
                 match old {
-                    Some(e)
-                        if e.weight == m.weight
-                            && e.health == m.health
-                            && e.priority == m.priority
-                            && e.locality == m.locality =>
-                    {
-                        e.clone()
-                    }
-                    Some(e) => Arc::new(Endpoint {
-                        addr: m.addr,
-                        weight: m.weight,
-                        health: m.health,
-                        priority: m.priority,
-                        locality: m.locality,
-                        active_requests: AtomicU64::new(e.active_requests.load(Ordering::Relaxed)),
-                        pool: e.pool.clone(),
-                        outlier: e.outlier.clone(),
-                        health_check: e.health_check.clone(),
-                        rtt: e.rtt.clone(),
-                        counts: e.counts.clone(),
-                    }),
+                    Some(e) if e.member() == m => e.clone(),
+                    Some(e) => Arc::new(e.as_member(m)),
                     None => Arc::new(Endpoint::new(config, m)),
                 }
             })

@@ -65,6 +65,13 @@ pub struct EndpointSpec {
     pub locality: Locality,
 }
 
+impl EndpointSpec {
+    /// The endpoint at `addr` (its IP, or one its name resolved to), as configured.
+    pub fn member(&self, addr: SocketAddr) -> Member {
+        Member { addr, weight: self.weight, health: self.health, priority: self.priority, locality: self.locality }
+    }
+}
+
 /// A validated `Cluster`: everything that decides how the cluster behaves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
@@ -163,16 +170,7 @@ impl Cluster {
             let addrs = config
                 .endpoints
                 .iter()
-                .filter_map(|e| {
-                    let addr = SocketAddr::new(e.host.parse().ok()?, e.port);
-                    Some(Member {
-                        addr,
-                        weight: e.weight,
-                        health: e.health,
-                        priority: e.priority,
-                        locality: e.locality,
-                    })
-                })
+                .filter_map(|e| Some(e.member(SocketAddr::new(e.host.parse().ok()?, e.port))))
                 .collect::<Vec<_>>();
             EndpointSet::build(&config, addrs, previous.as_deref())
         } else {
