@@ -2,7 +2,9 @@
 //! the first attempt a 503, the second a reset connection, the third and later a 200), and carries
 //! an `x-test-id` that groups its attempts. Actions: a status code, `ok`, `reset` (the connection
 //! closes with no response), `hang` (no answer for 30 s), `slow-N` (a 200 after N ms), `grpc-N` (a
-//! trailers-only gRPC answer with status N). Every attempt is recorded: when it came and how many body bytes it carried. Health
+//! trailers-only gRPC answer with status N), `after-N` (a 503 with `retry-after: N`), `ratelimited`
+//! (a 429 with `x-envoy-ratelimited`), `flagged` (a 200 with `x-retry-me: yes`). Every attempt is
+//! recorded: when it came, its headers and how many body bytes it carried. Health
 //! probes get their own answers, switched with [`Scripted::set_healthy`]: `GET /healthz` 200 or 503,
 //! and `grpc.health.v1.Health/Check` SERVING or NOT_SERVING.
 
@@ -30,6 +32,7 @@ fn full(bytes: Bytes) -> Body {
 pub struct Seen {
     pub at: Instant,
     pub body_bytes: usize,
+    pub headers: http::HeaderMap,
 }
 
 /// A running scripted upstream.
@@ -38,7 +41,7 @@ pub struct Scripted {
     pub addr: SocketAddr,
     pub name: &'static str,
     /// One action for every request, whatever its script says.
-    fixed: Option<&'static str>,
+    fixed: Arc<Mutex<Option<&'static str>>>,
     seen: Arc<Mutex<HashMap<String, Vec<Seen>>>>,
     healthy: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -67,7 +70,7 @@ impl Scripted {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let scripted = Scripted { addr, name, fixed, seen: Arc::default(), healthy };
+        let scripted = Scripted { addr, name, fixed: Arc::new(Mutex::new(fixed)), seen: Arc::default(), healthy };
         let server = scripted.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -88,6 +91,11 @@ impl Scripted {
     /// What health probes are told from now on.
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// From now on every request gets `action` (or, with `None`, what its script says).
+    pub fn set_action(&self, action: Option<&'static str>) {
+        *self.fixed.lock().unwrap() = action;
     }
 
     /// The attempts that came for a test id.
@@ -116,15 +124,17 @@ impl Scripted {
         }
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         let (id, script) = (header("x-test-id"), header("x-script"));
-        let body_bytes = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+        let (parts, body) = req.into_parts();
+        let body_bytes = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
         let attempt = {
             let mut seen = self.seen.lock().unwrap();
             let list = seen.entry(id).or_default();
-            list.push(Seen { at: Instant::now(), body_bytes });
+            list.push(Seen { at: Instant::now(), body_bytes, headers: parts.headers });
             list.len() - 1
         };
+        let fixed = *self.fixed.lock().unwrap();
         let actions: Vec<&str> = script.split(',').map(str::trim).filter(|a| !a.is_empty()).collect();
-        let action = self.fixed.or(actions.get(attempt).or(actions.last()).copied()).unwrap_or("ok");
+        let action = fixed.or(actions.get(attempt).or(actions.last()).copied()).unwrap_or("ok");
         let reply = |status: u16, body: String| {
             Ok(http::Response::builder()
                 .status(status)
@@ -149,6 +159,24 @@ impl Scripted {
                 .header("grpc-status", &grpc[5..])
                 .header("x-upstream", self.name)
                 .body(full(Bytes::new()))
+                .unwrap()),
+            after if after.starts_with("after-") => Ok(http::Response::builder()
+                .status(503)
+                .header("retry-after", &after[6..])
+                .header("x-upstream", self.name)
+                .body(full(Bytes::from(format!("{} is busy", self.name))))
+                .unwrap()),
+            "ratelimited" => Ok(http::Response::builder()
+                .status(429)
+                .header("x-envoy-ratelimited", "true")
+                .header("x-upstream", self.name)
+                .body(full(Bytes::from(format!("{} limited", self.name))))
+                .unwrap()),
+            "flagged" => Ok(http::Response::builder()
+                .status(200)
+                .header("x-retry-me", "yes")
+                .header("x-upstream", self.name)
+                .body(full(Bytes::from(format!("{} flagged attempt {}", self.name, attempt + 1))))
                 .unwrap()),
             code => reply(code.parse().unwrap_or(500), format!("{} said {code}", self.name)),
         }

@@ -53,9 +53,48 @@ const CASES: &[Case] = &[
     },
 ];
 
+/// At an edge proxy: forwarding headers for an internal client (this host, no x-forwarded-for) and
+/// for external ones, and the x-envoy-* headers each may send.
+const EDGE_CASES: &[Case] = &[
+    Case { host: "d.test", path: "/headers", headers: &[("x-request-id", "keep-me")] },
+    Case {
+        host: "d.test",
+        path: "/headers",
+        headers: &[("x-request-id", "keep-me"), ("x-forwarded-for", "203.0.113.9")],
+    },
+    Case {
+        host: "d.test",
+        path: "/headers",
+        headers: &[("x-envoy-internal", "true"), ("x-forwarded-for", "10.1.2.3"), ("x-envoy-retry-on", "5xx")],
+    },
+    Case {
+        host: "d.test",
+        path: "/headers",
+        headers: &[("x-envoy-upstream-rq-timeout-ms", "2500"), ("x-envoy-expected-rq-timeout-ms", "1")],
+    },
+    Case { host: "d.test", path: "/delay/2000", headers: &[("x-envoy-upstream-rq-timeout-ms", "300")] },
+    Case {
+        host: "d.test",
+        path: "/delay/2000",
+        headers: &[("x-envoy-upstream-rq-timeout-ms", "300"), ("x-forwarded-for", "203.0.113.9")],
+    },
+];
+
 /// Request headers the upstream saw that must be the same behind both proxies.
-const UPSTREAM_HEADERS: &[&str] =
-    &["host", "x-level", "x-added", "x-absent-only", "x-drop", "x-forwarded-for", "x-forwarded-proto"];
+const UPSTREAM_HEADERS: &[&str] = &[
+    "host",
+    "x-level",
+    "x-added",
+    "x-absent-only",
+    "x-drop",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-envoy-internal",
+    "x-envoy-external-address",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-retry-on",
+    "x-envoy-upstream-rq-timeout-ms",
+];
 /// Response headers that must be the same.
 const RESPONSE_HEADERS: &[&str] =
     &["location", "content-type", "x-vh", "x-resp-level", "x-resp-route", "x-served-by", "content-length"];
@@ -79,6 +118,7 @@ fn describe(r: &Reply) -> serde_json::Value {
                 out[format!("upstream {h}")] = json["headers"].get(*h).cloned().unwrap_or_default();
             }
             out["request id is a uuid"] = (json["headers"]["x-request-id"].as_str().map(str::len) == Some(36)).into();
+            out["request id kept"] = (json["headers"]["x-request-id"] == "keep-me").into();
         }
         _ => out["body"] = r.body.clone().into(),
     }
@@ -87,11 +127,22 @@ fn describe(r: &Reply) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_answers_as_envoy() {
+    same_answers(CASES, "").await;
+}
+
+/// An edge proxy (`use_remote_address`) that trusts this host: Envoy's internal / external request
+/// rules, x-forwarded-for with a loopback peer recorded as the host's own address, request ids kept
+/// or replaced, x-envoy-* control headers honoured or removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_forwarding_headers_as_envoy() {
+    let hcm = "          use_remote_address: true\n          internal_address_config: { cidr_ranges: \
+               [{ address_prefix: 127.0.0.0, prefix_len: 8 }, { address_prefix: 10.0.0.0, prefix_len: 8 }] }\n";
+    same_answers(EDGE_CASES, hcm).await;
+}
+
+async fn same_answers(cases: &[Case], hcm: &str) {
     let clusters = routing_fixture_clusters().await;
     let (envoy_admin, envoy_port) = (free_port(), free_port());
-    // Not `use_remote_address`: this Envoy build sees loopback peers under another address, so the
-    // appended x-forwarded-for would differ for a reason that is not the proxies'.
-    let hcm = "";
     let Some(_envoy) =
         Envoy::start(&http_bootstrap(envoy_admin, envoy_port, hcm, ROUTES, &clusters), envoy_admin).await
     else {
@@ -102,7 +153,7 @@ async fn same_answers_as_envoy() {
 
     let client = http1_client();
     let mut differences = Vec::new();
-    for case in CASES {
+    for case in cases {
         let mut headers = vec![("host", case.host)];
         headers.extend_from_slice(case.headers);
         let from_envoy =
@@ -125,7 +176,7 @@ async fn same_answers_as_envoy() {
         differences.is_empty(),
         "{} of {} cases differ:\n{}",
         differences.len(),
-        CASES.len(),
+        cases.len(),
         differences.join("\n")
     );
 }

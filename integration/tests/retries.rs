@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use std::net::SocketAddr;
 use std::time::Duration;
-use support::scripted::Scripted;
+use support::scripted::{Scripted, Seen};
 use support::*;
 
 fn retry(policy: &str) -> String {
@@ -44,6 +44,24 @@ fn bootstrap(admin: u16, port: u16, scripted: SocketAddr, dead: SocketAddr, pair
             retry("retry_on: 5xx, num_retries: 1")
         ),
         route("/hosts", "pair", previous_hosts),
+        route(
+            "/flagged",
+            "scripted",
+            "retry_on: retriable-headers, num_retries: 2, retriable_headers: [{ name: x-retry-me, present_match: true }]",
+        ),
+        route("/ratelimited", "scripted", "retry_on: envoy-ratelimited, num_retries: 1"),
+        route(
+            "/marked",
+            "scripted",
+            "retry_on: 5xx, num_retries: 1, retriable_request_headers: [{ name: x-may-retry, present_match: true }]",
+        ),
+        route("/idle", "scripted", "retry_on: 5xx, num_retries: 1, per_try_idle_timeout: 0.3s"),
+        route(
+            "/after",
+            "scripted",
+            "retry_on: 5xx, num_retries: 1, rate_limited_retry_back_off: { reset_headers: [{ name: retry-after }], \
+             max_interval: 5s }",
+        ),
     ]
     .concat();
     // A second virtual host whose policy its route inherits.
@@ -60,7 +78,10 @@ fn bootstrap(admin: u16, port: u16, scripted: SocketAddr, dead: SocketAddr, pair
         static_cluster("pair", pair, "    lb_policy: RANDOM\n"),
     ]
     .concat();
-    http_bootstrap(admin, port, "", &route_config, &clusters)
+    // Requests from this host (no x-forwarded-for) are internal and may steer retries with headers.
+    let hcm = "          use_remote_address: true\n          internal_address_config: { cidr_ranges: \
+               [{ address_prefix: 127.0.0.0, prefix_len: 8 }] }\n";
+    http_bootstrap(admin, port, hcm, &route_config, &clusters)
 }
 
 /// One request: its path, its script, a body (POST) or none (GET), and what must come of it.
@@ -71,48 +92,198 @@ struct Case {
     body: usize,
     attempts: usize,
     status: u16,
+    /// More request headers.
+    headers: &'static [(&'static str, &'static str)],
 }
 
 const CASES: &[Case] = &[
-    Case { host: "any.test", path: "/5xx", script: "503,503,ok", body: 0, attempts: 3, status: 200 },
-    Case { host: "any.test", path: "/5xx", script: "500", body: 0, attempts: 3, status: 500 },
-    Case { host: "any.test", path: "/5xx", script: "reset,ok", body: 0, attempts: 2, status: 200 },
-    Case { host: "any.test", path: "/5xx", script: "404,ok", body: 0, attempts: 1, status: 404 },
-    Case { host: "any.test", path: "/gateway", script: "500,ok", body: 0, attempts: 1, status: 500 },
-    Case { host: "any.test", path: "/gateway", script: "502,504,ok", body: 0, attempts: 3, status: 200 },
-    Case { host: "any.test", path: "/gateway", script: "reset,ok", body: 0, attempts: 2, status: 200 },
-    Case { host: "any.test", path: "/4xx", script: "409,ok", body: 0, attempts: 2, status: 200 },
-    Case { host: "any.test", path: "/4xx", script: "503,ok", body: 0, attempts: 1, status: 503 },
-    Case { host: "any.test", path: "/codes", script: "418,418,ok", body: 0, attempts: 3, status: 200 },
-    Case { host: "any.test", path: "/codes", script: "503,ok", body: 0, attempts: 1, status: 503 },
-    Case { host: "any.test", path: "/reset", script: "reset", body: 0, attempts: 2, status: 503 },
-    Case { host: "any.test", path: "/reset", script: "503,ok", body: 0, attempts: 1, status: 503 },
-    Case { host: "any.test", path: "/pertry", script: "hang,ok", body: 0, attempts: 2, status: 200 },
-    Case { host: "any.test", path: "/pertry", script: "hang", body: 0, attempts: 2, status: 504 },
-    Case { host: "any.test", path: "/grpc", script: "grpc-14,grpc-1,ok", body: 0, attempts: 3, status: 200 },
-    Case { host: "any.test", path: "/grpc", script: "grpc-13,ok", body: 0, attempts: 1, status: 200 },
-    Case { host: "any.test", path: "/none", script: "503,ok", body: 0, attempts: 1, status: 503 },
-    Case { host: "any.test", path: "/limited", script: "503,ok", body: 8, attempts: 2, status: 200 },
-    Case { host: "any.test", path: "/limited", script: "503,ok", body: 100, attempts: 1, status: 503 },
-    Case { host: "any.test", path: "/5xx", script: "503,ok", body: 5000, attempts: 2, status: 200 },
-    Case { host: "inherit.test", path: "/inherited", script: "503,503,503,ok", body: 0, attempts: 4, status: 200 },
+    Case { host: "any.test", path: "/5xx", script: "503,503,ok", body: 0, attempts: 3, status: 200, headers: &[] },
+    Case { host: "any.test", path: "/5xx", script: "500", body: 0, attempts: 3, status: 500, headers: &[] },
+    Case { host: "any.test", path: "/5xx", script: "reset,ok", body: 0, attempts: 2, status: 200, headers: &[] },
+    Case { host: "any.test", path: "/5xx", script: "404,ok", body: 0, attempts: 1, status: 404, headers: &[] },
+    Case { host: "any.test", path: "/gateway", script: "500,ok", body: 0, attempts: 1, status: 500, headers: &[] },
+    Case { host: "any.test", path: "/gateway", script: "502,504,ok", body: 0, attempts: 3, status: 200, headers: &[] },
+    Case { host: "any.test", path: "/gateway", script: "reset,ok", body: 0, attempts: 2, status: 200, headers: &[] },
+    Case { host: "any.test", path: "/4xx", script: "409,ok", body: 0, attempts: 2, status: 200, headers: &[] },
+    Case { host: "any.test", path: "/4xx", script: "503,ok", body: 0, attempts: 1, status: 503, headers: &[] },
+    Case { host: "any.test", path: "/codes", script: "418,418,ok", body: 0, attempts: 3, status: 200, headers: &[] },
+    Case { host: "any.test", path: "/codes", script: "503,ok", body: 0, attempts: 1, status: 503, headers: &[] },
+    Case { host: "any.test", path: "/reset", script: "reset", body: 0, attempts: 2, status: 503, headers: &[] },
+    Case { host: "any.test", path: "/reset", script: "503,ok", body: 0, attempts: 1, status: 503, headers: &[] },
+    Case { host: "any.test", path: "/pertry", script: "hang,ok", body: 0, attempts: 2, status: 200, headers: &[] },
+    Case { host: "any.test", path: "/pertry", script: "hang", body: 0, attempts: 2, status: 504, headers: &[] },
+    Case {
+        host: "any.test",
+        path: "/grpc",
+        script: "grpc-14,grpc-1,ok",
+        body: 0,
+        attempts: 3,
+        status: 200,
+        headers: &[],
+    },
+    Case { host: "any.test", path: "/grpc", script: "grpc-13,ok", body: 0, attempts: 1, status: 200, headers: &[] },
+    Case { host: "any.test", path: "/none", script: "503,ok", body: 0, attempts: 1, status: 503, headers: &[] },
+    Case { host: "any.test", path: "/limited", script: "503,ok", body: 8, attempts: 2, status: 200, headers: &[] },
+    Case { host: "any.test", path: "/limited", script: "503,ok", body: 100, attempts: 1, status: 503, headers: &[] },
+    Case { host: "any.test", path: "/5xx", script: "503,ok", body: 5000, attempts: 2, status: 200, headers: &[] },
+    Case {
+        host: "inherit.test",
+        path: "/inherited",
+        script: "503,503,503,ok",
+        body: 0,
+        attempts: 4,
+        status: 200,
+        headers: &[],
+    },
+    Case {
+        host: "any.test",
+        path: "/flagged",
+        script: "flagged,flagged,ok",
+        body: 0,
+        attempts: 3,
+        status: 200,
+        headers: &[],
+    },
+    Case { host: "any.test", path: "/flagged", script: "503,ok", body: 0, attempts: 1, status: 503, headers: &[] },
+    Case {
+        host: "any.test",
+        path: "/ratelimited",
+        script: "ratelimited,ok",
+        body: 0,
+        attempts: 2,
+        status: 200,
+        headers: &[],
+    },
+    Case { host: "any.test", path: "/ratelimited", script: "429,ok", body: 0, attempts: 1, status: 429, headers: &[] },
+    Case { host: "any.test", path: "/marked", script: "503,ok", body: 0, attempts: 1, status: 503, headers: &[] },
+    Case {
+        host: "any.test",
+        path: "/marked",
+        script: "503,ok",
+        body: 0,
+        attempts: 2,
+        status: 200,
+        headers: &[("x-may-retry", "1")],
+    },
+    Case { host: "any.test", path: "/idle", script: "hang,ok", body: 0, attempts: 2, status: 200, headers: &[] },
+    Case { host: "any.test", path: "/after", script: "after-60,ok", body: 0, attempts: 2, status: 200, headers: &[] },
+    // x-envoy-* headers from an internal client: conditions added, count and timeouts changed.
+    Case {
+        host: "any.test",
+        path: "/none",
+        script: "503,503,503,ok",
+        body: 0,
+        attempts: 4,
+        status: 200,
+        headers: &[("x-envoy-retry-on", "5xx"), ("x-envoy-max-retries", "3")],
+    },
+    Case {
+        host: "any.test",
+        path: "/none",
+        script: "503,ok",
+        body: 0,
+        attempts: 2,
+        status: 200,
+        headers: &[("x-envoy-retry-on", "gateway-error,bogus")],
+    },
+    Case {
+        host: "any.test",
+        path: "/none",
+        script: "grpc-14,ok",
+        body: 0,
+        attempts: 2,
+        status: 200,
+        headers: &[("x-envoy-retry-grpc-on", "unavailable")],
+    },
+    Case {
+        host: "any.test",
+        path: "/none",
+        script: "418,ok",
+        body: 0,
+        attempts: 2,
+        status: 200,
+        headers: &[("x-envoy-retry-on", "retriable-status-codes"), ("x-envoy-retriable-status-codes", "418")],
+    },
+    Case {
+        host: "any.test",
+        path: "/none",
+        script: "flagged,ok",
+        body: 0,
+        attempts: 2,
+        status: 200,
+        headers: &[("x-envoy-retry-on", "retriable-headers"), ("x-envoy-retriable-header-names", "x-retry-me")],
+    },
+    Case {
+        host: "any.test",
+        path: "/5xx",
+        script: "503,ok",
+        body: 0,
+        attempts: 1,
+        status: 503,
+        headers: &[("x-envoy-max-retries", "0")],
+    },
+    Case {
+        host: "any.test",
+        path: "/none",
+        script: "hang",
+        body: 0,
+        attempts: 1,
+        status: 504,
+        headers: &[("x-envoy-upstream-rq-timeout-ms", "300")],
+    },
+    Case {
+        host: "any.test",
+        path: "/none",
+        script: "hang,ok",
+        body: 0,
+        attempts: 2,
+        status: 200,
+        headers: &[("x-envoy-retry-on", "reset"), ("x-envoy-upstream-rq-per-try-timeout-ms", "300")],
+    },
+    // An external client (it came through another proxy) steers nothing.
+    Case {
+        host: "any.test",
+        path: "/none",
+        script: "503,ok",
+        body: 0,
+        attempts: 1,
+        status: 503,
+        headers: &[("x-envoy-retry-on", "5xx"), ("x-forwarded-for", "203.0.113.7")],
+    },
 ];
 
 /// What one proxy made of a case: the final status and body, and the attempts the upstream saw
 /// (their count, and the body bytes each carried).
-async fn run(client: &HttpClient, port: u16, upstream: &Scripted, id: &str, case: &Case) -> (u16, String, Vec<usize>) {
+async fn run(client: &HttpClient, port: u16, upstream: &Scripted, id: &str, case: &Case) -> (u16, String, Vec<Seen>) {
     let method = if case.body > 0 { "POST" } else { "GET" };
     let request = http::Request::builder()
         .method(method)
         .uri(format!("http://127.0.0.1:{port}{}", case.path))
         .header("host", case.host)
         .header("x-test-id", id)
-        .header("x-script", case.script)
+        .header("x-script", case.script);
+    let request = case
+        .headers
+        .iter()
+        .fold(request, |r, (name, value)| r.header(*name, *value))
         .body(Full::new(Bytes::from(vec![b'x'; case.body])))
         .unwrap();
     let reply = send(client, request).await;
-    let bytes = upstream.attempts(id).iter().map(|a| a.body_bytes).collect();
-    (reply.status, reply.body, bytes)
+    (reply.status, reply.body, upstream.attempts(id))
+}
+
+/// What the upstream saw of the proxy's own headers at a first attempt: the timeout it was told
+/// (`x-envoy-expected-rq-timeout-ms`), and which `x-envoy-*` control headers reached it.
+fn envoy_headers(attempt: &Seen) -> (Option<String>, Vec<String>) {
+    let expected = attempt.headers.get("x-envoy-expected-rq-timeout-ms").map(|v| v.to_str().unwrap().to_string());
+    let mut others: Vec<String> = attempt
+        .headers
+        .keys()
+        .map(|k| k.as_str().to_string())
+        .filter(|k| k.starts_with("x-envoy-") && k != "x-envoy-expected-rq-timeout-ms")
+        .collect();
+    others.sort();
+    (expected, others)
 }
 
 /// Envoy's counter `cluster.<cluster>.<name>` from its admin `/stats`.
@@ -121,11 +292,14 @@ async fn envoy_counter(admin: SocketAddr, cluster: &str, name: &str) -> f64 {
     text.lines().find_map(|l| l.rsplit(": ").next()?.parse().ok()).unwrap_or(0.0)
 }
 
-const COUNTERS: [&str; 4] = [
+const COUNTERS: [&str; 7] = [
     "upstream_rq_retry",
     "upstream_rq_retry_success",
     "upstream_rq_retry_limit_exceeded",
     "upstream_rq_per_try_timeout",
+    "upstream_rq_per_try_idle_timeout",
+    "upstream_rq_retry_backoff_exponential",
+    "upstream_rq_retry_backoff_ratelimited",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,13 +319,17 @@ async fn every_retry_condition_as_envoy_counts_attempts() {
         let what = format!("{}{} {} ({} body bytes)", case.host, case.path, case.script, case.body);
         let (status, body, attempts) = run(&client, port, &upstream, &format!("strait-{i}"), case).await;
         assert_eq!((status, attempts.len()), (case.status, case.attempts), "{what}: status and attempts ({body})");
-        assert!(attempts.iter().all(|&b| b == case.body), "{what}: every attempt carries the whole body: {attempts:?}");
+        let bytes: Vec<usize> = attempts.iter().map(|a| a.body_bytes).collect();
+        assert!(bytes.iter().all(|&b| b == case.body), "{what}: every attempt carries the whole body: {bytes:?}");
+        let (_, control) = envoy_headers(&attempts[0]);
+        assert!(!control.iter().any(|h| h.contains("retr") || h.contains("rq-")), "{what}: upstream saw {control:?}");
         if envoy.is_some() {
             let theirs = run(&client, envoy_port, &upstream, &format!("envoy-{i}"), case).await;
             assert_eq!((status, attempts.len()), (theirs.0, theirs.2.len()), "{what}: Strait vs Envoy");
             if status != 200 {
                 assert_eq!(body, theirs.1, "{what}: the same final body");
             }
+            assert_eq!(envoy_headers(&attempts[0]), envoy_headers(&theirs.2[0]), "{what}: x-envoy-* headers upstream");
         }
     }
 
@@ -159,6 +337,30 @@ async fn every_retry_condition_as_envoy_counts_attempts() {
     let spaced = upstream.attempts("strait-0");
     let gaps: Vec<Duration> = spaced.windows(2).map(|w| w[1].at - w[0].at).collect();
     assert!(gaps[0] < Duration::from_millis(25 + 60) && gaps[1] < Duration::from_millis(75 + 60), "{gaps:?}");
+
+    // A rate-limited upstream's Retry-After sets the wait: 1 s, jittered up to 1.5 s.
+    let mut proxies = vec![("strait", port)];
+    if envoy.is_some() {
+        proxies.push(("envoy", envoy_port));
+    }
+    for (proxy, port) in &proxies {
+        let case = Case {
+            host: "any.test",
+            path: "/after",
+            script: "after-1,ok",
+            body: 0,
+            attempts: 2,
+            status: 200,
+            headers: &[],
+        };
+        let (status, _, attempts) = run(&client, *port, &upstream, &format!("{proxy}-after"), &case).await;
+        assert_eq!((status, attempts.len()), (200, 2), "{proxy}");
+        let gap = attempts[1].at - attempts[0].at;
+        assert!(
+            gap >= Duration::from_millis(990) && gap < Duration::from_millis(1500 + 150),
+            "{proxy}: waited {gap:?}"
+        );
+    }
 
     // Connection failures: retried, then Envoy's 503 with the reset reason.
     let client = http1_client();
@@ -207,7 +409,11 @@ fn invalid_retry_policies_are_refused_naming_the_field() {
             "retry_on: 5xx, retry_host_predicate: [{ name: other }]",
             "retry_host_predicate[0].name: 'other' is not supported",
         ),
-        ("retry_on: 5xx, per_try_idle_timeout: 1s", "retry_policy.per_try_idle_timeout: is not supported yet"),
+        (
+            "retry_on: 5xx, rate_limited_retry_back_off: { reset_headers: [] }",
+            "retry_policy.rate_limited_retry_back_off.reset_headers: at least one reset header is needed",
+        ),
+        ("retry_on: 'reset,reset-before-request'", "unknown retry condition 'reset-before-request'"),
     ] {
         let route_config = format!(
             "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\
@@ -268,7 +474,7 @@ async fn mesh_yaml_retries_reach_strait_and_envoy_alike() {
         }
         for (proxy, port) in ports {
             let id = format!("mesh-{proxy}-{i}");
-            let case = Case { host: "any.test", path, script, body: 0, attempts, status };
+            let case = Case { host: "any.test", path, script, body: 0, attempts, status, headers: &[] };
             let (got, body, seen) = run(&client, port, &upstream, &id, &case).await;
             assert_eq!((got, seen.len()), (status, attempts), "{proxy}: {path} {script}: {body}");
         }

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod http;
 pub mod listeners;
 pub mod mesh;
+pub mod net;
 pub mod policy;
 pub mod routing;
 pub mod snapshot;

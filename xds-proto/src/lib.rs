@@ -65,7 +65,7 @@ pub struct TypedStruct {
 /// `load_balancing_policy`. Envoy does not know it and, as xDS says, uses the next policy listed.
 pub const PEAK_EWMA_TYPE: &str = "type.googleapis.com/strait.lb.v1.PeakEwma";
 
-pub const RETRY_ON: [&str; 12] = [
+pub const RETRY_ON: [&str; 14] = [
     "5xx",
     "gateway-error",
     "reset",
@@ -78,4 +78,6 @@ pub const RETRY_ON: [&str; 12] = [
     "internal",
     "resource-exhausted",
     "unavailable",
+    "retriable-headers",
+    "envoy-ratelimited",
 ];

@@ -1,9 +1,11 @@
 //! Request headers the proxy sets on the way upstream, as Envoy does: `x-forwarded-for`,
-//! `x-forwarded-proto`, `x-request-id`, and the hop-by-hop headers it removes.
+//! `x-forwarded-proto`, `x-request-id`, `x-envoy-internal` (and the `x-envoy-*` control headers an
+//! external client may not send), and the hop-by-hop headers it removes.
 
 use super::HttpConnectionManager;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -11,33 +13,69 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
 
-/// Envoy's internal addresses for `use_remote_address` (loopback and RFC 1918).
-fn is_internal(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
-        std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
-    }
+/// Headers that steer the proxy (retries, timeouts, tracing): honoured from internal requests only,
+/// removed from any other (Envoy's list).
+const INTERNAL_ONLY: [&str; 14] = [
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-force-trace",
+    "x-envoy-ip-tags",
+    "x-envoy-original-url",
+    "x-envoy-hedge-on-per-try-timeout",
+];
+
+/// What the forwarding headers say about a request.
+#[derive(Debug, Default)]
+pub struct Forwarded {
+    pub request_id: Option<HeaderValue>,
+    /// Sent from inside the mesh: `x-forwarded-for` holds one address, within
+    /// `internal_address_config` (none by default, as in Envoy 1.40). Such a request may steer the
+    /// proxy with `x-envoy-*` headers.
+    pub internal: bool,
 }
 
 /// Sets the forwarding headers as Envoy's connection manager does before routing. `scheme` is the
-/// downstream connection's (`http` until TLS arrives). Returns the request id, if any.
+/// downstream connection's (`http` until TLS arrives).
 pub fn apply(
     hcm: &HttpConnectionManager,
     headers: &mut HeaderMap,
     peer: SocketAddr,
     scheme: &'static str,
-) -> Option<HeaderValue> {
+) -> Forwarded {
     let edge = hcm.use_remote_address;
     // The trusted client: the peer, or with xff_num_trusted_hops N the Nth address from the right of
     // the x-forwarded-for the peer sent.
     let client = if hcm.xff_num_trusted_hops > 0 { nth_from_right(headers, hcm.xff_num_trusted_hops) } else { None };
     let client = client.unwrap_or(peer.ip());
-    let external = edge && !is_internal(client);
+    // Envoy's internal request: one address only (an edge proxy's peer with no x-forwarded-for, or
+    // else the one address of x-forwarded-for), and within `internal_address_config`.
+    let internal = !hcm.internal_addresses.is_empty() && {
+        let sole =
+            if edge { (!headers.contains_key(&X_FORWARDED_FOR)).then_some(peer.ip()) } else { single_xff(headers) };
+        sole.is_some_and(|ip| hcm.xff_num_trusted_hops == 0 && hcm.internal_addresses.iter().any(|r| r.contains(ip)))
+    };
+    if edge && !hcm.skip_xff_append {
+        // As Envoy: a loopback peer is recorded as this host's own address.
+        append_xff(headers, if peer.ip().is_loopback() { host_address(peer.ip()) } else { peer.ip() });
+    }
+    let external = edge && !internal;
+    if internal {
+        headers.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
+    } else if has_envoy_headers(headers) {
+        headers.remove(&X_ENVOY_INTERNAL);
+        remove_control_headers(headers);
+    }
     if edge {
-        if !hcm.skip_xff_append {
-            append_xff(headers, peer.ip());
-        }
         if external {
             if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
                 headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
@@ -58,7 +96,43 @@ pub fn apply(
             headers.insert(X_REQUEST_ID.clone(), HeaderValue::from_str(text).expect("a UUID is a valid header value"));
         }
     }
-    headers.get(&X_REQUEST_ID).cloned()
+    Forwarded { request_id: headers.get(&X_REQUEST_ID).cloned(), internal }
+}
+
+/// The address of an `x-forwarded-for` holding exactly one.
+fn single_xff(headers: &HeaderMap) -> Option<IpAddr> {
+    let mut values = headers.get_all(&X_FORWARDED_FOR).iter();
+    let (Some(only), None) = (values.next(), values.next()) else { return None };
+    only.to_str().ok().filter(|v| !v.contains(',')).and_then(|v| v.trim().parse().ok())
+}
+
+/// This host's address of `like`'s family: the source address of its route to the outside (no
+/// packet is sent), or `like` itself without one. Found once.
+fn host_address(like: IpAddr) -> IpAddr {
+    static V4: OnceLock<Option<IpAddr>> = OnceLock::new();
+    static V6: OnceLock<Option<IpAddr>> = OnceLock::new();
+    let (cell, bind, probe) = match like {
+        IpAddr::V4(_) => (&V4, "0.0.0.0:0", "192.0.2.1:9"),
+        IpAddr::V6(_) => (&V6, "[::]:0", "[2001:db8::1]:9"),
+    };
+    let found = cell.get_or_init(|| {
+        let socket = std::net::UdpSocket::bind(bind).ok()?;
+        socket.connect(probe).ok()?;
+        Some(socket.local_addr().ok()?.ip()).filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+    });
+    found.unwrap_or(like)
+}
+
+/// Whether any `x-envoy-*` header came with the request (most carry none: one pass over the names).
+pub fn has_envoy_headers(headers: &HeaderMap) -> bool {
+    headers.keys().any(|k| k.as_str().starts_with("x-envoy-"))
+}
+
+/// Removes the internal-only control headers (once read: the upstream never sees them).
+pub fn remove_control_headers(headers: &mut HeaderMap) {
+    for name in INTERNAL_ONLY {
+        headers.remove(name);
+    }
 }
 
 /// The `n`th address (1-based) from the right of `x-forwarded-for`.

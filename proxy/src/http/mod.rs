@@ -37,6 +37,8 @@ pub struct HttpConnectionManager {
     /// A connection with no active stream for this long is closed (Envoy default 1 h).
     pub idle_timeout: Option<Duration>,
     pub use_remote_address: bool,
+    /// `internal_address_config.cidr_ranges`: clients whose requests count as internal.
+    pub internal_addresses: Vec<crate::net::CidrRange>,
     pub xff_num_trusted_hops: u32,
     pub skip_xff_append: bool,
     pub generate_request_id: bool,

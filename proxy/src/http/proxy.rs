@@ -6,7 +6,8 @@ use super::error::ResponseFlag;
 use super::timeout_body::{Limits, TimedBody};
 use super::{HttpConnectionManager, ProxyError, forwarding, upgrade};
 use crate::policy::retry::body::ReplayBody;
-use crate::policy::retry::{Retries, RetryPolicy};
+use crate::policy::retry::headers::Overrides;
+use crate::policy::retry::{Retries, RetryOn, RetryPolicy};
 use crate::routing::hash_policy::request_hash;
 use crate::routing::{Action, Forward, RequestView, Route, VirtualHost, strip_port};
 use crate::snapshot::Snapshot;
@@ -24,12 +25,14 @@ use hyper::upgrade::OnUpgrade;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What the downstream receives: an upstream body streamed through, or a local reply.
 pub type ResponseBody = Either<TimedBody<PooledBody>, Full<Bytes>>;
 
 static X_ENVOY_UPSTREAM_SERVICE_TIME: http::HeaderName = http::HeaderName::from_static("x-envoy-upstream-service-time");
+static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 
 /// One downstream connection's fixed facts.
 #[derive(Debug)]
@@ -188,7 +191,8 @@ fn route<'h>(
     outcome: &mut Outcome,
 ) -> Result<(Step, &'h VirtualHost, &'h Route), ProxyError> {
     // 1. Forwarding headers (x-forwarded-*, x-request-id) are set before routing, as Envoy does.
-    outcome.request_id = forwarding::apply(hcm, req.headers_mut(), downstream.peer, "http");
+    let forwarded = forwarding::apply(hcm, req.headers_mut(), downstream.peer, "http");
+    outcome.request_id = forwarded.request_id;
 
     // 2. Which virtual host and route.
     let authority_value = authority(req.uri(), req.headers()).ok_or(ProxyError::BadRequest("missing host"))?;
@@ -225,7 +229,8 @@ fn route<'h>(
             Step::Reply(resp)
         }
         Action::Forward(forward) => {
-            match prepare(req, downstream, snapshot, hcm, (vhost, route), forward, (&authority_value, &path), outcome) {
+            let at = (vhost, route, forwarded.internal);
+            match prepare(req, downstream, snapshot, hcm, at, forward, (&authority_value, &path), outcome) {
                 Ok(exchange) => Step::Forward(exchange),
                 Err(err) => Step::Reply(local_reply(err, hcm)),
             }
@@ -253,7 +258,7 @@ fn prepare(
     downstream: &Downstream,
     snapshot: &Snapshot,
     hcm: &HttpConnectionManager,
-    (vhost, route): (&VirtualHost, &Route),
+    (vhost, route, internal): (&VirtualHost, &Route, bool),
     forward: &Forward,
     (authority, path): (&HeaderValue, &http::uri::PathAndQuery),
     outcome: &mut Outcome,
@@ -282,8 +287,26 @@ fn prepare(
     } else {
         None
     };
+    // An internal request may change its retries and timeout with x-envoy-* headers.
+    let (mut retry, mut timeout) = (forward.retry.clone(), forward.timeout);
+    if internal && forwarding::has_envoy_headers(req.headers()) {
+        if let Some(overrides) = Overrides::read(req.headers()) {
+            retry = overrides.retry_policy(forward.retry.as_ref(), forward.retry_buffer_limit);
+            timeout = overrides.timeout(forward.timeout);
+        }
+        forwarding::remove_control_headers(req.headers_mut());
+    }
+    if let Some(policy) = retry.as_mut().filter(|p| !p.retries_request(req.headers())) {
+        *policy = Arc::new(RetryPolicy { retry_on: RetryOn::default(), ..RetryPolicy::clone(policy) });
+    }
+    if !hcm.suppress_envoy_headers
+        && let Some(expected) = expected_timeout(timeout, retry.as_deref())
+    {
+        req.headers_mut()
+            .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), HeaderValue::from(expected.as_millis() as u64));
+    }
     // With a retry policy each attempt picks its endpoint (upgrades are never retried).
-    let retry = forward.retry.clone().filter(|_| upgrade_type.is_none());
+    let retry = retry.filter(|_| upgrade_type.is_none());
     let endpoint = match &retry {
         Some(_) => None,
         None => {
@@ -334,7 +357,17 @@ fn prepare(
         }
         (None, None) => return Err(ProxyError::NoHealthyUpstream),
     };
-    Ok(Exchange { upstream, cluster, timeout: forward.timeout, downstream_upgrade, request_expired })
+    Ok(Exchange { upstream, cluster, timeout, downstream_upgrade, request_expired })
+}
+
+/// What the upstream is told it has (`x-envoy-expected-rq-timeout-ms`): the per-try timeout when
+/// shorter than the route's, else the route's; nothing when neither limits the request.
+fn expected_timeout(timeout: Option<Duration>, retry: Option<&RetryPolicy>) -> Option<Duration> {
+    match (retry.and_then(|p| p.per_try_timeout), timeout) {
+        (Some(per_try), Some(whole)) if per_try < whole => Some(per_try),
+        (Some(per_try), None) => Some(per_try),
+        (_, whole) => whole,
+    }
 }
 
 /// 6. Sends the request within the route timeout; 7. shapes the response for the downstream.
@@ -354,6 +387,10 @@ fn forward(
         exchange.cluster.note_traffic();
         let _active = GaugeGuard::new(&stats.rq_active);
         let upgrade = exchange.downstream_upgrade.is_some();
+        let per_try_idle = match &exchange.upstream {
+            Upstream::Retried(policy, _) => policy.per_try_idle_timeout,
+            Upstream::Endpoint(..) => None,
+        };
         let sent_at = (!hcm.suppress_envoy_headers).then(Instant::now);
         // Where the attempt cut short by the route timeout went, for outlier detection.
         let timed = match &exchange.upstream {
@@ -407,7 +444,11 @@ fn forward(
         let mut response = match (exchange.downstream_upgrade, response) {
             (Some(down), UpstreamResponse::Upgraded(resp)) => upgrade::splice(down, resp),
             (_, UpstreamResponse::Pooled(resp)) => {
-                let limits = Limits { idle: hcm.stream_idle_timeout, deadline: None };
+                let idle = match (hcm.stream_idle_timeout, per_try_idle) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let limits = Limits { idle, deadline: None };
                 resp.map(|mut b| {
                     b.hold(slot);
                     Either::Left(TimedBody::new(b, limits, None))
@@ -435,7 +476,7 @@ async fn retried(
     let host_selection_attempts = if policy.avoid_previous_hosts { policy.host_selection_attempts } else { 0 };
     let attempt = Attempt { cluster: cluster.clone(), host_selection_attempts };
     let tried = request.extensions().get::<TriedHosts>().cloned().unwrap_or_default();
-    let per_try = policy.per_try_timeout.unwrap_or(std::time::Duration::MAX);
+    let per_try = policy.attempt_limit().map_or(Duration::MAX, |(limit, _)| limit);
     let service = tower::ServiceBuilder::new()
         .layer(tower::retry::RetryLayer::new(Retries::new(policy, cluster.clone())))
         .layer(tower::timeout::TimeoutLayer::new(per_try))

@@ -110,6 +110,8 @@ pub struct Forward {
     pub timeout: Option<Duration>,
     /// The route's (or else its virtual host's) retry policy.
     pub retry: Option<std::sync::Arc<crate::policy::retry::RetryPolicy>>,
+    /// Request body bytes kept for a retry (also one `x-envoy-retry-on` asks for).
+    pub retry_buffer_limit: usize,
     /// What RING_HASH and MAGLEV clusters hash a request by.
     pub hash_policy: Vec<hash_policy::HashPolicy>,
 }

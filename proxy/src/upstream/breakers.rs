@@ -3,13 +3,14 @@
 //! `max_retries` is not made; over `max_connections` no connection is opened (a request waits for
 //! one to be free, unless its endpoint has none at all); over `max_pending_requests` a request that
 //! would wait for a connection is answered at once (503 `UO`). Envoy's defaults: 1024 connections,
-//! pending requests and requests, 3 retries.
+//! pending requests and requests, 3 retries. A `retry_budget` replaces `max_retries` by a share of
+//! the requests in flight, so retries cannot multiply the load on a failing upstream.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The limits of the default routing priority.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Thresholds {
     /// Endpoints with open connections (Envoy's connection pools, which live while they have any).
     pub max_connection_pools: u32,
@@ -19,6 +20,23 @@ pub struct Thresholds {
     pub max_pending_requests: u32,
     pub max_requests: u32,
     pub max_retries: u32,
+    /// When set, retries in flight are limited by it instead of `max_retries`.
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// `retry_budget`: retries in flight at most `percent` of the requests in flight, but always
+/// `min_concurrency` (Envoy's defaults 20% and 3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    pub percent: f64,
+    pub min_concurrency: u32,
+}
+
+impl RetryBudget {
+    /// Retries allowed in flight while `active` requests are.
+    pub fn limit(&self, active: u32) -> u32 {
+        ((self.percent / 100.0 * f64::from(active)) as u32).max(self.min_concurrency)
+    }
 }
 
 impl Default for Thresholds {
@@ -30,6 +48,7 @@ impl Default for Thresholds {
             max_pending_requests: 1024,
             max_requests: 1024,
             max_retries: 3,
+            retry_budget: None,
         }
     }
 }
@@ -68,9 +87,13 @@ impl Open {
         admit(&self.requests, t.max_requests)
     }
 
-    /// A place for one more retry, if the cluster is under `max_retries`.
+    /// A place for one more retry, if the cluster is under `max_retries` (or within its retry budget).
     pub fn retry(&self, t: &Thresholds) -> Option<Slot> {
-        admit(&self.retries, t.max_retries)
+        let limit = match &t.retry_budget {
+            Some(budget) => budget.limit(self.requests.load(Ordering::Acquire)),
+            None => t.max_retries,
+        };
+        admit(&self.retries, limit)
     }
 
     /// A place for one more connection, if the cluster is under `max_connections`.
@@ -119,5 +142,19 @@ mod tests {
         assert_eq!(open.connections(), 2);
         drop((first, forced));
         assert_eq!(open.connections(), 0);
+    }
+
+    #[test]
+    fn a_retry_budget_is_a_share_of_requests_in_flight_with_a_floor() {
+        let budget = RetryBudget { percent: 20.0, min_concurrency: 3 };
+        let open = Open::default();
+        let t = Thresholds { max_retries: 0, retry_budget: Some(budget), ..Default::default() };
+        let requests: Vec<Slot> = (0..50).map(|_| open.request(&t).unwrap()).collect();
+        let retries: Vec<Slot> = (0..10).map(|_| open.retry(&t).expect("20% of 50")).collect();
+        assert!(open.retry(&t).is_none(), "the 11th retry of 50 requests is over the budget");
+        drop((requests, retries));
+        let _few = open.request(&t).unwrap();
+        let floor: Vec<Slot> = (0..3).map(|_| open.retry(&t).expect("the minimum concurrency")).collect();
+        assert!(open.retry(&t).is_none(), "{} retries with 1 request", floor.len());
     }
 }

@@ -2,7 +2,7 @@
 //! circuit breakers.
 
 use super::convert::{self, ConfigError, Result};
-use crate::upstream::breakers::Thresholds;
+use crate::upstream::breakers::{RetryBudget, Thresholds};
 use crate::upstream::health::{HealthCheckConfig, Probe};
 use crate::upstream::outlier::OutlierConfig;
 use crate::upstream::{
@@ -322,9 +322,6 @@ fn circuit_breakers(cb: Option<&cluster::CircuitBreakers>) -> Result<Thresholds>
     }
     for (i, t) in cb.thresholds.iter().enumerate() {
         let at = format!("thresholds[{i}]");
-        if t.retry_budget.is_some() {
-            return Err(ConfigError::new(format!("{at}.retry_budget"), "is not supported yet"));
-        }
         // HIGH priority thresholds apply to high-priority routes, which Strait does not have.
         if t.priority == core::RoutingPriority::Default as i32 {
             out.max_connection_pools = t.max_connection_pools.map_or(out.max_connection_pools, |v| v.value);
@@ -332,6 +329,14 @@ fn circuit_breakers(cb: Option<&cluster::CircuitBreakers>) -> Result<Thresholds>
             out.max_pending_requests = t.max_pending_requests.map_or(out.max_pending_requests, |v| v.value);
             out.max_requests = t.max_requests.map_or(out.max_requests, |v| v.value);
             out.max_retries = t.max_retries.map_or(out.max_retries, |v| v.value);
+            if let Some(budget) = &t.retry_budget {
+                let percent = budget.budget_percent.as_ref().map_or(20.0, |p| p.value);
+                if !(0.0..=100.0).contains(&percent) {
+                    return Err(ConfigError::new(format!("{at}.retry_budget.budget_percent"), "must be 0 to 100"));
+                }
+                let min_concurrency = budget.min_retry_concurrency.as_ref().map_or(3, |v| v.value);
+                out.retry_budget = Some(RetryBudget { percent, min_concurrency });
+            }
         }
     }
     Ok(out)

@@ -80,6 +80,16 @@ pub fn socket_address(addr: Option<&core::Address>, path: &str) -> Result<Socket
     Ok(SocketAddr::new(ip, port))
 }
 
+/// `CidrRange` -> [`CidrRange`](crate::net::CidrRange).
+pub fn cidr_range(r: &core::CidrRange) -> Result<crate::net::CidrRange> {
+    let prefix = r
+        .address_prefix
+        .parse()
+        .map_err(|_| ConfigError::new("address_prefix", format!("'{}' is not an IP address", r.address_prefix)))?;
+    let len = r.prefix_len.map_or(0, |l| l.value);
+    crate::net::CidrRange::new(prefix, len).map_err(|e| ConfigError::new("prefix_len", e))
+}
+
 pub fn string_matcher(m: &matcher::StringMatcher, path: &str) -> Result<StringMatcher> {
     use matcher::string_matcher::MatchPattern as P;
     let kind = match &m.match_pattern {

@@ -35,6 +35,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "request_timeout",
             "common_http_protocol_options",
             "use_remote_address",
+            "internal_address_config",
             "xff_num_trusted_hops",
             "skip_xff_append",
             "generate_request_id",
@@ -56,6 +57,11 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["upgrade_type", "enabled", "filters"],
     ),
     ("envoy.extensions.filters.http.router.v3.Router", &["suppress_envoy_headers"]),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig",
+        &["cidr_ranges"],
+    ),
+    ("envoy.config.core.v3.CidrRange", &["address_prefix", "prefix_len"]),
     (
         "envoy.config.core.v3.HttpProtocolOptions",
         &[
@@ -195,6 +201,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.config.route.v3.RetryPolicy.RetryBackOff", &["base_interval", "max_interval"]),
+    ("envoy.config.route.v3.RetryPolicy.RateLimitedRetryBackOff", &["reset_headers", "max_interval"]),
+    ("envoy.config.route.v3.RetryPolicy.ResetHeader", &["name", "format"]),
     ("envoy.config.route.v3.RetryPolicy.RetryHostPredicate", &["name", "typed_config"]),
     ("envoy.config.route.v3.WeightedCluster", &["clusters", "total_weight"]),
     ("envoy.config.route.v3.WeightedCluster.ClusterWeight", &["name", "weight"]),
@@ -333,6 +341,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "max_connection_pools",
         ],
     ),
+    ("envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget", &["budget_percent", "min_retry_concurrency"]),
     ("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", &["choice_count"]),
     ("envoy.config.cluster.v3.Cluster.RingHashLbConfig", &["minimum_ring_size", "maximum_ring_size", "hash_function"]),
     ("envoy.config.cluster.v3.Cluster.MaglevLbConfig", &["table_size"]),

@@ -5,6 +5,7 @@ use super::convert::{self, ConfigError, Result};
 use super::route::route_table;
 use crate::http::{Codec, HttpConnectionManager};
 use crate::listeners::{ListenerConfig, ListenerKind};
+use crate::net::CidrRange;
 use crate::routing::{ClusterTarget, WeightedClusters};
 use crate::tcp::TcpProxyConfig;
 use crate::telemetry::access_log::{AccessLog, DEFAULT_FORMAT, LogFormat, LogTarget};
@@ -142,6 +143,7 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Result<HttpConnect
             Some(DEFAULT_CONNECTION_IDLE_TIMEOUT),
         ),
         use_remote_address: h.use_remote_address.is_some_and(|b| b.value),
+        internal_addresses: internal_addresses(h.internal_address_config.as_ref())?,
         xff_num_trusted_hops: h.xff_num_trusted_hops,
         skip_xff_append: h.skip_xff_append,
         generate_request_id: h.generate_request_id.is_none_or(|b| b.value),
@@ -157,6 +159,19 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Result<HttpConnect
         suppress_envoy_headers: router.suppress_envoy_headers,
         stats: HttpStats::new(&h.stat_prefix),
     })
+}
+
+/// `internal_address_config`: the client ranges whose requests are internal (none unless configured).
+fn internal_addresses(config: Option<&hcm::http_connection_manager::InternalAddressConfig>) -> Result<Vec<CidrRange>> {
+    let Some(config) = config else { return Ok(Vec::new()) };
+    config
+        .cidr_ranges
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            convert::cidr_range(r).map_err(|e| e.within(&format!("internal_address_config.cidr_ranges[{i}]")))
+        })
+        .collect()
 }
 
 /// Checks the HTTP filter list (it must end in the router) and returns the router's config.

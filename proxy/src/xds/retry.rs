@@ -1,23 +1,22 @@
 //! `RetryPolicy` (a route's, or else its virtual host's) -> [`RetryPolicy`].
 
 use super::convert::{self, ConfigError};
-use crate::policy::retry::{RetryOn, RetryPolicy};
+use crate::policy::retry::{BASE_INTERVAL, RateLimitedBackOff, ResetFormat, RetryOn, RetryPolicy};
+use crate::routing::matcher::HeaderMatcher;
 use std::time::Duration;
 use xds_proto::pb::envoy::config::route::v3 as route;
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
-/// Envoy's defaults: 25 ms base back-off, ten times that at most; request bodies kept up to 1 MiB
-/// for a retry (the listener's default buffer limit).
-const BASE_INTERVAL: Duration = Duration::from_millis(25);
-const DEFAULT_BUFFER_LIMIT: u64 = 1024 * 1024;
+/// Envoy's default for the longest wait a rate-limited upstream may ask for.
+const RATE_LIMITED_MAX_INTERVAL: Duration = Duration::from_secs(300);
 const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
 
 /// The policy of a route: its own `retry_policy` or else the virtual host's (not merged, as Envoy).
 pub fn retry_policy(
     own: Option<&route::RetryPolicy>,
     virtual_host: Option<&route::RetryPolicy>,
-    buffer_limit: Option<u64>,
+    buffer_limit: usize,
 ) -> Result<Option<RetryPolicy>> {
     let (policy, at) = match (own, virtual_host) {
         (Some(p), _) => (p, "route.retry_policy"),
@@ -27,27 +26,46 @@ pub fn retry_policy(
     convert_policy(policy, buffer_limit).map(Some).map_err(|e| e.within(at))
 }
 
-fn convert_policy(p: &route::RetryPolicy, buffer_limit: Option<u64>) -> Result<RetryPolicy> {
+fn header_matchers(list: &[route::HeaderMatcher], field: &str) -> Result<Vec<HeaderMatcher>> {
+    let matcher = |(i, h)| super::route::header_matcher(h).map_err(|e| e.within(&format!("{field}[{i}]")));
+    list.iter().enumerate().map(matcher).collect()
+}
+
+fn rate_limited(r: &route::retry_policy::RateLimitedRetryBackOff) -> Result<RateLimitedBackOff> {
+    if r.reset_headers.is_empty() {
+        return Err(ConfigError::new("reset_headers", "at least one reset header is needed"));
+    }
+    let mut reset_headers = Vec::new();
+    for (i, h) in r.reset_headers.iter().enumerate() {
+        let name = convert::header_name(&h.name, &format!("reset_headers[{i}].name"))?;
+        let format = match route::retry_policy::ResetHeaderFormat::try_from(h.format) {
+            Ok(route::retry_policy::ResetHeaderFormat::Seconds) => ResetFormat::Seconds,
+            Ok(route::retry_policy::ResetHeaderFormat::UnixTimestamp) => ResetFormat::UnixTimestamp,
+            Err(_) => return Err(ConfigError::new(format!("reset_headers[{i}].format"), "unknown format")),
+        };
+        reset_headers.push((name, format));
+    }
+    let max_interval = r.max_interval.as_ref().map_or(RATE_LIMITED_MAX_INTERVAL, convert::duration);
+    if max_interval < Duration::from_millis(1) {
+        return Err(ConfigError::new("max_interval", "must be at least 1ms"));
+    }
+    Ok(RateLimitedBackOff { reset_headers, max_interval })
+}
+
+fn convert_policy(p: &route::RetryPolicy, buffer_limit: usize) -> Result<RetryPolicy> {
     let retry_on = RetryOn::parse(&p.retry_on).map_err(|e| ConfigError::new("retry_on", e))?;
     let unsupported = |field: &str| Err(ConfigError::new(field, "is not supported yet"));
-    if p.per_try_idle_timeout.is_some() {
-        return unsupported("per_try_idle_timeout");
-    }
     if p.retry_priority.is_some() {
         return unsupported("retry_priority");
     }
     if !p.retry_options_predicates.is_empty() {
         return unsupported("retry_options_predicates");
     }
-    if p.rate_limited_retry_back_off.is_some() {
-        return unsupported("rate_limited_retry_back_off");
-    }
-    if !p.retriable_headers.is_empty() {
-        return unsupported("retriable_headers");
-    }
-    if !p.retriable_request_headers.is_empty() {
-        return unsupported("retriable_request_headers");
-    }
+    let rate_limited = p
+        .rate_limited_retry_back_off
+        .as_ref()
+        .map(|r| rate_limited(r).map_err(|e| e.within("rate_limited_retry_back_off")))
+        .transpose()?;
     let mut avoid_previous_hosts = false;
     for (i, predicate) in p.retry_host_predicate.iter().enumerate() {
         if predicate.name != PREVIOUS_HOSTS {
@@ -83,11 +101,15 @@ fn convert_policy(p: &route::RetryPolicy, buffer_limit: Option<u64>) -> Result<R
         retry_on,
         num_retries: p.num_retries.as_ref().map_or(1, |n| n.value),
         per_try_timeout: convert::timeout(p.per_try_timeout.as_ref(), None),
+        per_try_idle_timeout: convert::timeout(p.per_try_idle_timeout.as_ref(), None),
         retriable_status_codes,
+        retriable_headers: header_matchers(&p.retriable_headers, "retriable_headers")?,
+        retriable_request_headers: header_matchers(&p.retriable_request_headers, "retriable_request_headers")?,
+        rate_limited,
         base_interval,
         max_interval,
         avoid_previous_hosts,
         host_selection_attempts: u32::try_from(p.host_selection_retry_max_attempts.max(1)).unwrap_or(1),
-        buffer_limit: usize::try_from(buffer_limit.unwrap_or(DEFAULT_BUFFER_LIMIT)).unwrap_or(usize::MAX),
+        buffer_limit,
     })
 }

@@ -78,9 +78,14 @@ fn route_entry(r: &route::Route, vh: &route::VirtualHost) -> Result<Route> {
                 .or(r.per_request_buffer_limit_bytes.map(|b| u64::from(b.value)))
                 .or(vh.request_body_buffer_limit.map(|b| b.value))
                 .or(vh.per_request_buffer_limit_bytes.map(|b| u64::from(b.value)));
-            forward.retry =
-                super::retry::retry_policy(ra.retry_policy.as_ref(), vh.retry_policy.as_ref(), buffer_limit)?
-                    .map(std::sync::Arc::new);
+            forward.retry_buffer_limit = buffer_limit
+                .map_or(crate::policy::retry::DEFAULT_BUFFER_LIMIT, |b| usize::try_from(b).unwrap_or(usize::MAX));
+            forward.retry = super::retry::retry_policy(
+                ra.retry_policy.as_ref(),
+                vh.retry_policy.as_ref(),
+                forward.retry_buffer_limit,
+            )?
+            .map(std::sync::Arc::new);
             Action::Forward(forward)
         }
         Some(A::Redirect(rd)) => Action::Redirect(redirect(rd).map_err(|e| e.within("redirect"))?),
@@ -152,7 +157,7 @@ fn route_match(m: &route::RouteMatch) -> Result<RouteMatch> {
 }
 
 #[allow(deprecated)]
-fn header_matcher(h: &route::HeaderMatcher) -> Result<HeaderMatcher> {
+pub(super) fn header_matcher(h: &route::HeaderMatcher) -> Result<HeaderMatcher> {
     use route::header_matcher::HeaderMatchSpecifier as S;
     let exact =
         |s: &str| HeaderCheck::Value(StringMatcher { kind: StringMatch::Exact(s.to_string()), ignore_case: false });
@@ -255,6 +260,7 @@ fn forward(ra: &route::RouteAction) -> Result<Forward> {
         host_rewrite,
         timeout: convert::timeout(ra.timeout.as_ref(), Some(DEFAULT_ROUTE_TIMEOUT)),
         retry: None,
+        retry_buffer_limit: crate::policy::retry::DEFAULT_BUFFER_LIMIT,
         hash_policy: ra
             .hash_policy
             .iter()

@@ -1,10 +1,13 @@
 //! Retries as Envoy's `retry_policy` describes them, in tower's shape: a [`tower::retry::Policy`]
 //! ([`Retries`]) deciding from each attempt's outcome whether to try again, after a jittered
-//! exponential back-off, with a copy of the request whose body is replayed ([`body::ReplayBody`]).
+//! exponential back-off (or the wait a rate-limited upstream asked for), with a copy of the request
+//! whose body is replayed ([`body::ReplayBody`]).
 
 pub mod body;
+pub mod headers;
 
 use crate::http::ProxyError;
+use crate::routing::matcher::HeaderMatcher;
 use crate::telemetry::ClusterStats;
 use crate::upstream::attempt::{Attempted, TriedHosts, UpstreamRequest};
 use crate::upstream::breakers::Slot;
@@ -30,6 +33,11 @@ impl RetryOn {
     pub const GRPC_INTERNAL: RetryOn = RetryOn(1 << 9);
     pub const GRPC_RESOURCE_EXHAUSTED: RetryOn = RetryOn(1 << 10);
     pub const GRPC_UNAVAILABLE: RetryOn = RetryOn(1 << 11);
+    pub const RETRIABLE_HEADERS: RetryOn = RetryOn(1 << 12);
+    pub const ENVOY_RATELIMITED: RetryOn = RetryOn(1 << 13);
+    /// The conditions on a gRPC status (`x-envoy-retry-grpc-on`); the others are HTTP's.
+    pub const GRPC: RetryOn = RetryOn(0b1111_1000_0000);
+    pub const HTTP: RetryOn = RetryOn(0b11_0000_0111_1111);
 
     /// Parses a comma-separated list of Envoy's names ([`xds_proto::RETRY_ON`], whose order the
     /// bits follow); an unknown name is the error.
@@ -44,8 +52,19 @@ impl RetryOn {
         Ok(bits)
     }
 
+    /// The known names of a header's list, the unknown ones ignored (as Envoy reads
+    /// `x-envoy-retry-on`), kept to those of `kind`.
+    pub fn parse_lenient(list: &str, kind: RetryOn) -> RetryOn {
+        let known = list.split(',').filter_map(|name| RetryOn::parse(name).ok());
+        RetryOn(known.fold(0, |bits, on| bits | on.0) & kind.0)
+    }
+
     pub fn contains(self, other: RetryOn) -> bool {
         self.0 & other.0 != 0
+    }
+
+    pub fn union(self, other: RetryOn) -> RetryOn {
+        RetryOn(self.0 | other.0)
     }
 
     pub fn is_empty(self) -> bool {
@@ -53,14 +72,58 @@ impl RetryOn {
     }
 }
 
+/// How a `rate_limited_retry_back_off` reset header gives its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetFormat {
+    /// A number of seconds to wait (`Retry-After: 120`).
+    Seconds,
+    /// The Unix time to retry at (`X-RateLimit-Reset: 1595320702`).
+    UnixTimestamp,
+}
+
+/// `rate_limited_retry_back_off`: wait as long as the upstream's response says.
+#[derive(Debug, Clone)]
+pub struct RateLimitedBackOff {
+    pub reset_headers: Vec<(http::HeaderName, ResetFormat)>,
+    /// A wait longer than this is not taken from that header (Envoy's default 300 s).
+    pub max_interval: Duration,
+}
+
+impl RateLimitedBackOff {
+    /// The first reset header giving a wait up to the maximum, jittered to 1-1.5 times it.
+    fn back_off(&self, headers: &http::HeaderMap) -> Option<Duration> {
+        let interval = self.reset_headers.iter().find_map(|(name, format)| {
+            let value: u64 = headers.get(name)?.to_str().ok()?.trim().parse().ok()?;
+            let wait = match format {
+                ResetFormat::Seconds => Duration::from_secs(value),
+                ResetFormat::UnixTimestamp => {
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
+                    Duration::from_secs(value).checked_sub(now)?
+                }
+            };
+            (wait <= self.max_interval).then_some(wait)
+        })?;
+        let ms = interval.as_millis() as u64;
+        Some(Duration::from_millis(fastrand::u64(ms..=ms + ms / 2)))
+    }
+}
+
 /// A validated `RetryPolicy`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct RetryPolicy {
     pub retry_on: RetryOn,
     /// Retries after the first attempt (Envoy's default 1).
     pub num_retries: u32,
     pub per_try_timeout: Option<Duration>,
+    /// An attempt with nothing received for this long is given up (before its response headers,
+    /// as a per-try timeout; after them, its body is cut).
+    pub per_try_idle_timeout: Option<Duration>,
     pub retriable_status_codes: Vec<u16>,
+    /// `retriable_headers`: a response with one of these is retried under `retriable-headers`.
+    pub retriable_headers: Vec<HeaderMatcher>,
+    /// `retriable_request_headers`: when given, only a request matching one of them is retried.
+    pub retriable_request_headers: Vec<HeaderMatcher>,
+    pub rate_limited: Option<RateLimitedBackOff>,
     /// Jittered exponential back-off: 25 ms and 10 times that by default.
     pub base_interval: Duration,
     pub max_interval: Duration,
@@ -70,6 +133,32 @@ pub struct RetryPolicy {
     pub host_selection_attempts: u32,
     /// Bytes of request body kept for a retry (`per_request_buffer_limit_bytes`); beyond: no retry.
     pub buffer_limit: usize,
+}
+
+/// Envoy's defaults: 25 ms base back-off, ten times that at most; request bodies kept up to 1 MiB
+/// for a retry (the listener's default buffer limit).
+pub const BASE_INTERVAL: Duration = Duration::from_millis(25);
+pub const DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
+
+impl Default for RetryPolicy {
+    /// A policy with nothing to retry on and Envoy's defaults for the rest (one retry).
+    fn default() -> Self {
+        RetryPolicy {
+            retry_on: RetryOn::default(),
+            num_retries: 1,
+            per_try_timeout: None,
+            per_try_idle_timeout: None,
+            retriable_status_codes: Vec::new(),
+            retriable_headers: Vec::new(),
+            retriable_request_headers: Vec::new(),
+            rate_limited: None,
+            base_interval: BASE_INTERVAL,
+            max_interval: BASE_INTERVAL * 10,
+            avoid_previous_hosts: false,
+            host_selection_attempts: 1,
+            buffer_limit: DEFAULT_BUFFER_LIMIT,
+        }
+    }
 }
 
 /// The gRPC status in a response's headers (a trailers-only response), if any.
@@ -85,6 +174,8 @@ impl RetryPolicy {
             || (on.contains(RetryOn::GATEWAY_ERROR) && matches!(status, 502..=504))
             || (on.contains(RetryOn::RETRIABLE_4XX) && status == 409)
             || (on.contains(RetryOn::RETRIABLE_STATUS_CODES) && self.retriable_status_codes.contains(&status))
+            || (on.contains(RetryOn::RETRIABLE_HEADERS) && self.retriable_headers.iter().any(|m| m.matches(headers)))
+            || (on.contains(RetryOn::ENVOY_RATELIMITED) && headers.contains_key("x-envoy-ratelimited"))
         {
             return true;
         }
@@ -112,6 +203,22 @@ impl RetryPolicy {
             ProxyError::Upstream(_) | ProxyError::UpstreamPerTryTimeout => any_reset,
             // Nothing to try (no healthy endpoint), or not the upstream's doing.
             _ => false,
+        }
+    }
+
+    /// Whether this request may be retried at all (`retriable_request_headers`).
+    pub fn retries_request(&self, headers: &http::HeaderMap) -> bool {
+        self.retriable_request_headers.is_empty() || self.retriable_request_headers.iter().any(|m| m.matches(headers))
+    }
+
+    /// The time an attempt may take before its response headers: the per-try timeout, or the
+    /// per-try idle timeout when shorter (nothing has come back yet). `true`: the idle one.
+    pub fn attempt_limit(&self) -> Option<(Duration, bool)> {
+        match (self.per_try_timeout, self.per_try_idle_timeout) {
+            (Some(t), Some(idle)) if idle < t => Some((idle, true)),
+            (Some(t), _) => Some((t, false)),
+            (None, Some(idle)) => Some((idle, true)),
+            (None, None) => None,
         }
     }
 
@@ -183,7 +290,10 @@ impl tower::retry::Policy<UpstreamRequest, Attempted, tower::BoxError> for Retri
         if let Err(e) = result
             && e.is::<tower::timeout::error::Elapsed>()
         {
-            self.stats().rq_per_try_timeout.increment(1);
+            match self.policy.attempt_limit() {
+                Some((_, true)) => self.stats().rq_per_try_idle_timeout.increment(1),
+                _ => self.stats().rq_per_try_timeout.increment(1),
+            }
             if let Some(addr) = request.extensions().get::<TriedHosts>().and_then(TriedHosts::last) {
                 self.cluster.report_timeout(addr);
             }
@@ -216,7 +326,21 @@ impl tower::retry::Policy<UpstreamRequest, Attempted, tower::BoxError> for Retri
         self.slot = Some(Arc::new(slot));
         self.done += 1;
         self.stats().rq_retry.increment(1);
-        Some(tokio::time::sleep(self.policy.back_off(self.done)))
+        let asked = match (&self.policy.rate_limited, &result) {
+            (Some(rate_limited), Ok(attempted)) => rate_limited.back_off(attempted.response.headers()),
+            _ => None,
+        };
+        let wait = match asked {
+            Some(wait) => {
+                self.stats().rq_retry_backoff_ratelimited.increment(1);
+                wait
+            }
+            None => {
+                self.stats().rq_retry_backoff_exponential.increment(1);
+                self.policy.back_off(self.done)
+            }
+        };
+        Some(tokio::time::sleep(wait))
     }
 
     fn clone_request(&mut self, request: &UpstreamRequest) -> Option<UpstreamRequest> {
@@ -243,9 +367,37 @@ mod tests {
         assert!(on.contains(RetryOn::GRPC_UNAVAILABLE));
         assert!(!on.contains(RetryOn::RESET));
         assert_eq!(RetryOn::parse("reset,sometimes"), Err("unknown retry condition 'sometimes'".into()));
+        let header = RetryOn::parse_lenient("5xx,sometimes,unavailable", RetryOn::HTTP);
+        assert_eq!(header, RetryOn::SERVER_ERROR, "unknown names ignored, gRPC ones not in this header");
         for (i, name) in xds_proto::RETRY_ON.iter().enumerate() {
             assert_eq!(RetryOn::parse(name), Ok(RetryOn(1 << i)), "{name}");
         }
+    }
+
+    #[test]
+    fn a_rate_limited_upstream_sets_the_wait_within_the_maximum() {
+        let rate_limited = RateLimitedBackOff {
+            reset_headers: vec![
+                (http::HeaderName::from_static("retry-after"), ResetFormat::Seconds),
+                (http::HeaderName::from_static("x-ratelimit-reset"), ResetFormat::UnixTimestamp),
+            ],
+            max_interval: Duration::from_secs(10),
+        };
+        let headers = |pairs: &[(&'static str, String)]| {
+            let mut map = http::HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(*name, value.parse().unwrap());
+            }
+            map
+        };
+        let wait = rate_limited.back_off(&headers(&[("retry-after", "2".into())])).unwrap();
+        assert!(wait >= Duration::from_secs(2) && wait <= Duration::from_secs(3), "{wait:?}");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let later = headers(&[("retry-after", "600".into()), ("x-ratelimit-reset", (now + 4).to_string())]);
+        let wait = rate_limited.back_off(&later).unwrap();
+        assert!(wait >= Duration::from_secs(2) && wait <= Duration::from_secs(6), "over the maximum: the next header");
+        assert_eq!(rate_limited.back_off(&headers(&[("retry-after", "soon".into())])), None);
+        assert_eq!(rate_limited.back_off(&headers(&[])), None);
     }
 
     #[test]
@@ -254,7 +406,11 @@ mod tests {
             retry_on: RetryOn::SERVER_ERROR,
             num_retries: 5,
             per_try_timeout: None,
+            per_try_idle_timeout: None,
             retriable_status_codes: vec![],
+            retriable_headers: vec![],
+            retriable_request_headers: vec![],
+            rate_limited: None,
             base_interval: Duration::from_millis(25),
             max_interval: Duration::from_millis(250),
             avoid_previous_hosts: false,
