@@ -1,6 +1,8 @@
 //! The one place where a failure becomes a downstream response: each error maps to Envoy's status,
 //! body and response flag (NR, NC, UH, UF, UC, UT, UPE, ...).
 
+use crate::policy::fault::Abort;
+use crate::policy::local_ratelimit::Limited;
 use crate::upstream::UpstreamError;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
@@ -35,6 +37,12 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("request timeout")]
     RequestTimeout,
+    /// The local rate limit's bucket was empty.
+    #[error("local rate limit")]
+    RateLimited(Box<Limited>),
+    /// An abort injected by the fault filter.
+    #[error("fault injected: abort")]
+    FaultAbort(Box<Abort>),
 }
 
 impl From<UpstreamError> for ProxyError {
@@ -61,6 +69,7 @@ impl ProxyError {
             | ProxyError::NoHealthyUpstream => "upstream",
             ProxyError::BadRequest(_) | ProxyError::UpgradeRejected(_) | ProxyError::RequestTimeout => "downstream",
             ProxyError::NoRoute | ProxyError::ClusterNotFound(_) => "config",
+            ProxyError::RateLimited(_) | ProxyError::FaultAbort(_) => "policy",
         }
     }
 
@@ -80,6 +89,8 @@ impl ProxyError {
             ProxyError::UpgradeRejected(_) => "UAEX",
             ProxyError::BadRequest(_) => "DPE",
             ProxyError::RequestTimeout => "DT",
+            ProxyError::RateLimited(_) => "RL",
+            ProxyError::FaultAbort(_) => "FI",
         }
     }
 
@@ -96,6 +107,8 @@ impl ProxyError {
             ProxyError::UpgradeRejected(_) => StatusCode::FORBIDDEN,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::RateLimited(limited) => limited.status,
+            ProxyError::FaultAbort(abort) => abort.status,
         }
     }
 
@@ -120,24 +133,61 @@ impl ProxyError {
             ProxyError::UpstreamAfterRetries(e) => format!("{RETRIED} {}", reason(e)),
             ProxyError::BadRequest(what) => format!("Bad Request: {what}"),
             ProxyError::RequestTimeout => "request timeout".into(),
+            ProxyError::RateLimited(_) => "local_rate_limited".into(),
+            ProxyError::FaultAbort(abort) => abort.body.clone(),
         }
     }
 
-    /// The local reply for this error.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
-        let body = self.body();
-        let mut builder = Response::builder().status(self.status());
-        if !body.is_empty() {
-            builder = builder.header(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    /// The gRPC status a gRPC caller gets: the one the failure names, or Envoy's mapping of the
+    /// HTTP status.
+    fn grpc_status(&self) -> u32 {
+        match self {
+            ProxyError::RateLimited(limited) => limited.grpc_status,
+            ProxyError::FaultAbort(abort) if abort.grpc_status.is_some() => abort.grpc_status.unwrap_or(2),
+            _ => match self.status().as_u16() {
+                400 => 13,
+                401 => 16,
+                403 => 7,
+                404 => 12,
+                429 | 502 | 503 | 504 => 14,
+                _ => 2,
+            },
         }
-        let mut resp = builder
-            .header(http::header::CONTENT_LENGTH, body.len())
-            .body(Full::new(Bytes::from(body)))
-            .expect("static parts form a valid response");
-        resp.extensions_mut().insert(ResponseFlag(self.flag()));
+    }
+
+    /// The local reply for this error; for a gRPC request (`grpc`), as Envoy answers gRPC: 200 with
+    /// `grpc-status` and the text in `grpc-message`, no body.
+    pub fn into_response(self, grpc: bool) -> Response<Full<Bytes>> {
+        let (body, flag) = (self.body(), ResponseFlag(self.flag()));
+        let mut resp = if grpc {
+            let message = percent_encoding::utf8_percent_encode(&body, GRPC_MESSAGE).to_string();
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"))
+                .header("grpc-status", self.grpc_status())
+                .header("grpc-message", message)
+                .body(Full::new(Bytes::new()))
+                .expect("static parts form a valid response")
+        } else {
+            let mut builder = Response::builder().status(self.status());
+            if !body.is_empty() {
+                builder = builder.header(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            }
+            builder
+                .header(http::header::CONTENT_LENGTH, body.len())
+                .body(Full::new(Bytes::from(body)))
+                .expect("static parts form a valid response")
+        };
+        if let ProxyError::RateLimited(limited) = self {
+            resp.headers_mut().extend(limited.headers);
+        }
+        resp.extensions_mut().insert(flag);
         resp
     }
 }
+
+/// What gRPC's `grpc-message` percent-encodes: controls, non-ASCII and `%`.
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
 
 /// The response flag of a local reply, carried to the access log and stats.
 #[derive(Debug, Clone, Copy)]

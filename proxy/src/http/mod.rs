@@ -53,5 +53,7 @@ pub struct HttpConnectionManager {
     pub access_logs: Vec<AccessLog>,
     /// The router's `suppress_envoy_headers`: no `x-envoy-upstream-service-time` on responses.
     pub suppress_envoy_headers: bool,
+    /// The HTTP filters ahead of the router, in order.
+    pub filters: Vec<crate::policy::HttpFilter>,
     pub stats: HttpStats,
 }

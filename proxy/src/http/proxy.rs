@@ -5,6 +5,8 @@
 use super::error::ResponseFlag;
 use super::timeout_body::{Limits, TimedBody};
 use super::{HttpConnectionManager, ProxyError, forwarding, upgrade};
+use crate::policy::FilterConfig;
+use crate::policy::local_ratelimit::Decision;
 use crate::policy::retry::body::ReplayBody;
 use crate::policy::retry::headers::Overrides;
 use crate::policy::retry::{Retries, RetryOn, RetryPolicy};
@@ -116,16 +118,37 @@ pub fn handle(
         })
     });
     let mut outcome = Outcome::default();
-    let routed = route(req, downstream, snapshot, hcm, &mut outcome);
+    let grpc = crate::routing::is_grpc(req.headers());
+    let routed = route(req, downstream, snapshot, hcm, &mut outcome, grpc);
     async move {
         let _active = active;
         let mut response = match routed {
-            Err(err) => local_reply(err, hcm),
-            Ok((step, vhost, route)) => {
+            Err(err) => local_reply(err, hcm, grpc),
+            Ok(routed) => {
+                let (step, vhost, route, filtered) = match routed {
+                    Routed::Step(step, vhost, route) => (step, vhost, route, Filtered::default()),
+                    Routed::Filter(filtering) => {
+                        let (mut req, selected) = *filtering;
+                        let (vhost, route) = (selected.vhost, selected.route);
+                        match run_filters(&mut req, hcm, &selected).await {
+                            Ok(filtered) => {
+                                let step = act(req, downstream, snapshot, hcm, selected, &mut outcome, grpc);
+                                (step, vhost, route, filtered)
+                            }
+                            Err(err) => (Step::Reply(local_reply(err, hcm, grpc)), vhost, route, Filtered::default()),
+                        }
+                    }
+                };
                 let mut response = match step {
                     Step::Reply(response) => response,
-                    Step::Forward(exchange) => forward(exchange, hcm).await.unwrap_or_else(|err| local_reply(err, hcm)),
+                    Step::Forward(exchange) => {
+                        forward(exchange, hcm).await.unwrap_or_else(|err| local_reply(err, hcm, grpc))
+                    }
                 };
+                response.headers_mut().extend(filtered.response_headers);
+                if filtered.delayed && response.extensions().get::<ResponseFlag>().is_none() {
+                    response.extensions_mut().insert(ResponseFlag("DI"));
+                }
                 for level in hcm.routes.mutations(vhost, route, false) {
                     level.apply(response.headers_mut());
                 }
@@ -181,6 +204,24 @@ fn log(
     }
 }
 
+/// The route a request matched, and what routing learned on the way.
+struct Selected<'h> {
+    vhost: &'h VirtualHost,
+    route: &'h Route,
+    /// Sent from inside the mesh (may steer the proxy with x-envoy-* headers).
+    internal: bool,
+    authority: HeaderValue,
+    path: http::uri::PathAndQuery,
+}
+
+/// A routed request: what the router does with it now, or (when the connection manager has HTTP
+/// filters) the request still to go through them. The common case stays unboxed.
+#[allow(clippy::large_enum_variant)]
+enum Routed<'h> {
+    Step(Step, &'h VirtualHost, &'h Route),
+    Filter(Box<(Request<Incoming>, Selected<'h>)>),
+}
+
 /// Routes a request: the route chosen (for its response headers) and what to do. An error before a
 /// route was found is answered without any route's headers.
 fn route<'h>(
@@ -189,7 +230,23 @@ fn route<'h>(
     snapshot: &Snapshot,
     hcm: &'h HttpConnectionManager,
     outcome: &mut Outcome,
-) -> Result<(Step, &'h VirtualHost, &'h Route), ProxyError> {
+    grpc: bool,
+) -> Result<Routed<'h>, ProxyError> {
+    let selected = select(&mut req, downstream, hcm, outcome)?;
+    if !hcm.filters.is_empty() {
+        return Ok(Routed::Filter(Box::new((req, selected))));
+    }
+    let (vhost, route) = (selected.vhost, selected.route);
+    Ok(Routed::Step(act(req, downstream, snapshot, hcm, selected, outcome, grpc), vhost, route))
+}
+
+/// Steps 1 and 2: sets the forwarding headers and finds the virtual host and route.
+fn select<'h>(
+    req: &mut Request<Incoming>,
+    downstream: &Downstream,
+    hcm: &'h HttpConnectionManager,
+    outcome: &mut Outcome,
+) -> Result<Selected<'h>, ProxyError> {
     // 1. Forwarding headers (x-forwarded-*, x-request-id) are set before routing, as Envoy does.
     let forwarded = forwarding::apply(hcm, req.headers_mut(), downstream.peer, "http");
     outcome.request_id = forwarded.request_id;
@@ -199,14 +256,79 @@ fn route<'h>(
     let authority = authority_value.to_str().map_err(|_| ProxyError::BadRequest("invalid host"))?;
     let match_authority = if hcm.strip_any_host_port { strip_port(authority) } else { authority };
     let path = req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let path_and_query = path.as_str();
-    let view = RequestView { authority: match_authority, path_and_query, method: req.method(), headers: req.headers() };
-    let table = &hcm.routes;
-    let (vhost, route) = table.find(&view).ok_or(ProxyError::NoRoute)?;
+    let view = RequestView {
+        authority: match_authority,
+        path_and_query: path.as_str(),
+        method: req.method(),
+        headers: req.headers(),
+    };
+    let (vhost, route) = hcm.routes.find(&view).ok_or(ProxyError::NoRoute)?;
     outcome.route_name.clone_from(&route.name);
+    Ok(Selected { vhost, route, internal: forwarded.internal, authority: authority_value, path })
+}
 
-    // 3. Answer locally, or forward; a failure after the route was chosen still gets its headers.
-    let step = match &route.action {
+/// What the HTTP filters leave for the response: headers to add (`x-ratelimit-*`), a delay's flag,
+/// and the faults in progress until it is answered.
+#[derive(Default)]
+struct Filtered {
+    response_headers: http::HeaderMap,
+    delayed: bool,
+    _faults: Vec<crate::policy::fault::Injected>,
+}
+
+/// Runs the connection manager's HTTP filters in their order, each with the config the most
+/// specific level gives it (route, virtual host, route table, else its own), before the router.
+async fn run_filters(
+    req: &mut Request<Incoming>,
+    hcm: &HttpConnectionManager,
+    selected: &Selected<'_>,
+) -> Result<Filtered, ProxyError> {
+    let mut filtered = Filtered::default();
+    for filter in &hcm.filters {
+        let levels = [&selected.route.filter_configs, &selected.vhost.filter_configs, &hcm.routes.filter_configs];
+        let config = levels
+            .iter()
+            .filter_map(|level| level.get(&filter.name))
+            .find(|c| c.same_kind(&filter.config))
+            .unwrap_or(&filter.config);
+        match config {
+            FilterConfig::Disabled => {}
+            FilterConfig::LocalRateLimit(limit) => match limit.decide() {
+                Decision::Pass => {}
+                Decision::Allowed(headers) => filtered.response_headers.extend(headers),
+                Decision::NotEnforced => limit.request_headers_when_not_enforced.apply(req.headers_mut()),
+                Decision::Limited(limited) => return Err(ProxyError::RateLimited(limited)),
+            },
+            FilterConfig::Fault(fault) => {
+                let Some(stats) = &filter.fault_stats else { continue };
+                let mut injected = fault.decide(req.headers(), stats);
+                if let Some(delay) = injected.delay {
+                    tokio::time::sleep(delay).await;
+                    filtered.delayed = true;
+                }
+                if let Some(abort) = injected.abort.take() {
+                    return Err(ProxyError::FaultAbort(Box::new(abort)));
+                }
+                filtered._faults.push(injected);
+            }
+        }
+    }
+    Ok(filtered)
+}
+
+/// Step 3: answers locally, or prepares the exchange with the upstream; a failure after the route
+/// was chosen still gets its headers.
+fn act(
+    req: Request<Incoming>,
+    downstream: &Downstream,
+    snapshot: &Snapshot,
+    hcm: &HttpConnectionManager,
+    selected: Selected<'_>,
+    outcome: &mut Outcome,
+    grpc: bool,
+) -> Step {
+    let Selected { vhost, route, internal, authority, path } = selected;
+    match &route.action {
         Action::Direct(direct) => {
             let mut resp = Response::builder().status(direct.status);
             if let Some(body) = &direct.body {
@@ -217,37 +339,42 @@ fn route<'h>(
             Step::Reply(resp.body(Either::Right(Full::new(body))).expect("valid direct response"))
         }
         Action::Redirect(redirect) => {
-            let scheme =
-                req.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok()).unwrap_or("http").to_string();
-            let location = redirect.location(&scheme, authority, path_and_query, &route.matcher.path);
+            let scheme = req.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok()).unwrap_or("http");
+            let authority = authority.to_str().unwrap_or_default();
+            let location = redirect.location(scheme, authority, path.as_str(), &route.matcher.path);
             let resp = Response::builder()
                 .status(redirect.status)
                 .header(header::LOCATION, location)
                 .header(header::CONTENT_LENGTH, 0)
-                .body(Either::Right(Full::new(Bytes::new())))
-                .map_err(|_| ProxyError::BadRequest("redirect location is not a valid header"))?;
-            Step::Reply(resp)
-        }
-        Action::Forward(forward) => {
-            let at = (vhost, route, forwarded.internal);
-            match prepare(req, downstream, snapshot, hcm, at, forward, (&authority_value, &path), outcome) {
-                Ok(exchange) => Step::Forward(exchange),
-                Err(err) => Step::Reply(local_reply(err, hcm)),
+                .body(Either::Right(Full::new(Bytes::new())));
+            match resp {
+                Ok(resp) => Step::Reply(resp),
+                Err(_) => Step::Reply(local_reply(
+                    ProxyError::BadRequest("redirect location is not a valid header"),
+                    hcm,
+                    grpc,
+                )),
             }
         }
-    };
-    Ok((step, vhost, route))
+        Action::Forward(forward) => {
+            let at = (vhost, route, internal);
+            match prepare(req, downstream, snapshot, hcm, at, forward, (&authority, &path), outcome) {
+                Ok(exchange) => Step::Forward(exchange),
+                Err(err) => Step::Reply(local_reply(err, hcm, grpc)),
+            }
+        }
+    }
 }
 
 /// The one place a failure becomes the downstream's answer: counted, logged, Envoy's reply.
-fn local_reply(err: ProxyError, hcm: &HttpConnectionManager) -> Response<ResponseBody> {
+fn local_reply(err: ProxyError, hcm: &HttpConnectionManager, grpc: bool) -> Response<ResponseBody> {
     tracing::debug!(error = %err, side = err.source_side(), "local reply");
     match err {
         ProxyError::NoRoute => hcm.stats.no_route.increment(1),
         ProxyError::ClusterNotFound(_) => hcm.stats.no_cluster.increment(1),
         _ => {}
     }
-    err.into_response().map(Either::Right)
+    err.into_response(grpc).map(Either::Right)
 }
 
 /// Picks the cluster and endpoint of a forwarding route and rewrites the request as the upstream

@@ -26,6 +26,8 @@ pub struct RouteTable {
     pub request_headers: HeaderMutation,
     pub response_headers: HeaderMutation,
     pub most_specific_header_mutations_wins: bool,
+    /// `typed_per_filter_config` for the whole table.
+    pub filter_configs: crate::policy::FilterOverrides,
     /// The config is refused when a route names a cluster that does not exist (Envoy's
     /// `validate_clusters`: on for inline routes, off for RDS, where such a route answers 503 `NC`).
     pub validate_clusters: bool,
@@ -38,6 +40,7 @@ pub struct VirtualHost {
     pub routes: Vec<Route>,
     pub request_headers: HeaderMutation,
     pub response_headers: HeaderMutation,
+    pub filter_configs: crate::policy::FilterOverrides,
 }
 
 #[derive(Debug)]
@@ -47,6 +50,7 @@ pub struct Route {
     pub action: Action,
     pub request_headers: HeaderMutation,
     pub response_headers: HeaderMutation,
+    pub filter_configs: crate::policy::FilterOverrides,
 }
 
 #[derive(Debug)]

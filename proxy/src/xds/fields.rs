@@ -95,6 +95,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "most_specific_header_mutations_wins",
             "ignore_port_in_host_matching",
             "validate_clusters",
+            "typed_per_filter_config",
         ],
     ),
     (
@@ -110,6 +111,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "retry_policy",
             "per_request_buffer_limit_bytes",
             "request_body_buffer_limit",
+            "typed_per_filter_config",
         ],
     ),
     (
@@ -126,8 +128,31 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "request_headers_to_remove",
             "response_headers_to_add",
             "response_headers_to_remove",
+            "typed_per_filter_config",
         ],
     ),
+    ("envoy.config.route.v3.FilterConfig", &["config", "is_optional", "disabled"]),
+    (
+        "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        &[
+            "stat_prefix",
+            "status",
+            "token_bucket",
+            "filter_enabled",
+            "filter_enforced",
+            "request_headers_to_add_when_not_enforced",
+            "response_headers_to_add",
+            "enable_x_ratelimit_headers",
+            "rate_limited_as_resource_exhausted",
+            "enable_retry_after_header",
+        ],
+    ),
+    ("envoy.extensions.filters.http.fault.v3.HTTPFault", &["delay", "abort", "headers", "max_active_faults"]),
+    (
+        "envoy.extensions.filters.http.fault.v3.FaultAbort",
+        &["http_status", "grpc_status", "header_abort", "percentage", "response_body"],
+    ),
+    ("envoy.extensions.filters.common.fault.v3.FaultDelay", &["fixed_delay", "header_delay", "percentage"]),
     (
         "envoy.config.route.v3.RouteMatch",
         &[

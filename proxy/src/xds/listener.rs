@@ -6,6 +6,7 @@ use super::route::route_table;
 use crate::http::{Codec, HttpConnectionManager};
 use crate::listeners::{ListenerConfig, ListenerKind};
 use crate::net::CidrRange;
+use crate::policy::HttpFilter;
 use crate::routing::{ClusterTarget, WeightedClusters};
 use crate::tcp::TcpProxyConfig;
 use crate::telemetry::access_log::{AccessLog, DEFAULT_FORMAT, LogFormat, LogTarget};
@@ -96,7 +97,7 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Result<HttpConnect
         }
         None => return Err(ConfigError::new("route_config", "an inline route_config is required")),
     };
-    let router = http_filters(&h.http_filters)?;
+    let (filters, router) = http_filters(&h.http_filters, &h.stat_prefix)?;
     let upgrades = h
         .upgrade_configs
         .iter()
@@ -157,6 +158,7 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Result<HttpConnect
         upgrades,
         access_logs,
         suppress_envoy_headers: router.suppress_envoy_headers,
+        filters,
         stats: HttpStats::new(&h.stat_prefix),
     })
 }
@@ -175,7 +177,7 @@ fn internal_addresses(config: Option<&hcm::http_connection_manager::InternalAddr
 }
 
 /// Checks the HTTP filter list (it must end in the router) and returns the router's config.
-fn http_filters(filters: &[hcm::HttpFilter]) -> Result<RouterConfig> {
+fn http_filters(filters: &[hcm::HttpFilter], stat_prefix: &str) -> Result<(Vec<HttpFilter>, RouterConfig)> {
     let Some((last, rest)) = filters.split_last() else {
         return Err(ConfigError::new("http_filters", "the filter list must end with envoy.filters.http.router"));
     };
@@ -196,17 +198,15 @@ fn http_filters(filters: &[hcm::HttpFilter]) -> Result<RouterConfig> {
         }
         _ => router_proto::Router::default(),
     };
+    let mut out = Vec::new();
     for (i, f) in rest.iter().enumerate() {
-        if f.is_optional || f.disabled {
-            tracing::warn!(filter = %f.name, "optional HTTP filter is not supported by Strait and is skipped");
-            continue;
+        if let Some(filter) =
+            super::filters::http_filter(f, stat_prefix).map_err(|e| e.within(&format!("http_filters[{i}]")))?
+        {
+            out.push(filter);
         }
-        return Err(ConfigError::new(
-            format!("http_filters[{i}]"),
-            format!("HTTP filter '{}' is not supported (mark it is_optional to skip it)", f.name),
-        ));
     }
-    Ok(RouterConfig { suppress_envoy_headers: router.suppress_envoy_headers })
+    Ok((out, RouterConfig { suppress_envoy_headers: router.suppress_envoy_headers }))
 }
 
 /// The router filter's settings Strait honours.

@@ -5,6 +5,7 @@
 mod cluster;
 mod convert;
 pub mod fields;
+mod filters;
 mod listener;
 mod retry;
 mod route;

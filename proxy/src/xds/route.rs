@@ -40,6 +40,7 @@ pub fn route_table(rc: &route::RouteConfiguration) -> Result<RouteTable> {
         response_headers: header_mutation(&rc.response_headers_to_add, &rc.response_headers_to_remove, "", "response")
             .map_err(strip_dot)?,
         most_specific_header_mutations_wins: rc.most_specific_header_mutations_wins,
+        filter_configs: super::filters::overrides(&rc.typed_per_filter_config)?,
     })
 }
 
@@ -63,6 +64,7 @@ fn virtual_host(vh: &route::VirtualHost) -> Result<VirtualHost> {
             .map_err(strip_dot)?,
         response_headers: header_mutation(&vh.response_headers_to_add, &vh.response_headers_to_remove, "", "response")
             .map_err(strip_dot)?,
+        filter_configs: super::filters::overrides(&vh.typed_per_filter_config)?,
     })
 }
 
@@ -103,6 +105,7 @@ fn route_entry(r: &route::Route, vh: &route::VirtualHost) -> Result<Route> {
             .map_err(strip_dot)?,
         response_headers: header_mutation(&r.response_headers_to_add, &r.response_headers_to_remove, "", "response")
             .map_err(strip_dot)?,
+        filter_configs: super::filters::overrides(&r.typed_per_filter_config)?,
     })
 }
 

@@ -1,0 +1,281 @@
+//! HTTP filters ahead of the router, configured per route with `typed_per_filter_config`: local rate
+//! limiting (`envoy.filters.http.local_ratelimit`: token bucket, 429 with `x-ratelimit-*` headers,
+//! enabled-but-not-enforced, a virtual host's limit) and fault injection (`envoy.filters.http.fault`:
+//! fixed and header-driven delays and aborts, gRPC aborts, a share of requests, a route that turns
+//! the filter off). The same bootstrap runs on a real Envoy, which must answer alike.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use support::scripted::Scripted;
+use support::*;
+
+const RATELIMIT: &str = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
+const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+
+/// A route (YAML flow) to the upstream with `per_filter` as its `typed_per_filter_config` entries.
+fn route(prefix: &str, per_filter: &str) -> String {
+    let per_filter =
+        if per_filter.is_empty() { String::new() } else { format!(", typed_per_filter_config: {{ {per_filter} }}") };
+    format!("              - {{ match: {{ prefix: {prefix} }}, route: {{ cluster: upstream }}{per_filter} }}\n")
+}
+
+fn limit(stat_prefix: &str, max_tokens: u32, enforced: u32, extra: &str) -> String {
+    format!(
+        "envoy.filters.http.local_ratelimit: {{ '@type': {RATELIMIT}, stat_prefix: {stat_prefix}, \
+         token_bucket: {{ max_tokens: {max_tokens}, tokens_per_fill: {max_tokens}, fill_interval: 1s }}, \
+         filter_enabled: {{ default_value: {{ numerator: 100 }} }}, \
+         filter_enforced: {{ default_value: {{ numerator: {enforced} }} }}{extra} }}"
+    )
+}
+
+fn fault(config: &str) -> String {
+    format!("envoy.filters.http.fault: {{ '@type': {FAULT}, {config} }}")
+}
+
+fn bootstrap(admin: u16, port: u16, upstream: SocketAddr) -> String {
+    let routes = [
+        route(
+            "/limited",
+            &limit(
+                "route_limit",
+                3,
+                100,
+                ", enable_x_ratelimit_headers: DRAFT_VERSION_03, \
+                 response_headers_to_add: [{ header: { key: x-limited, value: 'yes' } }]",
+            ),
+        ),
+        route(
+            "/shadow",
+            &limit(
+                "shadow_limit",
+                1,
+                0,
+                ", request_headers_to_add_when_not_enforced: [{ header: { key: x-would-limit, value: 'true' } }]",
+            ),
+        ),
+        route("/abort", &fault("abort: { http_status: 503, percentage: { numerator: 100 } }")),
+        route("/grpc-abort", &fault("abort: { grpc_status: 14, percentage: { numerator: 100 } }")),
+        route("/delay", &fault("delay: { fixed_delay: 0.3s, percentage: { numerator: 100 } }")),
+        route(
+            "/asked",
+            &fault("delay: { header_delay: {}, percentage: { numerator: 100 } }, abort: { header_abort: {}, percentage: { numerator: 100 } }"),
+        ),
+        route("/half", &fault("abort: { http_status: 500, percentage: { numerator: 50 } }")),
+        route(
+            "/only-beta",
+            &fault("abort: { http_status: 418, percentage: { numerator: 100 } }, headers: [{ name: x-user, string_match: { exact: beta } }]"),
+        ),
+        route(
+            "/no-fault",
+            "envoy.filters.http.fault: { '@type': type.googleapis.com/envoy.config.route.v3.FilterConfig, disabled: true }",
+        ),
+        route("/", ""),
+    ]
+    .concat();
+    // The virtual host aborts everything, which /no-fault turns off; limited.test has its own limit.
+    let vhost_fault = fault("abort: { http_status: 402, percentage: { numerator: 100 } }");
+    format!(
+        r#"
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+static_resources:
+  listeners:
+  - name: main
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress_http
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ['*']
+              routes:
+{routes}
+            - name: limited
+              domains: [limited.test]
+              typed_per_filter_config: {{ {vh_limit} }}
+              routes:
+{plain}
+            - name: faulty
+              domains: [faulty.test]
+              typed_per_filter_config: {{ {vhost_fault} }}
+              routes:
+{no_fault}
+{plain}
+          http_filters:
+          - name: envoy.filters.http.fault
+            typed_config: {{ "@type": {FAULT} }}
+          - name: envoy.filters.http.local_ratelimit
+            typed_config: {{ "@type": {RATELIMIT}, stat_prefix: listener_limit }}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{clusters}
+"#,
+        vh_limit = limit("vhost_limit", 2, 100, ""),
+        plain = route("/", ""),
+        no_fault = route(
+            "/no-fault",
+            "envoy.filters.http.fault: { '@type': type.googleapis.com/envoy.config.route.v3.FilterConfig, disabled: true }"
+        ),
+        clusters = static_cluster("upstream", &[upstream], ""),
+    )
+}
+
+/// What a client sees of one answer.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    status: u16,
+    body: String,
+    headers: Vec<(String, String)>,
+}
+
+const SHOWN: [&str; 6] =
+    ["x-ratelimit-limit", "x-ratelimit-remaining", "x-limited", "grpc-status", "grpc-message", "x-upstream"];
+
+async fn ask(client: &HttpClient, port: u16, host: &str, path: &str, headers: &[(&str, &str)]) -> Seen {
+    let mut all = vec![("host", host)];
+    all.extend_from_slice(headers);
+    let reply = get(client, &format!("http://127.0.0.1:{port}{path}"), &all).await;
+    let headers = SHOWN.iter().filter_map(|h| Some((h.to_string(), reply.header(h)?.to_string()))).collect();
+    let body = if reply.status == 200 && reply.body.contains("attempt") { "(upstream)".into() } else { reply.body };
+    Seen { status: reply.status, body, headers }
+}
+
+/// A run of requests as one proxy answers them.
+async fn sequence(client: &HttpClient, port: u16, id: &str) -> Vec<Seen> {
+    let mut out = Vec::new();
+    for _ in 0..5 {
+        out.push(ask(client, port, "any.test", "/limited", &[]).await);
+    }
+    for _ in 0..3 {
+        out.push(ask(client, port, "limited.test", "/", &[]).await);
+    }
+    for _ in 0..2 {
+        out.push(ask(client, port, "any.test", "/shadow", &[("x-test-id", id)]).await);
+    }
+    out.push(ask(client, port, "any.test", "/abort", &[]).await);
+    out.push(ask(client, port, "any.test", "/grpc-abort", &[("content-type", "application/grpc")]).await);
+    out.push(ask(client, port, "any.test", "/asked", &[("x-envoy-fault-abort-request", "418")]).await);
+    out.push(
+        ask(
+            client,
+            port,
+            "any.test",
+            "/asked",
+            &[("x-envoy-fault-abort-grpc-request", "8"), ("content-type", "application/grpc")],
+        )
+        .await,
+    );
+    out.push(ask(client, port, "any.test", "/asked", &[]).await);
+    out.push(ask(client, port, "any.test", "/only-beta", &[("x-user", "beta")]).await);
+    out.push(ask(client, port, "any.test", "/only-beta", &[("x-user", "alpha")]).await);
+    out.push(ask(client, port, "faulty.test", "/x", &[]).await);
+    out.push(ask(client, port, "faulty.test", "/no-fault", &[]).await);
+    out
+}
+
+/// How long a request takes.
+async fn timed(client: &HttpClient, port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, Duration) {
+    let started = Instant::now();
+    let seen = ask(client, port, "any.test", path, headers).await;
+    (seen.status, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_faults_as_envoy() {
+    let upstream = Scripted::start("upstream").await;
+    let (admin, port) = (free_port(), free_port());
+    let strait = Proxy::start(&bootstrap(admin, port, upstream.addr), admin).await;
+    let (envoy_admin, envoy_port) = (free_port(), free_port());
+    let envoy = Envoy::start(&bootstrap(envoy_admin, envoy_port, upstream.addr), envoy_admin).await;
+    let client = http1_client();
+
+    let ours = sequence(&client, port, "strait").await;
+    let statuses: Vec<u16> = ours.iter().map(|s| s.status).collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429, 429, 200, 200, 429, 200, 200, 503, 200, 418, 200, 200, 418, 200, 402, 200]
+    );
+    assert_eq!(ours[3].body, "local_rate_limited");
+    assert!(ours[3].headers.contains(&("x-limited".into(), "yes".into())), "{:?}", ours[3]);
+    assert!(ours[0].headers.contains(&("x-ratelimit-remaining".into(), "2".into())), "{:?}", ours[0]);
+    assert!(ours[11].headers.contains(&("grpc-status".into(), "14".into())), "a gRPC abort: {:?}", ours[11]);
+    let shadowed = upstream.attempts("strait");
+    assert_eq!(shadowed.len(), 2, "not enforced: both went upstream");
+    assert!(shadowed[0].headers.get("x-would-limit").is_none() && shadowed[1].headers.get("x-would-limit").is_some());
+
+    // The bucket refills: 3 tokens a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(ask(&client, port, "any.test", "/limited", &[]).await.status, 200);
+
+    // Delays: fixed, and asked for by the request.
+    let (status, took) = timed(&client, port, "/delay", &[]).await;
+    assert!(status == 200 && took >= Duration::from_millis(300), "{status} after {took:?}");
+    let (status, took) = timed(&client, port, "/asked", &[("x-envoy-fault-delay-request", "200")]).await;
+    assert!(status == 200 && took >= Duration::from_millis(200), "{status} after {took:?}");
+
+    // Half the requests aborted.
+    let mut aborted = 0;
+    for _ in 0..400 {
+        aborted += usize::from(ask(&client, port, "any.test", "/half", &[]).await.status == 500);
+    }
+    assert!((160..=240).contains(&aborted), "{aborted} of 400 aborted at 50%");
+
+    let stat = |name: &str, label: &str| format!("envoy_{name}{{{label}}}");
+    let rate_limited = strait
+        .stat(&stat("http_local_rate_limit_rate_limited", "envoy_local_http_ratelimit_prefix=\"route_limit\""))
+        .await;
+    let aborts =
+        strait.stat(&stat("http_fault_aborts_injected", "envoy_http_conn_manager_prefix=\"ingress_http\"")).await;
+    assert_eq!(rate_limited, 2.0);
+    assert_eq!(aborts, (6 + aborted) as f64);
+
+    if let Some(envoy) = envoy {
+        let theirs = sequence(&client, envoy_port, "envoy").await;
+        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            assert_eq!(a, b, "answer {i}: Strait vs Envoy");
+        }
+        let shadowed = upstream.attempts("envoy");
+        assert!(
+            shadowed[0].headers.get("x-would-limit").is_none() && shadowed[1].headers.get("x-would-limit").is_some()
+        );
+        let (_, took) = timed(&client, envoy_port, "/delay", &[]).await;
+        assert!(took >= Duration::from_millis(300), "envoy delayed {took:?}");
+        let (text_status, text) =
+            get_text(&format!("http://{}/stats?filter=rate_limited|aborts_injected", envoy.admin)).await.unwrap();
+        assert_eq!(text_status, 200);
+        assert!(text.contains("route_limit.http_local_rate_limit.rate_limited: 2"), "{text}");
+    }
+}
+
+#[test]
+fn invalid_filter_configs_are_refused_naming_the_field() {
+    let dir = TempDir::new("filters-bad");
+    let upstream: SocketAddr = ([127, 0, 0, 1], 1).into();
+    let good = bootstrap(free_port(), free_port(), upstream);
+    for (from, to, expected) in [
+        ("fill_interval: 1s", "fill_interval: 0.01s", "token_bucket.fill_interval: must be at least 50ms"),
+        ("http_status: 503", "http_status: 99", "abort.http_status: must be 200 to 599"),
+        (
+            "stat_prefix: listener_limit",
+            "stat_prefix: listener_limit, descriptors: [{ entries: [{ key: a, value: b }] }]",
+            "descriptors: is not supported yet",
+        ),
+    ] {
+        let yaml = good.replacen(from, to, 1);
+        assert_ne!(yaml, good, "{from}");
+        let file = write_file(&dir.0, "bad.yaml", &yaml);
+        let out = std::process::Command::new(BIN).arg("validate").arg(&file).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{to}: accepted");
+        assert!(text.contains(expected), "{to}: {text}");
+    }
+}
