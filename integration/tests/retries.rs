@@ -480,3 +480,82 @@ async fn mesh_yaml_retries_reach_strait_and_envoy_alike() {
         }
     }
 }
+
+/// gRPC callers' deadlines and streams' maximum durations, as Envoy computes and answers them: the
+/// legacy `max_grpc_timeout` makes `grpc-timeout` the route timeout (504, gRPC UNAVAILABLE), a
+/// route's `max_stream_duration` with `grpc_timeout_header_max` makes it the stream's limit (504,
+/// gRPC DEADLINE_EXCEEDED), and a plain `max_stream_duration` limits any request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_deadlines_and_stream_durations_as_envoy() {
+    let upstream = Scripted::start("deadlines").await;
+    let routes = [
+        ("/legacy", "max_grpc_timeout: 0.5s"),
+        ("/duration", "max_stream_duration: { grpc_timeout_header_max: 1s }"),
+        ("/plain", "max_stream_duration: { max_stream_duration: 0.2s }"),
+    ]
+    .iter()
+    .map(|(prefix, extra)| {
+        format!(
+            "              - match: {{ prefix: {prefix} }}\n                route: {{ cluster: scripted, {extra} }}\n"
+        )
+    })
+    .collect::<String>();
+    let route_config = format!(
+        "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
+    );
+    let config =
+        |admin, port| http_bootstrap(admin, port, "", &route_config, &static_cluster("scripted", &[upstream.addr], ""));
+    let (admin, port) = (free_port(), free_port());
+    let _strait = Proxy::start(&config(admin, port), admin).await;
+    let (envoy_admin, envoy_port) = (free_port(), free_port());
+    let envoy = Envoy::start(&config(envoy_admin, envoy_port), envoy_admin).await;
+    let client = http1_client();
+    let grpc: &[(&str, &str)] = &[("content-type", "application/grpc"), ("te", "trailers")];
+    // (path, script, grpc-timeout, gRPC?) -> (status, grpc-status)
+    type Deadline = (&'static str, &'static str, Option<&'static str>, bool, (u16, Option<&'static str>));
+    let cases: [Deadline; 7] = [
+        ("/legacy", "slow-400", Some("200m"), true, (200, Some("14"))),
+        ("/legacy", "slow-300", None, true, (200, None)),
+        ("/legacy", "slow-300", Some("200m"), false, (200, None)),
+        ("/duration", "slow-400", Some("200m"), true, (200, Some("4"))),
+        ("/duration", "slow-300", Some("5S"), true, (200, None)),
+        ("/plain", "slow-400", None, false, (504, None)),
+        ("/plain", "slow-50", None, false, (200, None)),
+    ];
+    for (i, (path, script, deadline, is_grpc, expected)) in cases.into_iter().enumerate() {
+        let mut headers: Vec<(&str, &str)> = vec![("x-script", script)];
+        if is_grpc {
+            headers.extend_from_slice(grpc);
+        }
+        if let Some(deadline) = deadline {
+            headers.push(("grpc-timeout", deadline));
+        }
+        let mut proxies = vec![("strait", port)];
+        if envoy.is_some() {
+            proxies.push(("envoy", envoy_port));
+        }
+        let mut answers = Vec::new();
+        for (proxy, port) in proxies {
+            let mut headers = headers.clone();
+            let id = format!("{proxy}-deadline-{i}");
+            headers.push(("x-test-id", &id));
+            let reply = get(&client, &format!("http://127.0.0.1:{port}{path}"), &headers).await;
+            let answer = (
+                reply.status,
+                reply.header("grpc-status").map(str::to_string),
+                reply.header("grpc-message").map(str::to_string),
+            );
+            assert_eq!(
+                (answer.0, answer.1.as_deref()),
+                expected,
+                "{proxy}: {path} {script} {deadline:?} grpc={is_grpc}: {}",
+                reply.body
+            );
+            let body = if reply.status == 200 { String::new() } else { reply.body };
+            answers.push((answer, body));
+        }
+        if answers.len() == 2 {
+            assert_eq!(answers[0], answers[1], "{path} {script} {deadline:?}: Strait vs Envoy");
+        }
+    }
+}

@@ -37,6 +37,10 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("request timeout")]
     RequestTimeout,
+    /// The stream ran past its `max_stream_duration` (or the gRPC caller's deadline) before its
+    /// response started.
+    #[error("downstream duration timeout")]
+    StreamDurationTimeout,
     /// The local rate limit's bucket was empty.
     #[error("local rate limit")]
     RateLimited(Box<Limited>),
@@ -67,7 +71,10 @@ impl ProxyError {
             | ProxyError::UpstreamPerTryTimeout
             | ProxyError::Overflow
             | ProxyError::NoHealthyUpstream => "upstream",
-            ProxyError::BadRequest(_) | ProxyError::UpgradeRejected(_) | ProxyError::RequestTimeout => "downstream",
+            ProxyError::BadRequest(_)
+            | ProxyError::UpgradeRejected(_)
+            | ProxyError::RequestTimeout
+            | ProxyError::StreamDurationTimeout => "downstream",
             ProxyError::NoRoute | ProxyError::ClusterNotFound(_) => "config",
             ProxyError::RateLimited(_) | ProxyError::FaultAbort(_) => "policy",
         }
@@ -88,7 +95,7 @@ impl ProxyError {
             },
             ProxyError::UpgradeRejected(_) => "UAEX",
             ProxyError::BadRequest(_) => "DPE",
-            ProxyError::RequestTimeout => "DT",
+            ProxyError::RequestTimeout | ProxyError::StreamDurationTimeout => "DT",
             ProxyError::RateLimited(_) => "RL",
             ProxyError::FaultAbort(_) => "FI",
         }
@@ -107,6 +114,8 @@ impl ProxyError {
             ProxyError::UpgradeRejected(_) => StatusCode::FORBIDDEN,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            // Envoy 1.40 answers 504 (gRPC: DEADLINE_EXCEEDED).
+            ProxyError::StreamDurationTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited(limited) => limited.status,
             ProxyError::FaultAbort(abort) => abort.status,
         }
@@ -133,6 +142,7 @@ impl ProxyError {
             ProxyError::UpstreamAfterRetries(e) => format!("{RETRIED} {}", reason(e)),
             ProxyError::BadRequest(what) => format!("Bad Request: {what}"),
             ProxyError::RequestTimeout => "request timeout".into(),
+            ProxyError::StreamDurationTimeout => "downstream duration timeout".into(),
             ProxyError::RateLimited(_) => "local_rate_limited".into(),
             ProxyError::FaultAbort(abort) => abort.body.clone(),
         }
@@ -144,6 +154,7 @@ impl ProxyError {
         match self {
             ProxyError::RateLimited(limited) => limited.grpc_status,
             ProxyError::FaultAbort(abort) if abort.grpc_status.is_some() => abort.grpc_status.unwrap_or(2),
+            ProxyError::StreamDurationTimeout => 4,
             _ => match self.status().as_u16() {
                 400 => 13,
                 401 => 16,

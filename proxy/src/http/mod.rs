@@ -53,6 +53,8 @@ pub struct HttpConnectionManager {
     pub access_logs: Vec<AccessLog>,
     /// The router's `suppress_envoy_headers`: no `x-envoy-upstream-service-time` on responses.
     pub suppress_envoy_headers: bool,
+    /// `common_http_protocol_options.max_stream_duration`: a stream's limit where its route sets none.
+    pub max_stream_duration: Option<Duration>,
     /// The HTTP filters ahead of the router, in order.
     pub filters: Vec<crate::policy::HttpFilter>,
     pub stats: HttpStats,

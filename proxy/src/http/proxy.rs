@@ -10,6 +10,7 @@ use crate::policy::local_ratelimit::Decision;
 use crate::policy::retry::body::ReplayBody;
 use crate::policy::retry::headers::Overrides;
 use crate::policy::retry::{Retries, RetryOn, RetryPolicy};
+use crate::policy::timeout::{self, StreamDuration};
 use crate::routing::hash_policy::request_hash;
 use crate::routing::{Action, Forward, RequestView, Route, VirtualHost, strip_port};
 use crate::snapshot::Snapshot;
@@ -52,6 +53,8 @@ struct Outcome {
     route_name: String,
     /// A sticky-session cookie made up by the route's hash policy, set on the response.
     set_cookie: Option<HeaderValue>,
+    /// When the request arrived (a stream's maximum duration counts from here).
+    arrived: Option<tokio::time::Instant>,
 }
 
 /// The request line and headers as received, kept only when an access log needs them.
@@ -83,6 +86,8 @@ struct Exchange {
     upstream: Upstream,
     cluster: Arc<Cluster>,
     timeout: Option<std::time::Duration>,
+    /// The stream's end (`max_stream_duration`): 504 before the response starts, cut after.
+    stream_deadline: Option<tokio::time::Instant>,
     /// The downstream side of an HTTP/1.1 upgrade (WebSocket), when one was asked for.
     downstream_upgrade: Option<OnUpgrade>,
     /// Set when the downstream request body ran out of time (its 408, not the upstream's fault).
@@ -117,7 +122,7 @@ pub fn handle(
             version: req.version(),
         })
     });
-    let mut outcome = Outcome::default();
+    let mut outcome = Outcome { arrived: Some(tokio::time::Instant::now()), ..Outcome::default() };
     let grpc = crate::routing::is_grpc(req.headers());
     let routed = route(req, downstream, snapshot, hcm, &mut outcome, grpc);
     async move {
@@ -416,10 +421,17 @@ fn prepare(
     };
     // An internal request may change its retries and timeout with x-envoy-* headers.
     let (mut retry, mut timeout) = (forward.retry.clone(), forward.timeout);
+    // A gRPC caller's deadline: the route timeout (max_grpc_timeout), or the stream's limit.
+    let grpc_deadline = crate::routing::is_grpc(req.headers()).then(|| timeout::grpc_timeout(req.headers())).flatten();
+    if let Some(grpc_timeout) = forward.grpc_timeout.filter(|_| crate::routing::is_grpc(req.headers())) {
+        timeout = grpc_timeout.route_timeout(grpc_deadline);
+    }
+    let stream_limit = StreamDuration::limit(forward.stream_duration.as_ref(), hcm.max_stream_duration, grpc_deadline);
+    let stream_deadline = stream_limit.map(|limit| outcome.arrived.unwrap_or_else(tokio::time::Instant::now) + limit);
     if internal && forwarding::has_envoy_headers(req.headers()) {
         if let Some(overrides) = Overrides::read(req.headers()) {
             retry = overrides.retry_policy(forward.retry.as_ref(), forward.retry_buffer_limit);
-            timeout = overrides.timeout(forward.timeout);
+            timeout = overrides.timeout(timeout);
         }
         forwarding::remove_control_headers(req.headers_mut());
     }
@@ -484,7 +496,7 @@ fn prepare(
         }
         (None, None) => return Err(ProxyError::NoHealthyUpstream),
     };
-    Ok(Exchange { upstream, cluster, timeout, downstream_upgrade, request_expired })
+    Ok(Exchange { upstream, cluster, timeout, stream_deadline, downstream_upgrade, request_expired })
 }
 
 /// What the upstream is told it has (`x-envoy-expected-rq-timeout-ms`): the per-try timeout when
@@ -536,9 +548,20 @@ fn forward(
                 Upstream::Retried(policy, request) => Box::pin(retried(policy, &exchange.cluster, request)).await,
             }
         };
-        let result = match exchange.timeout {
-            Some(limit) => match tokio::time::timeout(limit, send).await {
+        // The route timeout, or the stream's end when that comes first.
+        let route_deadline = exchange.timeout.map(|limit| tokio::time::Instant::now() + limit);
+        let (deadline, stream_ends) = match (route_deadline, exchange.stream_deadline) {
+            (Some(route), Some(stream)) if stream < route => (Some(stream), true),
+            (None, Some(stream)) => (Some(stream), true),
+            (route, _) => (route, false),
+        };
+        let result = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, send).await {
                 Ok(result) => result,
+                Err(_) if stream_ends => {
+                    hcm.stats.rq_max_duration_reached.increment(1);
+                    return Err(ProxyError::StreamDurationTimeout);
+                }
                 Err(_) => {
                     stats.rq_timeout.increment(1);
                     let addr = match timed {
@@ -575,7 +598,7 @@ fn forward(
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                let limits = Limits { idle, deadline: None };
+                let limits = Limits { idle, deadline: exchange.stream_deadline };
                 resp.map(|mut b| {
                     b.hold(slot);
                     Either::Left(TimedBody::new(b, limits, None))

@@ -1,10 +1,11 @@
 //! Per-request policies: retries (a tower retry policy) and the HTTP filters that run ahead of the
 //! router in the order the connection manager lists them (local rate limiting, fault injection),
-//! each with its per-route config (`typed_per_filter_config`).
+//! each with its per-route config (`typed_per_filter_config`), and the limits a request runs under.
 
 pub mod fault;
 pub mod local_ratelimit;
 pub mod retry;
+pub mod timeout;
 
 use std::sync::Arc;
 

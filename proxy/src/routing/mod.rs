@@ -112,6 +112,10 @@ pub struct Forward {
     pub host_rewrite: Option<http::HeaderValue>,
     /// `None` when the route's timeout is disabled (`0s`); Envoy's default is 15 s.
     pub timeout: Option<Duration>,
+    /// `max_stream_duration`: the stream's limit on this route (and how a gRPC caller's deadline sets it).
+    pub stream_duration: Option<crate::policy::timeout::StreamDuration>,
+    /// `max_grpc_timeout`: a gRPC caller's deadline as the route timeout.
+    pub grpc_timeout: Option<crate::policy::timeout::GrpcTimeout>,
     /// The route's (or else its virtual host's) retry policy.
     pub retry: Option<std::sync::Arc<crate::policy::retry::RetryPolicy>>,
     /// Request body bytes kept for a retry (also one `x-envoy-retry-on` asks for).

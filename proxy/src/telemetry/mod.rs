@@ -260,6 +260,8 @@ pub struct HttpStats {
     pub cx_total: Counter,
     pub cx_active: Gauge,
     pub rq_timeout: Counter,
+    /// Streams ended by their maximum duration.
+    pub rq_max_duration_reached: Counter,
     pub no_route: Counter,
     pub no_cluster: Counter,
 }
@@ -275,6 +277,7 @@ impl HttpStats {
             cx_total: counter!("envoy_http_downstream_cx_total", l => p.clone()),
             cx_active: gauge!("envoy_http_downstream_cx_active", l => p.clone()),
             rq_timeout: counter!("envoy_http_downstream_rq_timeout", l => p.clone()),
+            rq_max_duration_reached: counter!("envoy_http_downstream_rq_max_duration_reached", l => p.clone()),
             no_route: counter!("envoy_http_no_route", l => p.clone()),
             no_cluster: counter!("envoy_http_no_cluster", l => p),
         }

@@ -197,7 +197,14 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "timeout",
             "retry_policy",
             "hash_policy",
+            "max_stream_duration",
+            "max_grpc_timeout",
+            "grpc_timeout_offset",
         ],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.MaxStreamDuration",
+        &["max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset"],
     ),
     (
         "envoy.config.route.v3.RouteAction.HashPolicy",

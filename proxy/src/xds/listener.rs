@@ -115,7 +115,6 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Result<HttpConnect
         for (set, field) in [
             (c.max_requests_per_connection.is_some(), "max_requests_per_connection"),
             (c.max_connection_duration.is_some(), "max_connection_duration"),
-            (c.max_stream_duration.is_some(), "max_stream_duration"),
         ] {
             if set {
                 return Err(ConfigError::new(
@@ -159,6 +158,7 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Result<HttpConnect
         access_logs,
         suppress_envoy_headers: router.suppress_envoy_headers,
         filters,
+        max_stream_duration: convert::timeout(common.and_then(|c| c.max_stream_duration.as_ref()), None),
         stats: HttpStats::new(&h.stat_prefix),
     })
 }

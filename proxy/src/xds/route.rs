@@ -1,6 +1,7 @@
 //! `RouteConfiguration` -> [`RouteTable`]: virtual hosts, route matches and actions.
 
 use super::convert::{self, ConfigError, Result, header_mutation};
+use crate::policy::timeout::{GrpcTimeout, StreamDuration};
 use crate::routing::matcher::{HeaderCheck, HeaderMatcher, PathMatch, QueryMatcher, StringMatch, StringMatcher};
 use crate::routing::redirect::RedirectPath;
 use crate::routing::{
@@ -256,8 +257,20 @@ fn forward(ra: &route::RouteAction) -> Result<Forward> {
     if !ra.path_rewrite.is_empty() || ra.path_rewrite_policy.is_some() {
         return Err(ConfigError::new("path_rewrite", "only prefix_rewrite and regex_rewrite are supported"));
     }
+    let stream_duration = ra.max_stream_duration.as_ref().map(|m| StreamDuration {
+        max: m.max_stream_duration.as_ref().map(convert::duration),
+        grpc_header_max: m.grpc_timeout_header_max.as_ref().map(convert::duration),
+        grpc_header_offset: m.grpc_timeout_header_offset.as_ref().map(convert::duration),
+    });
+    #[allow(deprecated)] // Still honoured by Envoy: the caller's grpc-timeout as the route timeout.
+    let grpc_timeout = ra.max_grpc_timeout.as_ref().map(|max| GrpcTimeout {
+        max: convert::duration(max),
+        offset: ra.grpc_timeout_offset.as_ref().map(convert::duration),
+    });
     Ok(Forward {
         target,
+        stream_duration,
+        grpc_timeout,
         prefix_rewrite: (!ra.prefix_rewrite.is_empty()).then(|| ra.prefix_rewrite.clone()),
         regex_rewrite,
         host_rewrite,
