@@ -248,7 +248,8 @@ async fn rate_limits_and_faults_as_envoy() {
             shadowed[0].headers.get("x-would-limit").is_none() && shadowed[1].headers.get("x-would-limit").is_some()
         );
         let (_, took) = timed(&client, envoy_port, "/delay", &[]).await;
-        assert!(took >= Duration::from_millis(300), "envoy delayed {took:?}");
+        // Envoy's timers are a few milliseconds coarse.
+        assert!(took >= Duration::from_millis(290), "envoy delayed {took:?}");
         let (text_status, text) =
             get_text(&format!("http://{}/stats?filter=rate_limited|aborts_injected", envoy.admin)).await.unwrap();
         assert_eq!(text_status, 200);
@@ -277,5 +278,102 @@ fn invalid_filter_configs_are_refused_naming_the_field() {
         let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{to}: accepted");
         assert!(text.contains(expected), "{to}: {text}");
+    }
+}
+
+/// Request mirroring (`request_mirror_policies`), on Strait and on a real Envoy: the shadow gets the
+/// request with `-shadow` on its authority (before the port) and its whole body; a shadow that hangs
+/// or is down changes nothing for the request; a 50% policy mirrors about half.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirroring_as_envoy() {
+    let primary = Scripted::start("primary").await;
+    let shadow = Scripted::start("shadow").await;
+    let hanging = Scripted::always("hanging", "hang").await;
+    let dead: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mirror = |prefix: &str, policies: &str| {
+        format!(
+            "              - {{ match: {{ prefix: {prefix} }}, route: {{ cluster: primary, request_mirror_policies: [{policies}] }} }}\n"
+        )
+    };
+    let routes = [
+        mirror("/all", "{ cluster: shadow }"),
+        mirror("/slow", "{ cluster: hanging }, { cluster: dead }"),
+        mirror("/half", "{ cluster: shadow, runtime_fraction: { default_value: { numerator: 50 } } }"),
+        mirror("/same-host", "{ cluster: shadow, disable_shadow_host_suffix_append: true }"),
+    ]
+    .concat();
+    let route_config = format!(
+        "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
+    );
+    let clusters = [
+        static_cluster("primary", &[primary.addr], ""),
+        static_cluster("shadow", &[shadow.addr], ""),
+        static_cluster("hanging", &[hanging.addr], ""),
+        static_cluster("dead", &[dead], ""),
+    ]
+    .concat();
+    let config = |admin, port| http_bootstrap(admin, port, "", &route_config, &clusters);
+    let (admin, port) = (free_port(), free_port());
+    let _strait = Proxy::start(&config(admin, port), admin).await;
+    let (envoy_admin, envoy_port) = (free_port(), free_port());
+    let envoy = Envoy::start(&config(envoy_admin, envoy_port), envoy_admin).await;
+    let client = http1_client();
+    let mut proxies = vec![("strait", port)];
+    if envoy.is_some() {
+        proxies.push(("envoy", envoy_port));
+    }
+
+    let mut seen_by_shadow = Vec::new();
+    for (proxy, port) in &proxies {
+        // A GET and a 100 KB POST, mirrored whole; the host as the shadow saw it.
+        for (path, host, body) in
+            [("/all", "api.test", 0), ("/all", "api.test:8080", 100_000), ("/same-host", "api.test", 10)]
+        {
+            let id = format!("{proxy}{path}{host}");
+            let request = http::Request::builder()
+                .method(if body > 0 { "POST" } else { "GET" })
+                .uri(format!("http://127.0.0.1:{port}{path}"))
+                .header("host", host)
+                .header("x-test-id", &id)
+                .body(http_body_util::Full::new(bytes::Bytes::from(vec![b'm'; body])))
+                .unwrap();
+            let reply = send(&client, request).await;
+            assert_eq!((reply.status, reply.header("x-upstream")), (200, Some("primary")), "{proxy} {path}");
+            let mut copies = Vec::new();
+            for _ in 0..50 {
+                copies = shadow.attempts(&id);
+                if !copies.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(copies.len(), 1, "{proxy} {path} {host}: one copy");
+            assert_eq!(copies[0].body_bytes, body, "{proxy} {path}: the whole body");
+            let shadow_host = copies[0].headers.get("host").map(|h| h.to_str().unwrap().to_string());
+            seen_by_shadow.push((path, host, shadow_host));
+        }
+
+        // A shadow that hangs, and one that is down: the request does not wait for either.
+        let started = Instant::now();
+        let reply =
+            get(&client, &format!("http://127.0.0.1:{port}/slow"), &[("x-test-id", &format!("{proxy}-slow"))]).await;
+        assert_eq!(reply.status, 200);
+        assert!(started.elapsed() < Duration::from_secs(2), "{proxy}: waited {:?} for a shadow", started.elapsed());
+
+        // Half the requests mirrored.
+        let id = format!("{proxy}-half");
+        for _ in 0..300 {
+            assert_eq!(get(&client, &format!("http://127.0.0.1:{port}/half"), &[("x-test-id", &id)]).await.status, 200);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mirrored = shadow.attempts(&id).len();
+        assert!((110..=190).contains(&mirrored), "{proxy}: {mirrored} of 300 mirrored at 50%");
+    }
+    let ours: Vec<_> = seen_by_shadow.iter().take(3).collect();
+    assert_eq!(ours[0].2.as_deref(), Some("api.test-shadow"));
+    assert_eq!(ours[1].2.as_deref(), Some("api.test-shadow:8080"));
+    assert_eq!(ours[2].2.as_deref(), Some("api.test"));
+    if proxies.len() == 2 {
+        assert_eq!(seen_by_shadow[..3], seen_by_shadow[3..], "the shadow's host: Strait vs Envoy");
     }
 }

@@ -7,6 +7,7 @@ use super::timeout_body::{Limits, TimedBody};
 use super::{HttpConnectionManager, ProxyError, forwarding, upgrade};
 use crate::policy::FilterConfig;
 use crate::policy::local_ratelimit::Decision;
+use crate::policy::mirror::{self, MirrorPolicy, ShadowBody, Tee};
 use crate::policy::retry::body::ReplayBody;
 use crate::policy::retry::headers::Overrides;
 use crate::policy::retry::{Retries, RetryOn, RetryPolicy};
@@ -18,7 +19,7 @@ use crate::telemetry::GaugeGuard;
 use crate::telemetry::access_log::LogRecord;
 use crate::upstream::attempt::{Attempt, RequestHash, TriedHosts, UpstreamRequest};
 use crate::upstream::outlier;
-use crate::upstream::pool::{PooledBody, RequestBody, UpstreamResponse};
+use crate::upstream::pool::{DownstreamBody, PooledBody, RequestBody, UpstreamResponse};
 use crate::upstream::{Cluster, Endpoint, UpstreamProtocol};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri, Version, header};
@@ -473,6 +474,14 @@ fn prepare(
     }
     let new_path = forward.rewrite_path(&route.matcher.path, path.as_str());
     let upstream_authority = forward.host_rewrite.as_ref().unwrap_or(authority).clone();
+    let tee = match upgrade_type {
+        None if !forward.mirrors.is_empty() => {
+            let at = (&upstream_authority, new_path.as_deref(), path);
+            mirror(&forward.mirrors, snapshot, &parts, at, http_body::Body::is_end_stream(&body))
+        }
+        _ => Tee::default(),
+    };
+    let body = DownstreamBody::new(body, tee);
     parts.uri = upstream_uri(&cluster, &upstream_authority, new_path, path)?;
     match cluster.config.protocol {
         UpstreamProtocol::Http1 => {
@@ -497,6 +506,48 @@ fn prepare(
         (None, None) => return Err(ProxyError::NoHealthyUpstream),
     };
     Ok(Exchange { upstream, cluster, timeout, stream_deadline, downstream_upgrade, request_expired })
+}
+
+/// Sends a copy of the request to each shadow cluster whose share it falls in (its authority
+/// suffixed `-shadow`, its body teed from this one); returns the tee that feeds them.
+fn mirror(
+    mirrors: &[MirrorPolicy],
+    snapshot: &Snapshot,
+    parts: &http::request::Parts,
+    (authority, rewritten, original): (&HeaderValue, Option<&str>, &http::uri::PathAndQuery),
+    no_body: bool,
+) -> Tee {
+    let mut tee = Tee::default();
+    for policy in mirrors.iter().filter(|m| m.share.sample()) {
+        let Some(cluster) = snapshot.clusters.get(&policy.cluster) else { continue };
+        let shadow_authority = match policy.keep_host {
+            true => authority.clone(),
+            false => match HeaderValue::from_str(&mirror::shadow_authority(authority.to_str().unwrap_or_default())) {
+                Ok(value) => value,
+                Err(_) => continue,
+            },
+        };
+        let Ok(uri) = upstream_uri(cluster, &shadow_authority, rewritten.map(str::to_string), original) else {
+            continue;
+        };
+        let body = if no_body { ShadowBody::empty() } else { tee.shadow() };
+        let mut shadow = Request::new(RequestBody::Shadow(body));
+        *shadow.method_mut() = parts.method.clone();
+        *shadow.uri_mut() = uri;
+        *shadow.headers_mut() = parts.headers.clone();
+        match cluster.config.protocol {
+            UpstreamProtocol::Http1 => {
+                *shadow.version_mut() = Version::HTTP_11;
+                shadow.headers_mut().insert(header::HOST, shadow_authority);
+            }
+            UpstreamProtocol::Http2 => {
+                *shadow.version_mut() = Version::HTTP_2;
+                shadow.headers_mut().remove(header::HOST);
+            }
+        }
+        mirror::send(cluster.clone(), shadow);
+    }
+    tee
 }
 
 /// What the upstream is told it has (`x-envoy-expected-rq-timeout-ms`): the per-try timeout when

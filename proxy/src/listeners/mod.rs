@@ -44,11 +44,12 @@ impl ListenerConfig {
                 for (i, vh) in h.routes.virtual_hosts.iter().enumerate() {
                     for (j, r) in vh.routes.iter().enumerate() {
                         if let crate::routing::Action::Forward(f) = &r.action {
+                            let at = format!("{}.route_config.virtual_hosts[{i}].routes[{j}].route", self.filter_path);
                             for n in f.target.names() {
-                                out.push((
-                                    format!("{}.route_config.virtual_hosts[{i}].routes[{j}].route", self.filter_path),
-                                    n,
-                                ));
+                                out.push((at.clone(), n));
+                            }
+                            for (k, m) in f.mirrors.iter().enumerate() {
+                                out.push((format!("{at}.request_mirror_policies[{k}]"), m.cluster.as_str()));
                             }
                         }
                     }

@@ -99,7 +99,7 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 /// What a matched route does.
 #[derive(Debug)]
 pub enum Action {
-    Forward(Forward),
+    Forward(Box<Forward>),
     Redirect(Redirect),
     Direct(DirectResponse),
 }
@@ -120,6 +120,8 @@ pub struct Forward {
     pub retry: Option<std::sync::Arc<crate::policy::retry::RetryPolicy>>,
     /// Request body bytes kept for a retry (also one `x-envoy-retry-on` asks for).
     pub retry_buffer_limit: usize,
+    /// `request_mirror_policies`: shadow clusters that get a copy of a share of the requests.
+    pub mirrors: Vec<crate::policy::mirror::MirrorPolicy>,
     /// What RING_HASH and MAGLEV clusters hash a request by.
     pub hash_policy: Vec<hash_policy::HashPolicy>,
 }

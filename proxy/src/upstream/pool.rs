@@ -6,6 +6,7 @@
 
 use super::breakers::Slot;
 use super::{Cluster, UpstreamProtocol};
+use crate::policy::mirror::{ShadowBody, Tee};
 use crate::policy::retry::body::ReplayBody;
 use crate::telemetry::ClusterStats;
 use bytes::Bytes;
@@ -20,13 +21,52 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
-/// The downstream request body, streamed under the stream timeouts.
-pub type DownstreamBody = crate::http::timeout_body::TimedBody<Incoming>;
+/// The downstream request body, streamed under the stream timeouts, and teed to any shadows.
+pub struct DownstreamBody {
+    body: crate::http::timeout_body::TimedBody<Incoming>,
+    tee: Tee,
+}
+
+impl DownstreamBody {
+    pub fn new(body: crate::http::timeout_body::TimedBody<Incoming>, tee: Tee) -> Self {
+        DownstreamBody { body, tee }
+    }
+}
+
+impl Body for DownstreamBody {
+    type Data = Bytes;
+    type Error = <crate::http::timeout_body::TimedBody<Incoming> as Body>::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if !this.tee.is_empty() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => this.tee.offer(frame),
+                Poll::Ready(Some(Err(_))) => this.tee.fail(),
+                // The end: dropping the senders ends the shadows' bodies.
+                Poll::Ready(None) => this.tee = Tee::default(),
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
 
 /// The body sent upstream: the downstream's streamed through, or a copy that a retry can send again.
 pub enum RequestBody {
     Streamed(DownstreamBody),
     Replayed(ReplayBody<DownstreamBody>),
+    /// A mirrored request's copy of the body.
+    Shadow(ShadowBody),
 }
 
 impl Body for RequestBody {
@@ -37,6 +77,7 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Streamed(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Replayed(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Shadow(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -44,6 +85,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Streamed(b) => b.is_end_stream(),
             RequestBody::Replayed(b) => b.is_end_stream(),
+            RequestBody::Shadow(b) => b.is_end_stream(),
         }
     }
 
@@ -51,6 +93,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Streamed(b) => b.size_hint(),
             RequestBody::Replayed(b) => b.size_hint(),
+            RequestBody::Shadow(b) => b.size_hint(),
         }
     }
 }

@@ -200,7 +200,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "max_stream_duration",
             "max_grpc_timeout",
             "grpc_timeout_offset",
+            "request_mirror_policies",
         ],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
+        &["cluster", "runtime_fraction", "trace_sampled", "disable_shadow_host_suffix_append"],
     ),
     (
         "envoy.config.route.v3.RouteAction.MaxStreamDuration",

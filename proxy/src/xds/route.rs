@@ -1,6 +1,8 @@
 //! `RouteConfiguration` -> [`RouteTable`]: virtual hosts, route matches and actions.
 
 use super::convert::{self, ConfigError, Result, header_mutation};
+use crate::policy::Fraction;
+use crate::policy::mirror::MirrorPolicy;
 use crate::policy::timeout::{GrpcTimeout, StreamDuration};
 use crate::routing::matcher::{HeaderCheck, HeaderMatcher, PathMatch, QueryMatcher, StringMatch, StringMatcher};
 use crate::routing::redirect::RedirectPath;
@@ -89,7 +91,7 @@ fn route_entry(r: &route::Route, vh: &route::VirtualHost) -> Result<Route> {
                 forward.retry_buffer_limit,
             )?
             .map(std::sync::Arc::new);
-            Action::Forward(forward)
+            Action::Forward(Box::new(forward))
         }
         Some(A::Redirect(rd)) => Action::Redirect(redirect(rd).map_err(|e| e.within("redirect"))?),
         Some(A::DirectResponse(dr)) => Action::Direct(direct(dr).map_err(|e| e.within("direct_response"))?),
@@ -201,6 +203,22 @@ fn query_matcher(q: &route::QueryParameterMatcher) -> Result<QueryMatcher> {
     Ok(QueryMatcher { name: q.name.clone(), value, present })
 }
 
+fn mirror_policy(m: &route::route_action::RequestMirrorPolicy) -> Result<MirrorPolicy> {
+    if m.cluster.is_empty() {
+        return Err(ConfigError::new("cluster", "a cluster is required (cluster_header is not supported yet)"));
+    }
+    let share = m.runtime_fraction.as_ref().and_then(|f| f.default_value.as_ref()).map_or(Fraction::ALL, |p| {
+        use xds_proto::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
+        let denominator = match DenominatorType::try_from(p.denominator) {
+            Ok(DenominatorType::TenThousand) => 10_000,
+            Ok(DenominatorType::Million) => 1_000_000,
+            _ => 100,
+        };
+        Fraction { numerator: p.numerator.min(denominator), denominator }
+    });
+    Ok(MirrorPolicy { cluster: m.cluster.clone(), share, keep_host: m.disable_shadow_host_suffix_append })
+}
+
 fn forward(ra: &route::RouteAction) -> Result<Forward> {
     use route::route_action::ClusterSpecifier as C;
     use route::route_action::HostRewriteSpecifier as H;
@@ -267,8 +285,15 @@ fn forward(ra: &route::RouteAction) -> Result<Forward> {
         max: convert::duration(max),
         offset: ra.grpc_timeout_offset.as_ref().map(convert::duration),
     });
+    let mirrors = ra
+        .request_mirror_policies
+        .iter()
+        .enumerate()
+        .map(|(i, m)| mirror_policy(m).map_err(|e| e.within(&format!("request_mirror_policies[{i}]"))))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Forward {
         target,
+        mirrors,
         stream_duration,
         grpc_timeout,
         prefix_rewrite: (!ra.prefix_rewrite.is_empty()).then(|| ra.prefix_rewrite.clone()),
