@@ -1,8 +1,9 @@
-//! HTTP filters ahead of the router, configured per route with `typed_per_filter_config`: local rate
+//! Filters: HTTP filters ahead of the router, configured per route with `typed_per_filter_config`: local rate
 //! limiting (`envoy.filters.http.local_ratelimit`: token bucket, 429 with `x-ratelimit-*` headers,
 //! enabled-but-not-enforced, a virtual host's limit) and fault injection (`envoy.filters.http.fault`:
 //! fixed and header-driven delays and aborts, gRPC aborts, a share of requests, a route that turns
-//! the filter off). The same bootstrap runs on a real Envoy, which must answer alike.
+//! the filter off), request mirroring, and the TCP connection rate limit. The same bootstrap runs on
+//! a real Envoy, which must answer alike.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -254,6 +255,13 @@ async fn rate_limits_and_faults_as_envoy() {
             get_text(&format!("http://{}/stats?filter=rate_limited|aborts_injected", envoy.admin)).await.unwrap();
         assert_eq!(text_status, 200);
         assert!(text.contains("route_limit.http_local_rate_limit.rate_limited: 2"), "{text}");
+        let (_, prom) = get_text(&format!("http://{}/stats/prometheus", envoy.admin)).await.unwrap();
+        for line in [
+            "envoy_http_local_rate_limit_rate_limited{envoy_local_http_ratelimit_prefix=\"route_limit\"} 2",
+            "envoy_http_fault_aborts_injected{envoy_http_conn_manager_prefix=\"ingress_http\"} 6",
+        ] {
+            assert!(prom.contains(line), "Envoy's name for the counter is ours: {line}");
+        }
     }
 }
 
@@ -375,5 +383,63 @@ async fn mirroring_as_envoy() {
     assert_eq!(ours[2].2.as_deref(), Some("api.test"));
     if proxies.len() == 2 {
         assert_eq!(seen_by_shadow[..3], seen_by_shadow[3..], "the shadow's host: Strait vs Envoy");
+    }
+}
+
+/// The TCP equivalent (`envoy.filters.network.local_ratelimit` ahead of `tcp_proxy`): a token per
+/// new connection; with the bucket empty a connection is closed at once, on Strait and on Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_rate_limit_as_envoy() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that echoes what it reads.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = upstream.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let config = |admin: u16, port: u16| {
+        let limit = "      - name: envoy.filters.network.local_ratelimit\n        typed_config:\n          \
+             \"@type\": type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit\n          \
+             stat_prefix: tcp_limit\n          token_bucket: { max_tokens: 2, tokens_per_fill: 1, fill_interval: 30s }\n";
+        let listener =
+            tcp_listener("tcp", port, "echo", "").replacen("    - filters:\n", &format!("    - filters:\n{limit}"), 1);
+        format!(
+            "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}\n\
+             static_resources:\n  listeners:\n{listener}\n  clusters:\n{}",
+            static_cluster("echo", &[upstream_addr], "")
+        )
+    };
+    // What each of four connections gets back: its echo, or nothing (closed).
+    async fn four(port: u16) -> Vec<bool> {
+        let mut out = Vec::new();
+        let mut open = Vec::new();
+        for i in 0..4 {
+            let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let _ = c.write_all(format!("hello {i}").as_bytes()).await;
+            let mut buf = [0u8; 16];
+            let n = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf)).await.ok().and_then(|r| r.ok());
+            out.push(n.is_some_and(|n| n > 0));
+            open.push(c);
+        }
+        out
+    }
+    let (admin, port) = (free_port(), free_port());
+    let strait = Proxy::start(&config(admin, port), admin).await;
+    assert_eq!(four(port).await, [true, true, false, false], "two tokens: two connections");
+    const LIMITED: &str = "envoy_local_rate_limit_rate_limited{envoy_local_network_ratelimit_prefix=\"tcp_limit\"}";
+    let limited = strait.stat(LIMITED).await;
+    assert_eq!(limited, 2.0);
+    let (envoy_admin, envoy_port) = (free_port(), free_port());
+    if let Some(envoy) = Envoy::start(&config(envoy_admin, envoy_port), envoy_admin).await {
+        assert_eq!(four(envoy_port).await, [true, true, false, false], "Envoy");
+        let (_, text) = get_text(&format!("http://{}/stats?filter=tcp_limit", envoy.admin)).await.unwrap();
+        assert!(text.contains("local_rate_limit.tcp_limit.rate_limited: 2"), "{text}");
+        let (_, prom) = get_text(&format!("http://{}/stats/prometheus", envoy.admin)).await.unwrap();
+        assert!(prom.contains(&format!("{LIMITED} 2")), "Envoy's name for the counter is ours");
     }
 }

@@ -22,6 +22,8 @@ pub struct ListenerConfig {
     pub kind: ListenerKind,
     /// Where the network filter's config sits in the listener, for error messages.
     pub filter_path: String,
+    /// `envoy.filters.network.local_ratelimit` filters ahead of the terminal one, in order.
+    pub connection_limits: Vec<crate::policy::local_ratelimit::ConnectionRateLimit>,
 }
 
 /// The listener's terminal network filter.
@@ -217,6 +219,10 @@ async fn accept_loop(
         stats.cx_total.increment(1);
         let active = GaugeGuard::new(&stats.cx_active);
         let Some(config) = shared.load().listener(&name).cloned() else { continue };
+        // Over a connection rate limit: closed at once.
+        if !config.connection_limits.iter().all(|limit| limit.admit()) {
+            continue;
+        }
         let stop = stop.clone();
         let shared = shared.clone();
         let listener_name = name.clone();

@@ -167,6 +167,31 @@ impl LocalRateLimit {
     }
 }
 
+/// `envoy.filters.network.local_ratelimit`: one token per new connection; with none left the
+/// connection is closed at once (`local_rate_limit.<stat_prefix>.rate_limited`).
+#[derive(Debug)]
+pub struct ConnectionRateLimit {
+    pub bucket: TokenBucket,
+    pub rate_limited: Counter,
+}
+
+impl ConnectionRateLimit {
+    pub fn new(bucket: TokenBucket, stat_prefix: &str) -> Self {
+        let label = "envoy_local_network_ratelimit_prefix";
+        let rate_limited = metrics::counter!("envoy_local_rate_limit_rate_limited", label => stat_prefix.to_string());
+        ConnectionRateLimit { bucket, rate_limited }
+    }
+
+    /// Whether a new connection may stay.
+    pub fn admit(&self) -> bool {
+        let admitted = self.bucket.consume().is_some();
+        if !admitted {
+            self.rate_limited.increment(1);
+        }
+        admitted
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

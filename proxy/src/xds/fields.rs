@@ -132,6 +132,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.config.route.v3.FilterConfig", &["config", "is_optional", "disabled"]),
+    ("envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit", &["stat_prefix", "token_bucket"]),
     (
         "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
         &[

@@ -7,6 +7,7 @@ use crate::http::{Codec, HttpConnectionManager};
 use crate::listeners::{ListenerConfig, ListenerKind};
 use crate::net::CidrRange;
 use crate::policy::HttpFilter;
+use crate::policy::local_ratelimit::ConnectionRateLimit;
 use crate::routing::{ClusterTarget, WeightedClusters};
 use crate::tcp::TcpProxyConfig;
 use crate::telemetry::access_log::{AccessLog, DEFAULT_FORMAT, LogFormat, LogTarget};
@@ -18,9 +19,12 @@ use xds_proto::pb::envoy::config::listener::v3 as listener;
 use xds_proto::pb::envoy::extensions::access_loggers::{file::v3 as file_log, stream::v3 as stream_log};
 use xds_proto::pb::envoy::extensions::filters::http::router::v3 as router_proto;
 use xds_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use xds_proto::pb::envoy::extensions::filters::network::local_ratelimit::v3 as network_ratelimit;
 use xds_proto::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_proxy;
 use xds_proto::type_url;
 
+const NETWORK_LOCAL_RATELIMIT: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit";
 const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -44,13 +48,15 @@ pub fn listener_config(l: &listener::Listener) -> Result<ListenerConfig> {
     if chain.transport_socket.is_some() {
         return Err(ConfigError::new(format!("{at}.transport_socket"), "TLS on listeners is not supported yet"));
     }
-    let [filter] = chain.filters.as_slice() else {
-        return Err(ConfigError::new(
-            format!("{at}.filters"),
-            "exactly one network filter (http_connection_manager or tcp_proxy) is supported",
-        ));
+    let Some((filter, before)) = chain.filters.split_last() else {
+        return Err(ConfigError::new(format!("{at}.filters"), "a filter chain needs a network filter"));
     };
-    let at = format!("{at}.filters[0]");
+    let connection_limits = before
+        .iter()
+        .enumerate()
+        .map(|(i, f)| connection_limit(f).map_err(|e| e.within(&format!("{at}.filters[{i}]"))))
+        .collect::<Result<Vec<_>>>()?;
+    let at = format!("{at}.filters[{}]", before.len());
     let Some(listener::filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
         return Err(ConfigError::new(format!("{at}.typed_config"), "typed_config is required"));
     };
@@ -72,7 +78,37 @@ pub fn listener_config(l: &listener::Listener) -> Result<ListenerConfig> {
             ));
         }
     };
-    Ok(ListenerConfig { name: l.name.clone(), addr, kind, filter_path: format!("{at}.typed_config") })
+    Ok(ListenerConfig {
+        name: l.name.clone(),
+        addr,
+        kind,
+        filter_path: format!("{at}.typed_config"),
+        connection_limits,
+    })
+}
+
+/// A network filter ahead of the terminal one: only `envoy.filters.network.local_ratelimit`.
+fn connection_limit(f: &listener::Filter) -> Result<ConnectionRateLimit> {
+    let Some(listener::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+        return Err(ConfigError::new("typed_config", "typed_config is required"));
+    };
+    if any.type_url != NETWORK_LOCAL_RATELIMIT {
+        return Err(ConfigError::new(
+            "typed_config",
+            format!(
+                "network filter {} is not supported before the last filter (envoy.filters.network.local_ratelimit is)",
+                any.type_url
+            ),
+        ));
+    }
+    let proto: network_ratelimit::LocalRateLimit = convert::unpack(any, "typed_config")?;
+    if proto.stat_prefix.is_empty() {
+        return Err(ConfigError::new("typed_config.stat_prefix", "is required"));
+    }
+    let bucket =
+        proto.token_bucket.as_ref().ok_or_else(|| ConfigError::new("typed_config.token_bucket", "is required"))?;
+    let bucket = super::filters::token_bucket(bucket).map_err(|e| e.within("typed_config.token_bucket"))?;
+    Ok(ConnectionRateLimit::new(bucket, &proto.stat_prefix))
 }
 
 fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Result<HttpConnectionManager> {
