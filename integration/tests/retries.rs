@@ -559,3 +559,53 @@ async fn grpc_deadlines_and_stream_durations_as_envoy() {
         }
     }
 }
+
+/// Hedging (`hedge_policy.hedge_on_per_try_timeout`): past the per-try timeout the slow attempt keeps
+/// running beside a new one and whichever answers first for good wins; without hedging the slow
+/// attempt is cancelled. Strait and a real Envoy: the same answer, attempt and attempt count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedging_on_per_try_timeout_as_envoy() {
+    let upstream = Scripted::start("hedged").await;
+    let policy = "retry_policy: { retry_on: 5xx, num_retries: 2, per_try_timeout: 0.3s }";
+    let routes = format!(
+        "              - match: {{ prefix: /hedge }}\n                route: {{ cluster: scripted, {policy}, \
+         hedge_policy: {{ hedge_on_per_try_timeout: true }} }}\n\
+         \x20             - match: {{ prefix: /plain }}\n                route: {{ cluster: scripted, {policy} }}\n"
+    );
+    let route_config = format!(
+        "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
+    );
+    let config =
+        |admin, port| http_bootstrap(admin, port, "", &route_config, &static_cluster("scripted", &[upstream.addr], ""));
+    let (admin, port) = (free_port(), free_port());
+    let _strait = Proxy::start(&config(admin, port), admin).await;
+    let (envoy_admin, envoy_port) = (free_port(), free_port());
+    let envoy = Envoy::start(&config(envoy_admin, envoy_port), envoy_admin).await;
+    let client = http1_client();
+    // (path, script) -> (status, which attempt answered, attempts made)
+    let cases = [
+        ("/hedge", "slow-1500,ok", (200, "attempt 2", 2)),
+        ("/hedge", "slow-500,slow-1500,ok", (200, "attempt 1", 2)),
+        // The hedge's 503 is retried (another 503), and the first attempt still wins.
+        ("/hedge", "slow-600,503", (200, "attempt 1", 3)),
+        ("/plain", "slow-500,slow-1500,ok", (200, "attempt 3", 3)),
+    ];
+    let mut proxies = vec![("strait", port)];
+    if envoy.is_some() {
+        proxies.push(("envoy", envoy_port));
+    }
+    for (proxy, port) in proxies {
+        for (i, (path, script, (status, answered, attempts))) in cases.iter().enumerate() {
+            let id = format!("{proxy}-hedge-{i}");
+            let started = std::time::Instant::now();
+            let reply =
+                get(&client, &format!("http://127.0.0.1:{port}{path}"), &[("x-test-id", &id), ("x-script", script)])
+                    .await;
+            let took = started.elapsed();
+            assert_eq!(reply.status, *status, "{proxy} {path} {script}: {}", reply.body);
+            assert!(reply.body.ends_with(answered), "{proxy} {path} {script}: {} after {took:?}", reply.body);
+            assert_eq!(upstream.attempts(&id).len(), *attempts, "{proxy} {path} {script}: attempts");
+            assert!(took < Duration::from_millis(1400), "{proxy} {path} {script}: {took:?}");
+        }
+    }
+}

@@ -677,12 +677,21 @@ async fn retried(
     let host_selection_attempts = if policy.avoid_previous_hosts { policy.host_selection_attempts } else { 0 };
     let attempt = Attempt { cluster: cluster.clone(), host_selection_attempts };
     let tried = request.extensions().get::<TriedHosts>().cloned().unwrap_or_default();
-    let per_try = policy.attempt_limit().map_or(Duration::MAX, |(limit, _)| limit);
-    let service = tower::ServiceBuilder::new()
-        .layer(tower::retry::RetryLayer::new(Retries::new(policy, cluster.clone())))
-        .layer(tower::timeout::TimeoutLayer::new(per_try))
-        .service(attempt);
-    match service.oneshot(request).await {
+    let result = match (policy.hedge_on_per_try_timeout, policy.per_try_timeout) {
+        // Hedging: a slow attempt keeps running beside the next.
+        (true, Some(per_try)) => {
+            crate::policy::retry::hedge::hedged(Retries::new(policy, cluster.clone()), attempt, request, per_try).await
+        }
+        _ => {
+            let per_try = policy.attempt_limit().map_or(Duration::MAX, |(limit, _)| limit);
+            let service = tower::ServiceBuilder::new()
+                .layer(tower::retry::RetryLayer::new(Retries::new(policy, cluster.clone())))
+                .layer(tower::timeout::TimeoutLayer::new(per_try))
+                .service(attempt);
+            service.oneshot(request).await
+        }
+    };
+    match result {
         Ok(attempted) => Ok(attempted.response),
         Err(e) => match crate::policy::retry::attempt_error(e) {
             ProxyError::Upstream(e) if tried.count() > 1 => Err(ProxyError::UpstreamAfterRetries(e)),

@@ -112,6 +112,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "per_request_buffer_limit_bytes",
             "request_body_buffer_limit",
             "typed_per_filter_config",
+            "hedge_policy",
         ],
     ),
     (
@@ -202,7 +203,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "max_grpc_timeout",
             "grpc_timeout_offset",
             "request_mirror_policies",
+            "hedge_policy",
         ],
+    ),
+    (
+        "envoy.config.route.v3.HedgePolicy",
+        &["initial_requests", "additional_request_chance", "hedge_on_per_try_timeout"],
     ),
     (
         "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",

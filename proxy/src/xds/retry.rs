@@ -13,17 +13,30 @@ const RATE_LIMITED_MAX_INTERVAL: Duration = Duration::from_secs(300);
 const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
 
 /// The policy of a route: its own `retry_policy` or else the virtual host's (not merged, as Envoy).
+/// `hedge` is the route's `hedge_policy`, or else its virtual host's.
 pub fn retry_policy(
     own: Option<&route::RetryPolicy>,
     virtual_host: Option<&route::RetryPolicy>,
+    hedge: Option<&route::HedgePolicy>,
     buffer_limit: usize,
 ) -> Result<Option<RetryPolicy>> {
+    let hedge_on_per_try_timeout = match hedge {
+        Some(h) if h.initial_requests.is_some_and(|n| n.value != 1) => {
+            return Err(ConfigError::new("hedge_policy.initial_requests", "only 1 is supported (as in Envoy)"));
+        }
+        Some(h) if h.additional_request_chance.as_ref().is_some_and(|c| c.numerator > 0) => {
+            return Err(ConfigError::new("hedge_policy.additional_request_chance", "is not supported (as in Envoy)"));
+        }
+        Some(h) => h.hedge_on_per_try_timeout,
+        None => false,
+    };
     let (policy, at) = match (own, virtual_host) {
         (Some(p), _) => (p, "route.retry_policy"),
         (None, Some(p)) => (p, "retry_policy (virtual host)"),
         (None, None) => return Ok(None),
     };
-    convert_policy(policy, buffer_limit).map(Some).map_err(|e| e.within(at))
+    let policy = convert_policy(policy, buffer_limit).map_err(|e| e.within(at))?;
+    Ok(Some(RetryPolicy { hedge_on_per_try_timeout, ..policy }))
 }
 
 fn header_matchers(list: &[route::HeaderMatcher], field: &str) -> Result<Vec<HeaderMatcher>> {
@@ -106,6 +119,7 @@ fn convert_policy(p: &route::RetryPolicy, buffer_limit: usize) -> Result<RetryPo
         retriable_headers: header_matchers(&p.retriable_headers, "retriable_headers")?,
         retriable_request_headers: header_matchers(&p.retriable_request_headers, "retriable_request_headers")?,
         rate_limited,
+        hedge_on_per_try_timeout: false,
         base_interval,
         max_interval,
         avoid_previous_hosts,

@@ -85,12 +85,10 @@ fn route_entry(r: &route::Route, vh: &route::VirtualHost) -> Result<Route> {
                 .or(vh.per_request_buffer_limit_bytes.map(|b| u64::from(b.value)));
             forward.retry_buffer_limit = buffer_limit
                 .map_or(crate::policy::retry::DEFAULT_BUFFER_LIMIT, |b| usize::try_from(b).unwrap_or(usize::MAX));
-            forward.retry = super::retry::retry_policy(
-                ra.retry_policy.as_ref(),
-                vh.retry_policy.as_ref(),
-                forward.retry_buffer_limit,
-            )?
-            .map(std::sync::Arc::new);
+            let hedge = ra.hedge_policy.as_ref().or(vh.hedge_policy.as_ref());
+            let (own, inherited) = (ra.retry_policy.as_ref(), vh.retry_policy.as_ref());
+            forward.retry =
+                super::retry::retry_policy(own, inherited, hedge, forward.retry_buffer_limit)?.map(std::sync::Arc::new);
             Action::Forward(Box::new(forward))
         }
         Some(A::Redirect(rd)) => Action::Redirect(redirect(rd).map_err(|e| e.within("redirect"))?),

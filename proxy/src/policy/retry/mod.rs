@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod headers;
+pub mod hedge;
 
 use crate::http::ProxyError;
 use crate::routing::matcher::HeaderMatcher;
@@ -124,6 +125,9 @@ pub struct RetryPolicy {
     /// `retriable_request_headers`: when given, only a request matching one of them is retried.
     pub retriable_request_headers: Vec<HeaderMatcher>,
     pub rate_limited: Option<RateLimitedBackOff>,
+    /// `hedge_policy.hedge_on_per_try_timeout`: a per-try timeout starts another attempt beside the
+    /// slow one instead of cancelling it.
+    pub hedge_on_per_try_timeout: bool,
     /// Jittered exponential back-off: 25 ms and 10 times that by default.
     pub base_interval: Duration,
     pub max_interval: Duration,
@@ -152,6 +156,7 @@ impl Default for RetryPolicy {
             retriable_headers: Vec::new(),
             retriable_request_headers: Vec::new(),
             rate_limited: None,
+            hedge_on_per_try_timeout: false,
             base_interval: BASE_INTERVAL,
             max_interval: BASE_INTERVAL * 10,
             avoid_previous_hosts: false,
@@ -411,6 +416,7 @@ mod tests {
             retriable_headers: vec![],
             retriable_request_headers: vec![],
             rate_limited: None,
+            hedge_on_per_try_timeout: false,
             base_interval: Duration::from_millis(25),
             max_interval: Duration::from_millis(250),
             avoid_previous_hosts: false,
