@@ -183,6 +183,27 @@ pub fn from_proto(m: pb::Mesh) -> Result<Mesh, String> {
                 }),
                 None => None,
             },
+            fault: match r.fault {
+                Some(f) => Some(mesh::FaultSpec {
+                    delay: match f.delay {
+                        Some(d) => Some(mesh::DelaySpec {
+                            fixed_delay: duration(&d.fixed_delay, &format!("{at}: fault.delay.fixed_delay"))?
+                                .ok_or_else(|| format!("{at}: fault.delay.fixed_delay: required"))?,
+                            percentage: d.percentage.unwrap_or(100.0),
+                        }),
+                        None => None,
+                    },
+                    abort: f.abort.map(|a| mesh::AbortSpec {
+                        http_status: (a.http_status != 0).then(|| u16::try_from(a.http_status).unwrap_or(u16::MAX)),
+                        grpc_status: a.grpc_status,
+                        percentage: a.percentage.unwrap_or(100.0),
+                    }),
+                }),
+                None => None,
+            },
+            mirror: r
+                .mirror
+                .map(|m| mesh::MirrorSpec { service: m.service, percentage: m.percentage.unwrap_or(100.0) }),
             headers: r
                 .headers
                 .map(|h| mesh::HeadersSpec {
@@ -287,6 +308,21 @@ pub fn to_proto(m: &Mesh) -> pb::Mesh {
                     per_try_timeout: format_duration(t.per_try_timeout),
                     retry_on: t.retry_on.clone().unwrap_or_default(),
                 }),
+                fault: r.fault.as_ref().map(|f| pb::Fault {
+                    delay: f.delay.as_ref().map(|d| pb::FaultDelay {
+                        fixed_delay: format_duration(Some(d.fixed_delay)),
+                        percentage: Some(d.percentage),
+                    }),
+                    abort: f.abort.as_ref().map(|a| pb::FaultAbort {
+                        http_status: a.http_status.map_or(0, u32::from),
+                        grpc_status: a.grpc_status,
+                        percentage: Some(a.percentage),
+                    }),
+                }),
+                mirror: r
+                    .mirror
+                    .as_ref()
+                    .map(|m| pb::Mirror { service: m.service.clone(), percentage: Some(m.percentage) }),
                 headers: (r.headers != mesh::HeadersSpec::default()).then(|| pb::Headers {
                     request: Some(operations_to_proto(&r.headers.request)),
                     response: Some(operations_to_proto(&r.headers.response)),

@@ -26,7 +26,8 @@ pub fn compile(mesh: &Mesh) -> Result<Resources, String> {
     }
     for listener in &mesh.listeners {
         let routes: Vec<&RouteSpec> = mesh.routes.iter().filter(|r| r.listener == listener.name).collect();
-        items.push(pack::<Listener>(type_url::LISTENER, &listener.name, &listener_json(listener))?);
+        let with_faults = routes.iter().any(|r| r.fault.is_some());
+        items.push(pack::<Listener>(type_url::LISTENER, &listener.name, &listener_json(listener, with_faults))?);
         items.push(pack::<RouteConfiguration>(
             type_url::ROUTE_CONFIGURATION,
             &listener.name,
@@ -41,7 +42,9 @@ pub fn compile(mesh: &Mesh) -> Result<Resources, String> {
             let plain = !host.contains('*') && !host.is_empty();
             let taken = mesh.listeners.iter().any(|l| &l.name == host) || named_only.contains(host);
             if plain && !taken {
-                items.push(pack::<Listener>(type_url::LISTENER, host, &api_listener_json(host, &route.listener))?);
+                let with_faults = mesh.routes.iter().any(|r| r.listener == route.listener && r.fault.is_some());
+                let listener = api_listener_json(host, &route.listener, with_faults);
+                items.push(pack::<Listener>(type_url::LISTENER, host, &listener)?);
                 named_only.insert(host.clone());
             }
         }
@@ -79,7 +82,7 @@ fn ads() -> Value {
     json!({ "ads": {}, "resource_api_version": "V3" })
 }
 
-fn listener_json(l: &crate::mesh::ListenerSpec) -> Value {
+fn listener_json(l: &crate::mesh::ListenerSpec, with_faults: bool) -> Value {
     json!({
         "name": l.name,
         "address": { "socket_address": { "address": l.address, "port_value": l.port } },
@@ -89,21 +92,21 @@ fn listener_json(l: &crate::mesh::ListenerSpec) -> Value {
                 "@type": type_url::HTTP_CONNECTION_MANAGER,
                 "stat_prefix": l.name,
                 "rds": { "config_source": ads(), "route_config_name": l.name },
-                "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": { "@type": type_url::ROUTER } }]
+                "http_filters": http_filters(with_faults)
             }
         }] }]
     })
 }
 
 /// An API listener (no socket): what a proxyless gRPC client resolves `xds:///{name}` to.
-fn api_listener_json(name: &str, route_config: &str) -> Value {
+fn api_listener_json(name: &str, route_config: &str, with_faults: bool) -> Value {
     json!({
         "name": name,
         "api_listener": { "api_listener": {
             "@type": type_url::HTTP_CONNECTION_MANAGER,
             "stat_prefix": name,
             "rds": { "config_source": ads(), "route_config_name": route_config },
-            "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": { "@type": type_url::ROUTER } }]
+            "http_filters": http_filters(with_faults)
         } }
     })
 }
@@ -221,7 +224,45 @@ fn route_action_json(route: &RouteSpec) -> Value {
         }
         action["retry_policy"] = policy;
     }
-    json!({ "name": route.name, "match": matcher, "route": action })
+    if let Some(mirror) = &route.mirror {
+        action["request_mirror_policies"] =
+            json!([{ "cluster": mirror.service, "runtime_fraction": { "default_value": share(mirror.percentage) } }]);
+    }
+    let mut out = json!({ "name": route.name, "match": matcher, "route": action });
+    if let Some(fault) = &route.fault {
+        let mut config = json!({ "@type": FAULT_TYPE });
+        if let Some(delay) = &fault.delay {
+            config["delay"] = json!({ "fixed_delay": format!("{}s", delay.fixed_delay.as_secs_f64()), "percentage": share(delay.percentage) });
+        }
+        if let Some(abort) = &fault.abort {
+            config["abort"] = json!({ "percentage": share(abort.percentage) });
+            match (abort.http_status, abort.grpc_status) {
+                (Some(code), _) => config["abort"]["http_status"] = json!(code),
+                (None, Some(code)) => config["abort"]["grpc_status"] = json!(code),
+                (None, None) => {}
+            }
+        }
+        out["typed_per_filter_config"] = json!({ FAULT_FILTER: config });
+    }
+    out
+}
+
+const FAULT_FILTER: &str = "envoy.filters.http.fault";
+const FAULT_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+
+/// A percentage (Istio's, a float) as Envoy's `FractionalPercent` out of a million.
+fn share(percentage: f64) -> Value {
+    json!({ "numerator": (percentage * 10_000.0).round() as u32, "denominator": "MILLION" })
+}
+
+/// The connection manager's HTTP filters: the fault filter when a route injects faults (it costs
+/// every other request nothing then), and the router.
+fn http_filters(with_faults: bool) -> Value {
+    let router = json!({ "name": "envoy.filters.http.router", "typed_config": { "@type": type_url::ROUTER } });
+    match with_faults {
+        true => json!([{ "name": FAULT_FILTER, "typed_config": { "@type": FAULT_TYPE } }, router]),
+        false => json!([router]),
+    }
 }
 
 /// The cluster, and its endpoints when they go over EDS (all IP addresses).

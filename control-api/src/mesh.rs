@@ -226,6 +226,87 @@ pub struct RouteSpec {
     /// Another attempt when one fails, as Istio's VirtualService `retries`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<RetriesSpec>,
+    /// Delays and aborts injected, as Istio's VirtualService `fault`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultSpec>,
+    /// A copy of a share of the requests to another service, as Istio's `mirror` / `mirrorPercentage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorSpec>,
+}
+
+fn all_requests() -> f64 {
+    100.0
+}
+
+/// `delay` and / or `abort`, each for `percentage` of the requests (default 100).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<DelaySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<AbortSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DelaySpec {
+    #[serde(with = "humantime_serde")]
+    pub fixed_delay: Duration,
+    #[serde(default = "all_requests")]
+    pub percentage: f64,
+}
+
+/// Exactly one of `http_status` and `grpc_status` (a gRPC status code number).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AbortSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
+    #[serde(default = "all_requests")]
+    pub percentage: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSpec {
+    pub service: String,
+    #[serde(default = "all_requests")]
+    pub percentage: f64,
+}
+
+impl FaultSpec {
+    /// Every problem, each prefixed with `at`.
+    fn problems(&self, at: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.delay.is_none() && self.abort.is_none() {
+            out.push(format!("{at}: a delay or an abort is needed"));
+        }
+        if let Some(d) = &self.delay
+            && !(0.0..=100.0).contains(&d.percentage)
+        {
+            out.push(format!("{at}.delay.percentage: must be 0 to 100"));
+        }
+        if let Some(a) = &self.abort {
+            match (a.http_status, a.grpc_status) {
+                (Some(code), None) if !(200..=599).contains(&code) => {
+                    out.push(format!("{at}.abort.http_status: {code} is not an HTTP status (200-599)"))
+                }
+                (Some(_), None) => {}
+                (None, Some(code)) if code > 16 => {
+                    out.push(format!("{at}.abort.grpc_status: {code} is not a gRPC status (0-16)"))
+                }
+                (None, Some(_)) => {}
+                _ => out.push(format!("{at}.abort: exactly one of http_status and grpc_status")),
+            }
+            if !(0.0..=100.0).contains(&a.percentage) {
+                out.push(format!("{at}.abort.percentage: must be 0 to 100"));
+            }
+        }
+        out
+    }
 }
 
 /// `attempts` retries (after the first try), each try limited to `per_try_timeout`, on the
@@ -521,6 +602,20 @@ impl Mesh {
                     errors.push(format!("{at}: retries: only for routes to services"));
                 }
             }
+            if let Some(fault) = &r.fault {
+                errors.extend(fault.problems(&format!("{at}: fault")));
+            }
+            if let Some(mirror) = &r.mirror {
+                if !services.contains(mirror.service.as_str()) {
+                    errors.push(format!("{at}: mirror.service: unknown service '{}'", mirror.service));
+                }
+                if !(0.0..=100.0).contains(&mirror.percentage) {
+                    errors.push(format!("{at}: mirror.percentage: must be 0 to 100"));
+                }
+                if r.to.is_empty() {
+                    errors.push(format!("{at}: mirror: only for routes to services"));
+                }
+            }
             if r.prefix_rewrite.is_some() && r.to.is_empty() {
                 errors.push(format!("{at}: prefix_rewrite: only for routes to services"));
             }
@@ -552,6 +647,20 @@ pub fn parse(text: &str) -> Result<Mesh, String> {
     }
     // The YAML reader's errors carry the field path and the line.
     yaml_serde::from_str(text).map_err(|e| e.to_string())
+}
+
+/// `fixed_delay: 5s` style durations (humantime), required.
+pub(crate) mod humantime_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        humantime::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
 }
 
 /// `timeout: 5s` style durations (humantime), optional.
@@ -595,6 +704,30 @@ mod tests {
                 "routes[0] 'r': to[0].service: unknown service 'b'",
             ]
         );
+    }
+
+    #[test]
+    fn faults_and_mirrors_are_checked() {
+        let mesh = parse(
+            "listeners: [{ name: http, port: 10000 }]\n\
+             services: [{ name: a, endpoints: ['127.0.0.1:1'] }]\n\
+             routes:\n\
+             - { name: ok, listener: http, to: [{ service: a }], fault: { delay: { fixed_delay: 1s, percentage: 5 } }, mirror: { service: a } }\n\
+             - { name: bad, listener: http, to: [{ service: a }], fault: { abort: { http_status: 99, grpc_status: 3 } }, mirror: { service: b, percentage: 150 } }\n\
+             - { name: empty, listener: http, to: [{ service: a }], fault: {} }\n",
+        )
+        .unwrap();
+        let errors = mesh.validate().unwrap_err().0;
+        assert_eq!(
+            errors,
+            [
+                "routes[1] 'bad': fault.abort: exactly one of http_status and grpc_status",
+                "routes[1] 'bad': mirror.service: unknown service 'b'",
+                "routes[1] 'bad': mirror.percentage: must be 0 to 100",
+                "routes[2] 'empty': fault: a delay or an abort is needed",
+            ]
+        );
+        assert_eq!(mesh.routes[0].fault.as_ref().unwrap().delay.as_ref().unwrap().percentage, 5.0);
     }
 
     #[test]

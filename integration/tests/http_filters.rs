@@ -443,3 +443,86 @@ async fn connection_rate_limit_as_envoy() {
         assert!(prom.contains(&format!("{LIMITED} 2")), "Envoy's name for the counter is ours");
     }
 }
+
+/// The control plane's friendly YAML (Istio's VirtualService shapes): `fault` (delay, abort with a
+/// share) and `mirror` reach Strait and a real Envoy over ADS, and both behave alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_yaml_faults_and_mirrors_reach_strait_and_envoy_alike() {
+    let main = Scripted::start("main").await;
+    let shadow = Scripted::start("shadow").await;
+    let dir = TempDir::new("mesh-faults");
+    let (strait_port, envoy_port) = (free_port(), free_port());
+    let routes = |l: &str| {
+        format!(
+            "- {{ name: {l}-abort, listener: {l}, match: {{ prefix: /abort }}, to: [{{ service: main }}], \
+                 fault: {{ abort: {{ http_status: 418 }} }} }}\n\
+             - {{ name: {l}-grpc, listener: {l}, match: {{ prefix: /grpc }}, to: [{{ service: main }}], \
+                 fault: {{ abort: {{ grpc_status: 8 }} }} }}\n\
+             - {{ name: {l}-delay, listener: {l}, match: {{ prefix: /delay }}, to: [{{ service: main }}], \
+                 fault: {{ delay: {{ fixed_delay: 300ms }} }} }}\n\
+             - {{ name: {l}-none, listener: {l}, match: {{ prefix: /never }}, to: [{{ service: main }}], \
+                 fault: {{ abort: {{ http_status: 500, percentage: 0 }} }} }}\n\
+             - {{ name: {l}-mirror, listener: {l}, to: [{{ service: main }}], mirror: {{ service: shadow }} }}\n"
+        )
+    };
+    let mesh = format!(
+        "listeners:\n\
+         - {{ name: s, port: {strait_port}, nodes: [strait] }}\n\
+         - {{ name: e, port: {envoy_port}, nodes: [envoy] }}\n\
+         services: [{{ name: main, endpoints: ['{}'] }}, {{ name: shadow, endpoints: ['{}'] }}]\n\
+         routes:\n{}{}",
+        main.addr,
+        shadow.addr,
+        routes("s"),
+        routes("e")
+    );
+    write_file(&dir.0, "mesh.yaml", &mesh);
+    let xds: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let _control_plane = control_plane(&dir.0, xds).await;
+    let (strait_admin, envoy_admin) = (free_port(), free_port());
+    let _strait = Proxy::start(&peer_bootstrap(xds, "strait", strait_admin), strait_admin).await;
+    let envoy = Envoy::start(&peer_bootstrap(xds, "envoy", envoy_admin), envoy_admin).await;
+    let client = http1_client();
+    let mut proxies = vec![("strait", strait_port)];
+    if envoy.is_some() {
+        proxies.push(("envoy", envoy_port));
+    }
+    let mut answers = Vec::new();
+    for (proxy, port) in proxies {
+        let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+        let abort = get(&client, &url("/abort"), &[]).await;
+        let grpc = get(&client, &url("/grpc"), &[("content-type", "application/grpc")]).await;
+        let never = get(&client, &url("/never"), &[]).await;
+        let started = Instant::now();
+        let delayed = get(&client, &url("/delay"), &[]).await;
+        let took = started.elapsed();
+        assert!(
+            delayed.status == 200 && took >= Duration::from_millis(290),
+            "{proxy}: {} after {took:?}",
+            delayed.status
+        );
+        let id = format!("{proxy}-mirrored");
+        assert_eq!(get(&client, &url("/x"), &[("x-test-id", &id)]).await.status, 200);
+        let mut copies = 0;
+        for _ in 0..50 {
+            copies = shadow.attempts(&id).len();
+            if copies > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let answer = (
+            abort.status,
+            abort.body,
+            grpc.status,
+            grpc.header("grpc-status").map(str::to_string),
+            never.status,
+            copies,
+        );
+        assert_eq!(answer, (418, "fault filter abort".to_string(), 200, Some("8".to_string()), 200, 1), "{proxy}");
+        answers.push(answer);
+    }
+    if answers.len() == 2 {
+        assert_eq!(answers[0], answers[1], "Strait vs Envoy");
+    }
+}
