@@ -17,7 +17,7 @@ use crate::routing::{Action, Forward, RequestView, Route, VirtualHost, strip_por
 use crate::snapshot::Snapshot;
 use crate::telemetry::GaugeGuard;
 use crate::telemetry::access_log::LogRecord;
-use crate::upstream::attempt::{Attempt, RequestHash, TriedHosts, UpstreamRequest};
+use crate::upstream::attempt::{Attempt, TriedHosts, UpstreamRequest};
 use crate::upstream::outlier;
 use crate::upstream::pool::{DownstreamBody, PooledBody, RequestBody, UpstreamResponse};
 use crate::upstream::{Cluster, Endpoint, UpstreamProtocol};
@@ -79,7 +79,17 @@ enum Upstream {
     /// The endpoint picked when it was routed.
     Endpoint(Arc<Endpoint>, Request<RequestBody>),
     /// Attempts under a retry policy, each picking its endpoint, the body kept for another send.
-    Retried(Arc<RetryPolicy>, UpstreamRequest),
+    Retried(Retried),
+}
+
+/// A request to send under its retry policy.
+struct Retried {
+    policy: Arc<RetryPolicy>,
+    request: UpstreamRequest,
+    /// Where its attempts went.
+    tried: TriedHosts,
+    /// Its hash for RING_HASH and MAGLEV clusters.
+    hash: Option<u64>,
 }
 
 /// A routed request, ready to go upstream.
@@ -496,12 +506,9 @@ fn prepare(
     let upstream = match (endpoint, retry) {
         (Some(endpoint), _) => Upstream::Endpoint(endpoint, Request::from_parts(parts, RequestBody::Streamed(body))),
         (None, Some(policy)) => {
-            parts.extensions.insert(TriedHosts::default());
-            if let Some(hash) = hash {
-                parts.extensions.insert(RequestHash(hash));
-            }
             let body = ReplayBody::new(body, policy.buffer_limit);
-            Upstream::Retried(policy, Request::from_parts(parts, body))
+            let request = Request::from_parts(parts, body);
+            Upstream::Retried(Retried { policy, request, tried: TriedHosts::default(), hash })
         }
         (None, None) => return Err(ProxyError::NoHealthyUpstream),
     };
@@ -578,14 +585,14 @@ fn forward(
         let _active = GaugeGuard::new(&stats.rq_active);
         let upgrade = exchange.downstream_upgrade.is_some();
         let per_try_idle = match &exchange.upstream {
-            Upstream::Retried(policy, _) => policy.per_try_idle_timeout,
+            Upstream::Retried(retried) => retried.policy.per_try_idle_timeout,
             Upstream::Endpoint(..) => None,
         };
         let sent_at = (!hcm.suppress_envoy_headers).then(Instant::now);
         // Where the attempt cut short by the route timeout went, for outlier detection.
         let timed = match &exchange.upstream {
             Upstream::Endpoint(endpoint, _) => Timed::Endpoint(endpoint.addr),
-            Upstream::Retried(_, request) => Timed::Tried(request.extensions().get::<TriedHosts>().cloned()),
+            Upstream::Retried(retried) => Timed::Tried(Some(retried.tried.clone())),
         };
         let send = async {
             match exchange.upstream {
@@ -596,7 +603,7 @@ fn forward(
                     exchange.cluster.report_attempt(&endpoint, outlier::Outcome::of(&result), started);
                     result.map_err(ProxyError::from)
                 }
-                Upstream::Retried(policy, request) => Box::pin(retried(policy, &exchange.cluster, request)).await,
+                Upstream::Retried(request) => Box::pin(retried(request, &exchange.cluster)).await,
             }
         };
         // The route timeout, or the stream's end when that comes first.
@@ -668,24 +675,21 @@ fn forward(
 
 /// Sends a request under its retry policy: tower's retry layer over a per-try timeout over one
 /// [`Attempt`]; the last attempt's response or error is the answer.
-async fn retried(
-    policy: Arc<RetryPolicy>,
-    cluster: &Arc<Cluster>,
-    request: UpstreamRequest,
-) -> Result<UpstreamResponse, ProxyError> {
+async fn retried(retried: Retried, cluster: &Arc<Cluster>) -> Result<UpstreamResponse, ProxyError> {
     use tower::ServiceExt;
+    let Retried { policy, request, tried, hash } = retried;
     let host_selection_attempts = if policy.avoid_previous_hosts { policy.host_selection_attempts } else { 0 };
-    let attempt = Attempt { cluster: cluster.clone(), host_selection_attempts };
-    let tried = request.extensions().get::<TriedHosts>().cloned().unwrap_or_default();
+    let attempt = Attempt { cluster: cluster.clone(), host_selection_attempts, tried: tried.clone(), hash };
     let result = match (policy.hedge_on_per_try_timeout, policy.per_try_timeout) {
         // Hedging: a slow attempt keeps running beside the next.
         (true, Some(per_try)) => {
-            crate::policy::retry::hedge::hedged(Retries::new(policy, cluster.clone()), attempt, request, per_try).await
+            let retries = Retries::new(policy, cluster.clone(), tried.clone());
+            crate::policy::retry::hedge::hedged(retries, attempt, request, per_try).await
         }
         _ => {
             let per_try = policy.attempt_limit().map_or(Duration::MAX, |(limit, _)| limit);
             let service = tower::ServiceBuilder::new()
-                .layer(tower::retry::RetryLayer::new(Retries::new(policy, cluster.clone())))
+                .layer(tower::retry::RetryLayer::new(Retries::new(policy, cluster.clone(), tried.clone())))
                 .layer(tower::timeout::TimeoutLayer::new(per_try))
                 .service(attempt);
             service.oneshot(request).await

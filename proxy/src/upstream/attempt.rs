@@ -21,55 +21,72 @@ pub struct Attempted {
     pub endpoint: Arc<Endpoint>,
 }
 
-/// The endpoints a request's attempts went to, shared by its copies (a request extension).
+/// The endpoints a request's attempts went to, shared by its attempts and its retry policy (one
+/// allocation per request: the latest [`RECENT`] endpoints are kept, enough for any retry policy
+/// that avoids previous hosts in practice).
 #[derive(Debug, Clone, Default)]
-pub struct TriedHosts(Arc<Mutex<Vec<SocketAddr>>>);
+pub struct TriedHosts(Arc<Mutex<Tried>>);
+
+/// How many of a request's endpoints [`TriedHosts`] remembers.
+const RECENT: usize = 8;
+
+#[derive(Debug, Default)]
+struct Tried {
+    recent: [Option<SocketAddr>; RECENT],
+    count: usize,
+}
 
 impl TriedHosts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tried> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn contains(&self, addr: SocketAddr) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains(&addr)
+        self.lock().recent.contains(&Some(addr))
     }
 
     fn add(&self, addr: SocketAddr) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(addr);
+        let mut tried = self.lock();
+        let slot = tried.count % RECENT;
+        tried.recent[slot] = Some(addr);
+        tried.count += 1;
     }
 
     /// The endpoint of the latest attempt.
     pub fn last(&self) -> Option<SocketAddr> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).last().copied()
+        let tried = self.lock();
+        tried.count.checked_sub(1).and_then(|latest| tried.recent[latest % RECENT])
     }
 
     /// How many attempts picked an endpoint.
     pub fn count(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.lock().count
     }
 }
-
-/// The request's hash for RING_HASH and MAGLEV clusters (a request extension).
-#[derive(Debug, Clone, Copy)]
-pub struct RequestHash(pub u64);
 
 /// Sends one attempt to the cluster.
 #[derive(Clone)]
 pub struct Attempt {
     pub cluster: Arc<Cluster>,
-    /// Extra picks made to find an endpoint not in the request's [`TriedHosts`] (0: any endpoint).
+    /// Extra picks made to find an endpoint not in [`TriedHosts`] (0: any endpoint).
     pub host_selection_attempts: u32,
+    /// Where this request's attempts went.
+    pub tried: TriedHosts,
+    /// The request's hash for RING_HASH and MAGLEV clusters.
+    pub hash: Option<u64>,
 }
 
 impl Attempt {
-    fn pick(&self, tried: Option<&TriedHosts>, hash: Option<u64>) -> Option<Arc<Endpoint>> {
-        let mut picked = self.cluster.pick(hash)?;
-        if let Some(tried) = tried {
-            for _ in 0..self.host_selection_attempts {
-                if !tried.contains(picked.addr) {
-                    break;
-                }
-                // Another pick (a hashing cluster picks at random then, as Envoy does).
-                picked = self.cluster.pick(None)?;
+    fn pick(&self) -> Option<Arc<Endpoint>> {
+        let mut picked = self.cluster.pick(self.hash)?;
+        for _ in 0..self.host_selection_attempts {
+            if !self.tried.contains(picked.addr) {
+                break;
             }
-            tried.add(picked.addr);
+            // Another pick (a hashing cluster picks at random then, as Envoy does).
+            picked = self.cluster.pick(None)?;
         }
+        self.tried.add(picked.addr);
         Some(picked)
     }
 }
@@ -84,8 +101,7 @@ impl tower::Service<UpstreamRequest> for Attempt {
     }
 
     fn call(&mut self, request: UpstreamRequest) -> Self::Future {
-        let hash = request.extensions().get::<RequestHash>().map(|h| h.0);
-        let picked = self.pick(request.extensions().get::<TriedHosts>(), hash);
+        let picked = self.pick();
         let cluster = self.cluster.clone();
         Box::pin(async move {
             let Some(endpoint) = picked else {

@@ -253,14 +253,16 @@ fn is_refused_stream(e: &hyper::Error) -> bool {
 pub struct Retries {
     policy: Arc<RetryPolicy>,
     cluster: Arc<Cluster>,
+    /// Where the request's attempts went (a timed-out one is reported there).
+    tried: TriedHosts,
     done: u32,
     /// The circuit breaker's place of the retry in flight.
     slot: Option<Arc<Slot>>,
 }
 
 impl Retries {
-    pub fn new(policy: Arc<RetryPolicy>, cluster: Arc<Cluster>) -> Self {
-        Retries { policy, cluster, done: 0, slot: None }
+    pub fn new(policy: Arc<RetryPolicy>, cluster: Arc<Cluster>, tried: TriedHosts) -> Self {
+        Retries { policy, cluster, tried, done: 0, slot: None }
     }
 
     fn stats(&self) -> &ClusterStats {
@@ -299,7 +301,7 @@ impl tower::retry::Policy<UpstreamRequest, Attempted, tower::BoxError> for Retri
                 Some((_, true)) => self.stats().rq_per_try_idle_timeout.increment(1),
                 _ => self.stats().rq_per_try_timeout.increment(1),
             }
-            if let Some(addr) = request.extensions().get::<TriedHosts>().and_then(TriedHosts::last) {
+            if let Some(addr) = self.tried.last() {
                 self.cluster.report_timeout(addr);
             }
         }
@@ -348,6 +350,8 @@ impl tower::retry::Policy<UpstreamRequest, Attempted, tower::BoxError> for Retri
         Some(tokio::time::sleep(wait))
     }
 
+    /// A copy to send: the request line, headers and a replay of the body (extensions are the
+    /// downstream's and stay behind).
     fn clone_request(&mut self, request: &UpstreamRequest) -> Option<UpstreamRequest> {
         let body = request.body().replay()?;
         let mut copy = http::Request::new(body);
@@ -355,7 +359,6 @@ impl tower::retry::Policy<UpstreamRequest, Attempted, tower::BoxError> for Retri
         *copy.uri_mut() = request.uri().clone();
         *copy.version_mut() = request.version();
         *copy.headers_mut() = request.headers().clone();
-        *copy.extensions_mut() = request.extensions().clone();
         Some(copy)
     }
 }

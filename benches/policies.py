@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""What request policies cost when they do nothing, Strait and Envoy in one run.
+
+Each proxy runs the comparison's bootstrap twice: as it is, and with a route timeout, a retry policy
+(5xx and resets, 2 retries, a per-try timeout) and a local rate limit (a bucket too big to run out,
+enabled and enforced for every request) on the HTTP/1.1 route. HTTP/1.1 keep-alive load (wrk, 50
+connections) with no failures; the proxy pinned to core 0, load and upstream on core 1. Reports
+requests per proxy CPU-second with and without the policies and the cost, alternating the two
+configs over several rounds (the best round of each counts: a shared machine only adds noise).
+
+  python3 benches/policies.py [--duration 8] [--rounds 3] [--only strait,envoy]
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare  # noqa: E402  (the comparison's helpers: ports, pinning, wrk, CPU accounting)
+
+POLICIES_ROUTE = ("route: { cluster: upstream_h1, timeout: 5s, retry_policy: "
+                  "{ retry_on: '5xx,reset', num_retries: 2, per_try_timeout: 2s } }")
+RATE_LIMIT_FILTER = """          http_filters:
+          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: bench_limit
+              token_bucket: { max_tokens: 1000000000, tokens_per_fill: 1000000000, fill_interval: 1s }
+              filter_enabled: { default_value: { numerator: 100 } }
+              filter_enforced: { default_value: { numerator: 100 } }
+"""
+
+
+def with_policies(text):
+    """The comparison's bootstrap with the policies on its HTTP/1.1 route."""
+    out = text.replace("route: { cluster: upstream_h1 }", POLICIES_ROUTE, 1)
+    out = out.replace("          http_filters:\n", RATE_LIMIT_FILTER, 1)
+    assert out.count("retry_policy") == 1 and out.count("LocalRateLimit") == 1, "the bootstrap changed shape"
+    return out
+
+
+def measure(name, cmd, ports, work, duration):
+    target = compare.Target(name, cmd, ports["HTTP"], ports["HTTP"], ports["TCP"])
+    target.start(work)
+    try:
+        compare.run_load(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{ports['HTTP']}/"])
+        before = compare.cpu_seconds(target.pids())
+        r = compare.wrk(target, duration)
+        cpu = compare.cpu_seconds(target.pids()) - before
+        r["req_per_cpu_s"] = r["requests"] / cpu if cpu > 0 else None
+        return r
+    finally:
+        target.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", default="strait,envoy")
+    ap.add_argument("--strait", default=os.path.join(compare.ROOT, "target", "release", "strait-proxy"))
+    args = ap.parse_args()
+    wanted = args.only.split(",")
+    if "strait" in wanted and not os.path.exists(args.strait):
+        sys.exit(f"build Strait first: cargo build --release -p strait-proxy ({args.strait} not found)")
+    work = tempfile.mkdtemp(prefix="strait-policies-")
+    os.chmod(work, 0o755)
+    ports = {k: compare.free_port() for k in ["UP_H1", "UP_H2", "HTTP", "HTTP2", "TCP", "ADMIN"]}
+    ports["DIR"] = work
+    upstream = subprocess.Popen(compare.pinned(compare.LOAD_CORE, [
+        "nginx", "-c", compare.render("upstream-nginx.conf", work, ports), "-p", work, "-g", "daemon off;"]),
+        stderr=subprocess.DEVNULL)
+    compare.wait_port(ports["UP_H1"])
+    plain = compare.render("bootstrap.yaml", work, ports)
+    policies = os.path.join(work, "bootstrap-policies.yaml")
+    open(policies, "w").write(with_policies(open(plain).read()))
+    commands = {
+        "strait": lambda config: [args.strait, "-c", config, "--concurrency", "1", "-l", "error"],
+        "envoy": lambda config: ["envoy", "-c", config, "--concurrency", "1", "-l", "error", "--base-id", str(os.getpid())],
+    }
+    best = {}
+    try:
+        for _ in range(args.rounds):
+            for name in [n for n in commands if n in wanted]:
+                for label, config in [("without", plain), ("with", policies)]:
+                    r = measure(name, commands[name](config), ports, work, args.duration)
+                    print(f"{name:7} {label:8} policies: {r['rps']:,.0f} req/s, {r['req_per_cpu_s'] or 0:,.0f} req per CPU-s, "
+                          f"p99 {r['p99']} ms, errors {r['errors']}", flush=True)
+                    key = (name, label)
+                    if r["req_per_cpu_s"] and r["req_per_cpu_s"] > best.get(key, 0):
+                        best[key] = r["req_per_cpu_s"]
+    finally:
+        upstream.kill()
+        upstream.wait()
+    lines = ["", "| proxy | req per CPU-s without policies | with timeout + retry policy + rate limit | cost |", "|---|---|---|---|"]
+    for name in [n for n in commands if n in wanted]:
+        without, with_ = best.get((name, "without")), best.get((name, "with"))
+        cost = f"{(1 - with_ / without) * 100:.1f}%" if without and with_ else "-"
+        lines.append(f"| {name} | {without or 0:,.0f} | {with_ or 0:,.0f} | {cost} |")
+    if best.get(("strait", "with")) and best.get(("envoy", "with")):
+        lines.append(f"\nWith the policies, Strait does {best[('strait', 'with')] / best[('envoy', 'with')]:.2f}x Envoy's "
+                     "requests per CPU-second.")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
