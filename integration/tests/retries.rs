@@ -609,3 +609,51 @@ async fn hedging_on_per_try_timeout_as_envoy() {
         }
     }
 }
+
+/// A route's `idle_timeout` (instead of the connection manager's `stream_idle_timeout`): a request
+/// with no activity for that long is answered as Envoy answers it; `0s` turns it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_idle_timeout_as_envoy() {
+    let upstream = Scripted::start("idle").await;
+    let routes = "              - match: { prefix: /quiet }\n                route: { cluster: scripted, idle_timeout: 0.3s }\n\
+                  \x20             - match: { prefix: /patient }\n                route: { cluster: scripted, idle_timeout: 0s }\n";
+    let route_config = format!(
+        "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
+    );
+    // The connection manager's own idle timeout is short: /patient turns it off.
+    let hcm = "          stream_idle_timeout: 0.2s\n";
+    let config = |admin, port| {
+        http_bootstrap(admin, port, hcm, &route_config, &static_cluster("scripted", &[upstream.addr], ""))
+    };
+    let (admin, port) = (free_port(), free_port());
+    let _strait = Proxy::start(&config(admin, port), admin).await;
+    let (envoy_admin, envoy_port) = (free_port(), free_port());
+    let envoy = Envoy::start(&config(envoy_admin, envoy_port), envoy_admin).await;
+    let client = http1_client();
+    let cases = [("/quiet", "hang"), ("/quiet", "slow-100"), ("/patient", "slow-500")];
+    let mut proxies = vec![("strait", port)];
+    if envoy.is_some() {
+        proxies.push(("envoy", envoy_port));
+    }
+    let mut answers = Vec::new();
+    for (proxy, port) in proxies {
+        let mut seen = Vec::new();
+        for (i, (path, script)) in cases.iter().enumerate() {
+            let started = std::time::Instant::now();
+            let id = format!("{proxy}-idle-{i}");
+            let reply =
+                get(&client, &format!("http://127.0.0.1:{port}{path}"), &[("x-test-id", &id), ("x-script", script)])
+                    .await;
+            let took = started.elapsed();
+            let body = if reply.status == 200 { String::new() } else { reply.body };
+            seen.push((reply.status, body, took < Duration::from_millis(1000)));
+        }
+        answers.push(seen);
+    }
+    assert_eq!(answers[0][1].0, 200);
+    assert_eq!(answers[0][2].0, 200, "0s: no idle timeout, not even the connection manager's");
+    assert_eq!((answers[0][0].0, answers[0][0].1.as_str()), (504, "stream timeout"), "no answer for the route's idle timeout");
+    if answers.len() == 2 {
+        assert_eq!(answers[0], answers[1], "Strait vs Envoy");
+    }
+}

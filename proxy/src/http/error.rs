@@ -41,6 +41,9 @@ pub enum ProxyError {
     /// response started.
     #[error("downstream duration timeout")]
     StreamDurationTimeout,
+    /// Nothing happened on the stream for its idle timeout while waiting for the response.
+    #[error("stream timeout")]
+    StreamIdleTimeout,
     /// The local rate limit's bucket was empty.
     #[error("local rate limit")]
     RateLimited(Box<Limited>),
@@ -74,7 +77,8 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::UpgradeRejected(_)
             | ProxyError::RequestTimeout
-            | ProxyError::StreamDurationTimeout => "downstream",
+            | ProxyError::StreamDurationTimeout
+            | ProxyError::StreamIdleTimeout => "downstream",
             ProxyError::NoRoute | ProxyError::ClusterNotFound(_) => "config",
             ProxyError::RateLimited(_) | ProxyError::FaultAbort(_) => "policy",
         }
@@ -96,6 +100,7 @@ impl ProxyError {
             ProxyError::UpgradeRejected(_) => "UAEX",
             ProxyError::BadRequest(_) => "DPE",
             ProxyError::RequestTimeout | ProxyError::StreamDurationTimeout => "DT",
+            ProxyError::StreamIdleTimeout => "SI",
             ProxyError::RateLimited(_) => "RL",
             ProxyError::FaultAbort(_) => "FI",
         }
@@ -115,7 +120,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             // Envoy 1.40 answers 504 (gRPC: DEADLINE_EXCEEDED).
-            ProxyError::StreamDurationTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::StreamDurationTimeout | ProxyError::StreamIdleTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited(limited) => limited.status,
             ProxyError::FaultAbort(abort) => abort.status,
         }
@@ -143,6 +148,7 @@ impl ProxyError {
             ProxyError::BadRequest(what) => format!("Bad Request: {what}"),
             ProxyError::RequestTimeout => "request timeout".into(),
             ProxyError::StreamDurationTimeout => "downstream duration timeout".into(),
+            ProxyError::StreamIdleTimeout => "stream timeout".into(),
             ProxyError::RateLimited(_) => "local_rate_limited".into(),
             ProxyError::FaultAbort(abort) => abort.body.clone(),
         }

@@ -92,11 +92,24 @@ struct Retried {
     hash: Option<u64>,
 }
 
+/// Which limit ended the wait for the upstream's response headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    Route,
+    StreamDuration,
+    Idle,
+}
+
 /// A routed request, ready to go upstream.
 struct Exchange {
     upstream: Upstream,
     cluster: Arc<Cluster>,
     timeout: Option<std::time::Duration>,
+    /// The stream's idle timeout (the route's, or the connection manager's).
+    idle: Option<Duration>,
+    /// The idle timeout while waiting for the response headers: for a request without a body,
+    /// which has nothing more to send (an upload's own pauses are timed by its body).
+    idle_before_headers: Option<Duration>,
     /// The stream's end (`max_stream_duration`): 504 before the response starts, cut after.
     stream_deadline: Option<tokio::time::Instant>,
     /// The downstream side of an HTTP/1.1 upgrade (WebSocket), when one was asked for.
@@ -473,11 +486,10 @@ fn prepare(
     let downstream_upgrade = upgrade_type.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let request_expired = Arc::new(AtomicBool::new(false));
-    let limits = Limits {
-        idle: hcm.stream_idle_timeout,
-        deadline: hcm.request_timeout.map(|d| tokio::time::Instant::now() + d),
-    };
+    let idle = forward.idle_timeout.unwrap_or(hcm.stream_idle_timeout);
+    let limits = Limits { idle, deadline: hcm.request_timeout.map(|d| tokio::time::Instant::now() + d) };
     let body = TimedBody::new(body, limits, Some(request_expired.clone()));
+    let no_body = http_body::Body::is_end_stream(&body);
     forwarding::strip_hop_by_hop(&mut parts.headers, upgrade_type.is_some());
     for level in hcm.routes.mutations(vhost, route, true) {
         level.apply(&mut parts.headers);
@@ -487,7 +499,7 @@ fn prepare(
     let tee = match upgrade_type {
         None if !forward.mirrors.is_empty() => {
             let at = (&upstream_authority, new_path.as_deref(), path);
-            mirror(&forward.mirrors, snapshot, &parts, at, http_body::Body::is_end_stream(&body))
+            mirror(&forward.mirrors, snapshot, &parts, at, no_body)
         }
         _ => Tee::default(),
     };
@@ -512,7 +524,18 @@ fn prepare(
         }
         (None, None) => return Err(ProxyError::NoHealthyUpstream),
     };
-    Ok(Exchange { upstream, cluster, timeout, stream_deadline, downstream_upgrade, request_expired })
+    let idle_before_headers = idle.filter(|_| no_body && downstream_upgrade.is_none());
+    let exchange = Exchange {
+        upstream,
+        cluster,
+        timeout,
+        idle,
+        idle_before_headers,
+        stream_deadline,
+        downstream_upgrade,
+        request_expired,
+    };
+    Ok(exchange)
 }
 
 /// Sends a copy of the request to each shadow cluster whose share it falls in (its authority
@@ -606,19 +629,24 @@ fn forward(
                 Upstream::Retried(request) => Box::pin(retried(request, &exchange.cluster)).await,
             }
         };
-        // The route timeout, or the stream's end when that comes first.
-        let route_deadline = exchange.timeout.map(|limit| tokio::time::Instant::now() + limit);
-        let (deadline, stream_ends) = match (route_deadline, exchange.stream_deadline) {
-            (Some(route), Some(stream)) if stream < route => (Some(stream), true),
-            (None, Some(stream)) => (Some(stream), true),
-            (route, _) => (route, false),
-        };
-        let result = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, send).await {
+        // The route timeout, the stream's end or its idle timeout: whichever comes first.
+        let now = tokio::time::Instant::now();
+        let limits = [
+            (exchange.timeout.map(|limit| now + limit), Expiry::Route),
+            (exchange.stream_deadline, Expiry::StreamDuration),
+            (exchange.idle_before_headers.map(|idle| now + idle), Expiry::Idle),
+        ];
+        let first = limits.into_iter().filter_map(|(at, kind)| Some((at?, kind))).min_by_key(|(at, _)| *at);
+        let result = match first {
+            Some((deadline, kind)) => match tokio::time::timeout_at(deadline, send).await {
                 Ok(result) => result,
-                Err(_) if stream_ends => {
+                Err(_) if kind == Expiry::StreamDuration => {
                     hcm.stats.rq_max_duration_reached.increment(1);
                     return Err(ProxyError::StreamDurationTimeout);
+                }
+                Err(_) if kind == Expiry::Idle => {
+                    hcm.stats.rq_idle_timeout.increment(1);
+                    return Err(ProxyError::StreamIdleTimeout);
                 }
                 Err(_) => {
                     stats.rq_timeout.increment(1);
@@ -652,7 +680,7 @@ fn forward(
         let mut response = match (exchange.downstream_upgrade, response) {
             (Some(down), UpstreamResponse::Upgraded(resp)) => upgrade::splice(down, resp),
             (_, UpstreamResponse::Pooled(resp)) => {
-                let idle = match (hcm.stream_idle_timeout, per_try_idle) {
+                let idle = match (exchange.idle, per_try_idle) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };

@@ -112,6 +112,9 @@ pub struct Forward {
     pub host_rewrite: Option<http::HeaderValue>,
     /// `None` when the route's timeout is disabled (`0s`); Envoy's default is 15 s.
     pub timeout: Option<Duration>,
+    /// `idle_timeout`: the stream's idle timeout on this route (`Some(None)`: none), instead of the
+    /// connection manager's `stream_idle_timeout`.
+    pub idle_timeout: Option<Option<Duration>>,
     /// `max_stream_duration`: the stream's limit on this route (and how a gRPC caller's deadline sets it).
     pub stream_duration: Option<crate::policy::timeout::StreamDuration>,
     /// `max_grpc_timeout`: a gRPC caller's deadline as the route timeout.

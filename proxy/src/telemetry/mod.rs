@@ -262,6 +262,8 @@ pub struct HttpStats {
     pub rq_timeout: Counter,
     /// Streams ended by their maximum duration.
     pub rq_max_duration_reached: Counter,
+    /// Streams ended by their idle timeout.
+    pub rq_idle_timeout: Counter,
     pub no_route: Counter,
     pub no_cluster: Counter,
 }
@@ -278,6 +280,7 @@ impl HttpStats {
             cx_active: gauge!("envoy_http_downstream_cx_active", l => p.clone()),
             rq_timeout: counter!("envoy_http_downstream_rq_timeout", l => p.clone()),
             rq_max_duration_reached: counter!("envoy_http_downstream_rq_max_duration_reached", l => p.clone()),
+            rq_idle_timeout: counter!("envoy_http_downstream_rq_idle_timeout", l => p.clone()),
             no_route: counter!("envoy_http_no_route", l => p.clone()),
             no_cluster: counter!("envoy_http_no_cluster", l => p),
         }

@@ -197,6 +197,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "regex_rewrite",
             "host_rewrite_literal",
             "timeout",
+            "idle_timeout",
             "retry_policy",
             "hash_policy",
             "max_stream_duration",

@@ -298,6 +298,7 @@ fn forward(ra: &route::RouteAction) -> Result<Forward> {
         regex_rewrite,
         host_rewrite,
         timeout: convert::timeout(ra.timeout.as_ref(), Some(DEFAULT_ROUTE_TIMEOUT)),
+        idle_timeout: ra.idle_timeout.as_ref().map(|d| Some(convert::duration(d)).filter(|d| !d.is_zero())),
         retry: None,
         retry_buffer_limit: crate::policy::retry::DEFAULT_BUFFER_LIMIT,
         hash_policy: ra
