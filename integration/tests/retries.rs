@@ -292,7 +292,9 @@ async fn envoy_counter(admin: SocketAddr, cluster: &str, name: &str) -> f64 {
     text.lines().find_map(|l| l.rsplit(": ").next()?.parse().ok()).unwrap_or(0.0)
 }
 
-const COUNTERS: [&str; 7] = [
+const COUNTERS: [&str; 9] = [
+    "upstream_rq_timeout",
+    "upstream_rq_retry_overflow",
     "upstream_rq_retry",
     "upstream_rq_retry_success",
     "upstream_rq_retry_limit_exceeded",
