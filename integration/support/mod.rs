@@ -228,6 +228,18 @@ pub async fn get_text(url: &str) -> Result<(u16, String), String> {
 /// A bootstrap with admin on `admin`, one HTTP listener on `port` with `routes` (the YAML of a
 /// `route_config`, indented for its place) and `clusters` (a YAML list, indented for its place).
 pub fn http_bootstrap(admin: u16, port: u16, hcm_extra: &str, route_config: &str, clusters: &str) -> String {
+    http_bootstrap_with_filters(admin, port, hcm_extra, route_config, "", clusters)
+}
+
+/// [`http_bootstrap`] with HTTP filters (YAML list items, indented for their place) before the router.
+pub fn http_bootstrap_with_filters(
+    admin: u16,
+    port: u16,
+    hcm_extra: &str,
+    route_config: &str,
+    http_filters: &str,
+    clusters: &str,
+) -> String {
     format!(
         r#"
 admin:
@@ -246,7 +258,7 @@ static_resources:
           route_config:
 {route_config}
           http_filters:
-          - name: envoy.filters.http.router
+{http_filters}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:

@@ -78,56 +78,25 @@ fn bootstrap(admin: u16, port: u16, upstream: SocketAddr) -> String {
     .concat();
     // The virtual host aborts everything, which /no-fault turns off; limited.test has its own limit.
     let vhost_fault = fault("abort: { http_status: 402, percentage: { numerator: 100 } }");
-    format!(
-        r#"
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
-static_resources:
-  listeners:
-  - name: main
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress_http
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ['*']
-              routes:
-{routes}
-            - name: limited
-              domains: [limited.test]
-              typed_per_filter_config: {{ {vh_limit} }}
-              routes:
-{plain}
-            - name: faulty
-              domains: [faulty.test]
-              typed_per_filter_config: {{ {vhost_fault} }}
-              routes:
-{no_fault}
-{plain}
-          http_filters:
-          - name: envoy.filters.http.fault
-            typed_config: {{ "@type": {FAULT} }}
-          - name: envoy.filters.http.local_ratelimit
-            typed_config: {{ "@type": {RATELIMIT}, stat_prefix: listener_limit }}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-{clusters}
-"#,
+    let route_config = format!(
+        "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}\
+         \x20           - name: limited\n              domains: [limited.test]\n              \
+         typed_per_filter_config: {{ {vh_limit} }}\n              routes:\n{plain}\
+         \x20           - name: faulty\n              domains: [faulty.test]\n              \
+         typed_per_filter_config: {{ {vhost_fault} }}\n              routes:\n{no_fault}{plain}",
         vh_limit = limit("vhost_limit", 2, 100, ""),
         plain = route("/", ""),
         no_fault = route(
             "/no-fault",
             "envoy.filters.http.fault: { '@type': type.googleapis.com/envoy.config.route.v3.FilterConfig, disabled: true }"
         ),
-        clusters = static_cluster("upstream", &[upstream], ""),
-    )
+    );
+    let filters = format!(
+        "          - name: envoy.filters.http.fault\n            typed_config: {{ \"@type\": {FAULT} }}\n\
+         \x20         - name: envoy.filters.http.local_ratelimit\n            \
+         typed_config: {{ \"@type\": {RATELIMIT}, stat_prefix: listener_limit }}\n"
+    );
+    http_bootstrap_with_filters(admin, port, "", &route_config, &filters, &static_cluster("upstream", &[upstream], ""))
 }
 
 /// What a client sees of one answer.

@@ -483,6 +483,33 @@ async fn mesh_yaml_retries_reach_strait_and_envoy_alike() {
     }
 }
 
+/// Strait and, when installed, a real Envoy running the same bootstrap: `routes` (YAML route items of
+/// one catch-all virtual host) to the `scripted` cluster at `upstream`, with `hcm` added to the
+/// connection manager. Both run as long as the value lives.
+struct Proxies {
+    /// Each proxy's name and listener port.
+    ports: Vec<(&'static str, u16)>,
+    _strait: Proxy,
+    _envoy: Option<Envoy>,
+}
+
+async fn strait_and_envoy(routes: &str, hcm: &str, upstream: SocketAddr) -> Proxies {
+    let route_config = format!(
+        "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
+    );
+    let config =
+        |admin, port| http_bootstrap(admin, port, hcm, &route_config, &static_cluster("scripted", &[upstream], ""));
+    let (admin, port) = (free_port(), free_port());
+    let strait = Proxy::start(&config(admin, port), admin).await;
+    let (envoy_admin, envoy_port) = (free_port(), free_port());
+    let envoy = Envoy::start(&config(envoy_admin, envoy_port), envoy_admin).await;
+    let mut ports = vec![("strait", port)];
+    if envoy.is_some() {
+        ports.push(("envoy", envoy_port));
+    }
+    Proxies { ports, _strait: strait, _envoy: envoy }
+}
+
 /// gRPC callers' deadlines and streams' maximum durations, as Envoy computes and answers them: the
 /// legacy `max_grpc_timeout` makes `grpc-timeout` the route timeout (504, gRPC UNAVAILABLE), a
 /// route's `max_stream_duration` with `grpc_timeout_header_max` makes it the stream's limit (504,
@@ -502,15 +529,7 @@ async fn grpc_deadlines_and_stream_durations_as_envoy() {
         )
     })
     .collect::<String>();
-    let route_config = format!(
-        "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
-    );
-    let config =
-        |admin, port| http_bootstrap(admin, port, "", &route_config, &static_cluster("scripted", &[upstream.addr], ""));
-    let (admin, port) = (free_port(), free_port());
-    let _strait = Proxy::start(&config(admin, port), admin).await;
-    let (envoy_admin, envoy_port) = (free_port(), free_port());
-    let envoy = Envoy::start(&config(envoy_admin, envoy_port), envoy_admin).await;
+    let proxies = strait_and_envoy(&routes, "", upstream.addr).await;
     let client = http1_client();
     let grpc: &[(&str, &str)] = &[("content-type", "application/grpc"), ("te", "trailers")];
     // (path, script, grpc-timeout, gRPC?) -> (status, grpc-status)
@@ -532,12 +551,8 @@ async fn grpc_deadlines_and_stream_durations_as_envoy() {
         if let Some(deadline) = deadline {
             headers.push(("grpc-timeout", deadline));
         }
-        let mut proxies = vec![("strait", port)];
-        if envoy.is_some() {
-            proxies.push(("envoy", envoy_port));
-        }
         let mut answers = Vec::new();
-        for (proxy, port) in proxies {
+        for &(proxy, port) in &proxies.ports {
             let mut headers = headers.clone();
             let id = format!("{proxy}-deadline-{i}");
             headers.push(("x-test-id", &id));
@@ -574,15 +589,7 @@ async fn hedging_on_per_try_timeout_as_envoy() {
          hedge_policy: {{ hedge_on_per_try_timeout: true }} }}\n\
          \x20             - match: {{ prefix: /plain }}\n                route: {{ cluster: scripted, {policy} }}\n"
     );
-    let route_config = format!(
-        "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
-    );
-    let config =
-        |admin, port| http_bootstrap(admin, port, "", &route_config, &static_cluster("scripted", &[upstream.addr], ""));
-    let (admin, port) = (free_port(), free_port());
-    let _strait = Proxy::start(&config(admin, port), admin).await;
-    let (envoy_admin, envoy_port) = (free_port(), free_port());
-    let envoy = Envoy::start(&config(envoy_admin, envoy_port), envoy_admin).await;
+    let proxies = strait_and_envoy(&routes, "", upstream.addr).await;
     let client = http1_client();
     // (path, script) -> (status, which attempt answered, attempts made)
     let cases = [
@@ -592,11 +599,7 @@ async fn hedging_on_per_try_timeout_as_envoy() {
         ("/hedge", "slow-600,503", (200, "attempt 1", 3)),
         ("/plain", "slow-500,slow-1500,ok", (200, "attempt 3", 3)),
     ];
-    let mut proxies = vec![("strait", port)];
-    if envoy.is_some() {
-        proxies.push(("envoy", envoy_port));
-    }
-    for (proxy, port) in proxies {
+    for &(proxy, port) in &proxies.ports {
         for (i, (path, script, (status, answered, attempts))) in cases.iter().enumerate() {
             let id = format!("{proxy}-hedge-{i}");
             let started = std::time::Instant::now();
@@ -619,26 +622,12 @@ async fn route_idle_timeout_as_envoy() {
     let upstream = Scripted::start("idle").await;
     let routes = "              - match: { prefix: /quiet }\n                route: { cluster: scripted, idle_timeout: 0.3s }\n\
                   \x20             - match: { prefix: /patient }\n                route: { cluster: scripted, idle_timeout: 0s }\n";
-    let route_config = format!(
-        "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
-    );
     // The connection manager's own idle timeout is short: /patient turns it off.
-    let hcm = "          stream_idle_timeout: 0.2s\n";
-    let config = |admin, port| {
-        http_bootstrap(admin, port, hcm, &route_config, &static_cluster("scripted", &[upstream.addr], ""))
-    };
-    let (admin, port) = (free_port(), free_port());
-    let _strait = Proxy::start(&config(admin, port), admin).await;
-    let (envoy_admin, envoy_port) = (free_port(), free_port());
-    let envoy = Envoy::start(&config(envoy_admin, envoy_port), envoy_admin).await;
+    let proxies = strait_and_envoy(routes, "          stream_idle_timeout: 0.2s\n", upstream.addr).await;
     let client = http1_client();
     let cases = [("/quiet", "hang"), ("/quiet", "slow-100"), ("/patient", "slow-500")];
-    let mut proxies = vec![("strait", port)];
-    if envoy.is_some() {
-        proxies.push(("envoy", envoy_port));
-    }
     let mut answers = Vec::new();
-    for (proxy, port) in proxies {
+    for &(proxy, port) in &proxies.ports {
         let mut seen = Vec::new();
         for (i, (path, script)) in cases.iter().enumerate() {
             let started = std::time::Instant::now();
@@ -654,7 +643,11 @@ async fn route_idle_timeout_as_envoy() {
     }
     assert_eq!(answers[0][1].0, 200);
     assert_eq!(answers[0][2].0, 200, "0s: no idle timeout, not even the connection manager's");
-    assert_eq!((answers[0][0].0, answers[0][0].1.as_str()), (504, "stream timeout"), "no answer for the route's idle timeout");
+    assert_eq!(
+        (answers[0][0].0, answers[0][0].1.as_str()),
+        (504, "stream timeout"),
+        "no answer for the route's idle timeout"
+    );
     if answers.len() == 2 {
         assert_eq!(answers[0], answers[1], "Strait vs Envoy");
     }
