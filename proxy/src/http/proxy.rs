@@ -443,30 +443,38 @@ fn prepare(
     } else {
         None
     };
-    // An internal request may change its retries and timeout with x-envoy-* headers.
     let (mut retry, mut timeout) = (forward.retry.clone(), forward.timeout);
+    // Whether the request changed its route's timeouts (else the route's precomputed header is told).
+    let mut own_timeouts = false;
     // A gRPC caller's deadline: the route timeout (max_grpc_timeout), or the stream's limit.
-    let grpc_deadline = crate::routing::is_grpc(req.headers()).then(|| timeout::grpc_timeout(req.headers())).flatten();
-    if let Some(grpc_timeout) = forward.grpc_timeout.filter(|_| crate::routing::is_grpc(req.headers())) {
+    let grpc = crate::routing::is_grpc(req.headers());
+    let grpc_deadline = if grpc { timeout::grpc_timeout(req.headers()) } else { None };
+    if let Some(grpc_timeout) = forward.grpc_timeout.filter(|_| grpc) {
         timeout = grpc_timeout.route_timeout(grpc_deadline);
+        own_timeouts = true;
     }
     let stream_limit = StreamDuration::limit(forward.stream_duration.as_ref(), hcm.max_stream_duration, grpc_deadline);
     let stream_deadline = stream_limit.map(|limit| outcome.arrived.unwrap_or_else(tokio::time::Instant::now) + limit);
+    // An internal request may change its retries and timeout with x-envoy-* headers.
     if internal && forwarding::has_envoy_headers(req.headers()) {
         if let Some(overrides) = Overrides::read(req.headers()) {
             retry = overrides.retry_policy(forward.retry.as_ref(), forward.retry_buffer_limit);
             timeout = overrides.timeout(timeout);
+            own_timeouts = true;
         }
         forwarding::remove_control_headers(req.headers_mut());
     }
     if let Some(policy) = retry.as_mut().filter(|p| !p.retries_request(req.headers())) {
         *policy = Arc::new(RetryPolicy { retry_on: RetryOn::default(), ..RetryPolicy::clone(policy) });
     }
-    if !hcm.suppress_envoy_headers
-        && let Some(expected) = expected_timeout(timeout, retry.as_deref())
-    {
-        req.headers_mut()
-            .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), HeaderValue::from(expected.as_millis() as u64));
+    if !hcm.suppress_envoy_headers {
+        let expected = match own_timeouts {
+            true => timeout::expected_header(timeout, retry.as_ref().and_then(|p| p.per_try_timeout)),
+            false => forward.expected_timeout.clone(),
+        };
+        if let Some(expected) = expected {
+            req.headers_mut().insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), expected);
+        }
     }
     // With a retry policy each attempt picks its endpoint (upgrades are never retried).
     let retry = retry.filter(|_| upgrade_type.is_none());
@@ -578,16 +586,6 @@ fn mirror(
         mirror::send(cluster.clone(), shadow);
     }
     tee
-}
-
-/// What the upstream is told it has (`x-envoy-expected-rq-timeout-ms`): the per-try timeout when
-/// shorter than the route's, else the route's; nothing when neither limits the request.
-fn expected_timeout(timeout: Option<Duration>, retry: Option<&RetryPolicy>) -> Option<Duration> {
-    match (retry.and_then(|p| p.per_try_timeout), timeout) {
-        (Some(per_try), Some(whole)) if per_try < whole => Some(per_try),
-        (Some(per_try), None) => Some(per_try),
-        (_, whole) => whole,
-    }
 }
 
 /// 6. Sends the request within the route timeout; 7. shapes the response for the downstream.

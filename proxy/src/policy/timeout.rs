@@ -44,6 +44,21 @@ pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
+/// What the upstream is told it has (`x-envoy-expected-rq-timeout-ms`): the per-try timeout when
+/// shorter than the route's, else the route's; nothing when neither limits the request.
+pub fn expected(timeout: Option<Duration>, per_try: Option<Duration>) -> Option<Duration> {
+    match (per_try, timeout) {
+        (Some(per_try), Some(whole)) if per_try < whole => Some(per_try),
+        (Some(per_try), None) => Some(per_try),
+        (_, whole) => whole,
+    }
+}
+
+/// [`expected`] as the header's value (milliseconds).
+pub fn expected_header(timeout: Option<Duration>, per_try: Option<Duration>) -> Option<http::HeaderValue> {
+    expected(timeout, per_try).map(|d| http::HeaderValue::from(d.as_millis() as u64))
+}
+
 fn less_offset(timeout: Duration, offset: Option<Duration>) -> Duration {
     match offset {
         Some(offset) if !timeout.is_zero() => timeout.saturating_sub(offset),

@@ -112,6 +112,8 @@ pub struct Forward {
     pub host_rewrite: Option<http::HeaderValue>,
     /// `None` when the route's timeout is disabled (`0s`); Envoy's default is 15 s.
     pub timeout: Option<Duration>,
+    /// `x-envoy-expected-rq-timeout-ms` for a request that keeps the route's timeouts (made once).
+    pub expected_timeout: Option<http::HeaderValue>,
     /// `idle_timeout`: the stream's idle timeout on this route (`Some(None)`: none), instead of the
     /// connection manager's `stream_idle_timeout`.
     pub idle_timeout: Option<Option<Duration>>,

@@ -89,6 +89,8 @@ fn route_entry(r: &route::Route, vh: &route::VirtualHost) -> Result<Route> {
             let (own, inherited) = (ra.retry_policy.as_ref(), vh.retry_policy.as_ref());
             forward.retry =
                 super::retry::retry_policy(own, inherited, hedge, forward.retry_buffer_limit)?.map(std::sync::Arc::new);
+            let per_try = forward.retry.as_ref().and_then(|p| p.per_try_timeout);
+            forward.expected_timeout = crate::policy::timeout::expected_header(forward.timeout, per_try);
             Action::Forward(Box::new(forward))
         }
         Some(A::Redirect(rd)) => Action::Redirect(redirect(rd).map_err(|e| e.within("redirect"))?),
@@ -298,6 +300,7 @@ fn forward(ra: &route::RouteAction) -> Result<Forward> {
         regex_rewrite,
         host_rewrite,
         timeout: convert::timeout(ra.timeout.as_ref(), Some(DEFAULT_ROUTE_TIMEOUT)),
+        expected_timeout: None,
         idle_timeout: ra.idle_timeout.as_ref().map(|d| Some(convert::duration(d)).filter(|d| !d.is_zero())),
         retry: None,
         retry_buffer_limit: crate::policy::retry::DEFAULT_BUFFER_LIMIT,
