@@ -70,6 +70,10 @@ fn bootstrap(admin: u16, port: u16, upstream: SocketAddr) -> String {
             &fault("abort: { http_status: 418, percentage: { numerator: 100 } }, headers: [{ name: x-user, string_match: { exact: beta } }]"),
         ),
         route(
+            "/nodes",
+            &fault("abort: { http_status: 418, percentage: { numerator: 100 } }, downstream_nodes: [frontend]"),
+        ),
+        route(
             "/no-fault",
             "envoy.filters.http.fault: { '@type': type.googleapis.com/envoy.config.route.v3.FilterConfig, disabled: true }",
         ),
@@ -147,6 +151,8 @@ async fn sequence(client: &HttpClient, port: u16, id: &str) -> Vec<Seen> {
     out.push(ask(client, port, "any.test", "/asked", &[]).await);
     out.push(ask(client, port, "any.test", "/only-beta", &[("x-user", "beta")]).await);
     out.push(ask(client, port, "any.test", "/only-beta", &[("x-user", "alpha")]).await);
+    out.push(ask(client, port, "any.test", "/nodes", &[("x-envoy-downstream-service-node", "frontend")]).await);
+    out.push(ask(client, port, "any.test", "/nodes", &[("x-envoy-downstream-service-node", "backend")]).await);
     out.push(ask(client, port, "faulty.test", "/x", &[]).await);
     out.push(ask(client, port, "faulty.test", "/no-fault", &[]).await);
     out
@@ -172,7 +178,7 @@ async fn rate_limits_and_faults_as_envoy() {
     let statuses: Vec<u16> = ours.iter().map(|s| s.status).collect();
     assert_eq!(
         statuses,
-        [200, 200, 200, 429, 429, 200, 200, 429, 200, 200, 503, 200, 418, 200, 200, 418, 200, 402, 200]
+        [200, 200, 200, 429, 429, 200, 200, 429, 200, 200, 503, 200, 418, 200, 200, 418, 200, 418, 200, 402, 200]
     );
     assert_eq!(ours[3].body, "local_rate_limited");
     assert!(ours[3].headers.contains(&("x-limited".into(), "yes".into())), "{:?}", ours[3]);
@@ -206,7 +212,7 @@ async fn rate_limits_and_faults_as_envoy() {
     let aborts =
         strait.stat(&stat("http_fault_aborts_injected", "envoy_http_conn_manager_prefix=\"ingress_http\"")).await;
     assert_eq!(rate_limited, 2.0);
-    assert_eq!(aborts, (6 + aborted) as f64);
+    assert_eq!(aborts, (7 + aborted) as f64);
 
     if let Some(envoy) = envoy {
         let theirs = sequence(&client, envoy_port, "envoy").await;
@@ -227,7 +233,7 @@ async fn rate_limits_and_faults_as_envoy() {
         let (_, prom) = get_text(&format!("http://{}/stats/prometheus", envoy.admin)).await.unwrap();
         for line in [
             "envoy_http_local_rate_limit_rate_limited{envoy_local_http_ratelimit_prefix=\"route_limit\"} 2",
-            "envoy_http_fault_aborts_injected{envoy_http_conn_manager_prefix=\"ingress_http\"} 6",
+            "envoy_http_fault_aborts_injected{envoy_http_conn_manager_prefix=\"ingress_http\"} 7",
         ] {
             assert!(prom.contains(line), "Envoy's name for the counter is ours: {line}");
         }

@@ -34,6 +34,10 @@ const INTERNAL_ONLY: [&str; 14] = [
     "x-envoy-hedge-on-per-try-timeout",
 ];
 
+/// Headers removed from an edge proxy's external requests only (Envoy's list).
+const EDGE_STRIPPED: [&str; 3] =
+    ["x-envoy-decorator-operation", "x-envoy-downstream-service-cluster", "x-envoy-downstream-service-node"];
+
 /// What the forwarding headers say about a request.
 #[derive(Debug, Default)]
 pub struct Forwarded {
@@ -74,6 +78,12 @@ pub fn apply(
     } else if has_envoy_headers(headers) {
         headers.remove(&X_ENVOY_INTERNAL);
         remove_control_headers(headers);
+        // What an edge proxy's client may not claim about where it comes from.
+        if edge {
+            for name in EDGE_STRIPPED {
+                headers.remove(name);
+            }
+        }
     }
     if edge {
         if external {

@@ -50,6 +50,8 @@ pub struct Fault {
     pub headers: Vec<HeaderMatcher>,
     /// Faults in progress at most (default unlimited).
     pub max_active_faults: Option<u32>,
+    /// When given, only requests whose `x-envoy-downstream-service-node` is one of these get faults.
+    pub downstream_nodes: Vec<String>,
 }
 
 /// `http.<stat_prefix>.fault.*`, and the faults in progress: the connection manager's filter's,
@@ -123,6 +125,12 @@ impl Fault {
         if !self.headers.iter().all(|m| m.matches(headers)) {
             return Injected::default();
         }
+        if !self.downstream_nodes.is_empty() {
+            let node = headers.get("x-envoy-downstream-service-node").and_then(|v| v.to_str().ok());
+            if !node.is_some_and(|node| self.downstream_nodes.iter().any(|n| n == node)) {
+                return Injected::default();
+            }
+        }
         let delay = self.delay.as_ref().and_then(|d| {
             let length = match d.length {
                 DelayLength::Fixed(length) => length,
@@ -170,7 +178,11 @@ mod tests {
     use super::*;
 
     fn fault(delay: Option<FaultDelay>, abort: Option<FaultAbort>, max_active_faults: Option<u32>) -> Fault {
-        Fault { delay, abort, headers: vec![], max_active_faults }
+        Fault { delay, abort, headers: vec![], max_active_faults, downstream_nodes: vec![] }
+    }
+
+    fn driven_abort() -> Option<FaultAbort> {
+        Some(FaultAbort { with: AbortWith::FromHeader, share: Fraction::ALL, body: "x".into() })
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -203,6 +215,11 @@ mod tests {
         assert_eq!((asked.delay, asked.abort.map(|a| a.status.as_u16())), (Some(Duration::from_millis(20)), Some(418)));
         let grpc = driven.decide(&headers(&[("x-envoy-fault-abort-grpc-request", "14")]), &stats);
         assert_eq!(grpc.abort.map(|a| a.grpc_status), Some(Some(14)));
+        let only = Fault { downstream_nodes: vec!["frontend".into()], ..fault(None, driven_abort(), None) };
+        assert!(only.decide(&headers(&[("x-envoy-fault-abort-request", "418")]), &stats).abort.is_none());
+        let from_frontend =
+            headers(&[("x-envoy-fault-abort-request", "418"), ("x-envoy-downstream-service-node", "frontend")]);
+        assert!(only.decide(&from_frontend, &stats).abort.is_some(), "the listed node gets its fault");
         let none = driven.decide(
             &headers(&[("x-envoy-fault-abort-request", "418"), ("x-envoy-fault-abort-request-percentage", "0")]),
             &stats,

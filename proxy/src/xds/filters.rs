@@ -188,9 +188,6 @@ fn fault(c: &fault_proto::HttpFault) -> Result<Fault> {
     if c.response_rate_limit.is_some() {
         return unsupported("response_rate_limit");
     }
-    if !c.downstream_nodes.is_empty() {
-        return unsupported("downstream_nodes");
-    }
     if !c.upstream_cluster.is_empty() {
         return unsupported("upstream_cluster");
     }
@@ -202,7 +199,8 @@ fn fault(c: &fault_proto::HttpFault) -> Result<Fault> {
         .enumerate()
         .map(|(i, h)| super::route::header_matcher(h).map_err(|e| e.within(&format!("headers[{i}]"))))
         .collect::<Result<Vec<_>>>()?;
-    Ok(Fault { delay, abort, headers, max_active_faults: c.max_active_faults.map(|m| m.value) })
+    let max_active_faults = c.max_active_faults.map(|m| m.value);
+    Ok(Fault { delay, abort, headers, max_active_faults, downstream_nodes: c.downstream_nodes.clone() })
 }
 
 fn fault_delay(d: &common_fault::FaultDelay) -> Result<FaultDelay> {
