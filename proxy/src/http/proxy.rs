@@ -710,7 +710,8 @@ async fn retried(retried: Retried, cluster: &Arc<Cluster>) -> Result<UpstreamRes
         // Hedging: a slow attempt keeps running beside the next.
         (true, Some(per_try)) => {
             let retries = Retries::new(policy, cluster.clone(), tried.clone());
-            crate::policy::retry::hedge::hedged(retries, attempt, request, per_try).await
+            // Boxed: the common (unhedged) future stays small.
+            Box::pin(crate::policy::retry::hedge::hedged(retries, attempt, request, per_try)).await
         }
         _ => {
             let per_try = policy.attempt_limit().map_or(Duration::MAX, |(limit, _)| limit);

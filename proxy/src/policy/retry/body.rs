@@ -12,9 +12,10 @@ use std::task::{Context, Poll};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// One copy of the body; every copy reads the same downstream body.
+/// One copy of the body; every copy reads the same downstream body. A request without a body shares
+/// nothing (no allocation).
 pub struct ReplayBody<B> {
-    shared: Arc<Mutex<Shared<B>>>,
+    shared: Option<Arc<Mutex<Shared<B>>>>,
     /// How many of the kept frames this copy has sent.
     position: usize,
     trailers_sent: bool,
@@ -38,21 +39,27 @@ where
     B::Error: Into<BoxError>,
 {
     pub fn new(source: B, limit: usize) -> Self {
+        if source.is_end_stream() {
+            return ReplayBody { shared: None, position: 0, trailers_sent: false };
+        }
         let size_hint = source.size_hint();
         let spoiled = size_hint.lower() > limit as u64;
         let shared =
             Shared { source: Some(source), kept: Vec::new(), kept_bytes: 0, trailers: None, limit, spoiled, size_hint };
-        ReplayBody { shared: Arc::new(Mutex::new(shared)), position: 0, trailers_sent: false }
+        ReplayBody { shared: Some(Arc::new(Mutex::new(shared))), position: 0, trailers_sent: false }
     }
 
     /// Another copy, to send from the start; `None` when the body can no longer be replayed whole.
     pub fn replay(&self) -> Option<Self> {
-        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        (!shared.spoiled).then(|| ReplayBody { shared: self.shared.clone(), position: 0, trailers_sent: false })
+        let copy = || ReplayBody { shared: self.shared.clone(), position: 0, trailers_sent: false };
+        match &self.shared {
+            None => Some(copy()),
+            Some(shared) => (!shared.lock().unwrap_or_else(|e| e.into_inner()).spoiled).then(copy),
+        }
     }
 
     pub fn can_replay(&self) -> bool {
-        !self.shared.lock().unwrap_or_else(|e| e.into_inner()).spoiled
+        self.shared.as_ref().is_none_or(|shared| !shared.lock().unwrap_or_else(|e| e.into_inner()).spoiled)
     }
 }
 
@@ -66,7 +73,8 @@ where
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let mut shared = this.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(shared) = &this.shared else { return Poll::Ready(None) };
+        let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(data) = shared.kept.get(this.position) {
             let data = data.clone();
             this.position += 1;
@@ -117,7 +125,8 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(shared) = &self.shared else { return true };
+        let shared = shared.lock().unwrap_or_else(|e| e.into_inner());
         match &shared.source {
             Some(source) => self.position == shared.kept.len() && source.is_end_stream(),
             None => self.position >= shared.kept.len() && (self.trailers_sent || shared.trailers.is_none()),
@@ -125,7 +134,10 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner()).size_hint
+        match &self.shared {
+            Some(shared) => shared.lock().unwrap_or_else(|e| e.into_inner()).size_hint,
+            None => SizeHint::with_exact(0),
+        }
     }
 }
 
@@ -166,6 +178,16 @@ mod tests {
         let third = second.replay().unwrap();
         assert_eq!(read(second).await, ("abcdef".to_string(), true));
         assert_eq!(read(third).await, ("abcdef".to_string(), true));
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_body_replays_as_one_without_sharing_anything() {
+        let first = ReplayBody::new(http_body_util::Empty::<Bytes>::new(), 0);
+        assert!(first.shared.is_none() && first.is_end_stream() && first.can_replay());
+        let copy = first.replay().unwrap();
+        assert_eq!(first.collect().await.unwrap().to_bytes().len(), 0);
+        assert!(copy.is_end_stream() && copy.size_hint().exact() == Some(0));
+        assert_eq!(copy.collect().await.unwrap().to_bytes().len(), 0);
     }
 
     #[tokio::test]
