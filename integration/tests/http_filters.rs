@@ -95,12 +95,21 @@ fn bootstrap(admin: u16, port: u16, upstream: SocketAddr) -> String {
             "envoy.filters.http.fault: { '@type': type.googleapis.com/envoy.config.route.v3.FilterConfig, disabled: true }"
         ),
     );
+    // The same upstream under a second name, for a split that only one side's faults apply to.
+    let twin_split = "              - { match: { prefix: /bound }, route: { weighted_clusters: { clusters: \
+                      [{ name: upstream, weight: 50 }, { name: twin, weight: 50 }] } }, \
+                      typed_per_filter_config: { envoy.filters.http.fault: { '@type': type.googleapis.com/\
+                      envoy.extensions.filters.http.fault.v3.HTTPFault, upstream_cluster: twin, \
+                      abort: { http_status: 418, percentage: { numerator: 100 } } } } }\n";
+    let route_config =
+        route_config.replacen("              routes:\n", &format!("              routes:\n{twin_split}"), 1);
+    let clusters = [static_cluster("upstream", &[upstream], ""), static_cluster("twin", &[upstream], "")].concat();
     let filters = format!(
         "          - name: envoy.filters.http.fault\n            typed_config: {{ \"@type\": {FAULT} }}\n\
          \x20         - name: envoy.filters.http.local_ratelimit\n            \
          typed_config: {{ \"@type\": {RATELIMIT}, stat_prefix: listener_limit }}\n"
     );
-    http_bootstrap_with_filters(admin, port, "", &route_config, &filters, &static_cluster("upstream", &[upstream], ""))
+    http_bootstrap_with_filters(admin, port, "", &route_config, &filters, &clusters)
 }
 
 /// What a client sees of one answer.
@@ -198,6 +207,25 @@ async fn rate_limits_and_faults_as_envoy() {
     let (status, took) = timed(&client, port, "/asked", &[("x-envoy-fault-delay-request", "200")]).await;
     assert!(status == 200 && took >= Duration::from_millis(200), "{status} after {took:?}");
 
+    // A fault bound to one cluster of a 50/50 split: only the requests sent there.
+    let bound = |port: u16| {
+        let client = client.clone();
+        async move {
+            let mut aborted = 0;
+            for _ in 0..200 {
+                aborted += usize::from(ask(&client, port, "any.test", "/bound", &[]).await.status == 418);
+            }
+            aborted
+        }
+    };
+    let bound_aborts = bound(port).await;
+    assert!((60..=140).contains(&bound_aborts), "{bound_aborts} of 200 bound for the faulty cluster");
+    let mut envoy_bound_aborts = 0;
+    if envoy.is_some() {
+        envoy_bound_aborts = bound(envoy_port).await;
+        assert!((60..=140).contains(&envoy_bound_aborts), "Envoy: {envoy_bound_aborts} of 200");
+    }
+
     // Half the requests aborted.
     let mut aborted = 0;
     for _ in 0..400 {
@@ -212,7 +240,7 @@ async fn rate_limits_and_faults_as_envoy() {
     let aborts =
         strait.stat(&stat("http_fault_aborts_injected", "envoy_http_conn_manager_prefix=\"ingress_http\"")).await;
     assert_eq!(rate_limited, 2.0);
-    assert_eq!(aborts, (7 + aborted) as f64);
+    assert_eq!(aborts, (7 + aborted + bound_aborts) as f64);
 
     if let Some(envoy) = envoy {
         let theirs = sequence(&client, envoy_port, "envoy").await;
@@ -232,10 +260,13 @@ async fn rate_limits_and_faults_as_envoy() {
         assert!(text.contains("route_limit.http_local_rate_limit.rate_limited: 2"), "{text}");
         let (_, prom) = get_text(&format!("http://{}/stats/prometheus", envoy.admin)).await.unwrap();
         for line in [
-            "envoy_http_local_rate_limit_rate_limited{envoy_local_http_ratelimit_prefix=\"route_limit\"} 2",
-            "envoy_http_fault_aborts_injected{envoy_http_conn_manager_prefix=\"ingress_http\"} 7",
+            "envoy_http_local_rate_limit_rate_limited{envoy_local_http_ratelimit_prefix=\"route_limit\"} 2".to_string(),
+            format!(
+                "envoy_http_fault_aborts_injected{{envoy_http_conn_manager_prefix=\"ingress_http\"}} {}",
+                7 + envoy_bound_aborts
+            ),
         ] {
-            assert!(prom.contains(line), "Envoy's name for the counter is ours: {line}");
+            assert!(prom.contains(&line), "Envoy's name for the counter is ours: {line}");
         }
     }
 }

@@ -241,6 +241,9 @@ struct Selected<'h> {
     internal: bool,
     authority: HeaderValue,
     path: http::uri::PathAndQuery,
+    /// A forwarding route's cluster for this request (a weighted split is drawn here, as Envoy does
+    /// when it resolves the route, so filters see it).
+    cluster_name: Option<&'h str>,
 }
 
 /// A routed request: what the router does with it now, or (when the connection manager has HTTP
@@ -293,7 +296,11 @@ fn select<'h>(
     };
     let (vhost, route) = hcm.routes.find(&view).ok_or(ProxyError::NoRoute)?;
     outcome.route_name.clone_from(&route.name);
-    Ok(Selected { vhost, route, internal: forwarded.internal, authority: authority_value, path })
+    let cluster_name = match &route.action {
+        Action::Forward(forward) => Some(forward.target.pick()),
+        _ => None,
+    };
+    Ok(Selected { vhost, route, internal: forwarded.internal, authority: authority_value, path, cluster_name })
 }
 
 /// What the HTTP filters leave for the response: headers to add (`x-ratelimit-*`), a delay's flag,
@@ -330,7 +337,7 @@ async fn run_filters(
             },
             FilterConfig::Fault(fault) => {
                 let Some(stats) = &filter.fault_stats else { continue };
-                let mut injected = fault.decide(req.headers(), stats);
+                let mut injected = fault.decide(req.headers(), stats, selected.cluster_name);
                 if let Some(delay) = injected.delay {
                     tokio::time::sleep(delay).await;
                     filtered.delayed = true;
@@ -356,7 +363,7 @@ fn act(
     outcome: &mut Outcome,
     grpc: bool,
 ) -> Step {
-    let Selected { vhost, route, internal, authority, path } = selected;
+    let Selected { vhost, route, internal, authority, path, cluster_name } = selected;
     match &route.action {
         Action::Direct(direct) => {
             let mut resp = Response::builder().status(direct.status);
@@ -387,7 +394,8 @@ fn act(
         }
         Action::Forward(forward) => {
             let at = (vhost, route, internal);
-            match prepare(req, downstream, snapshot, hcm, at, forward, (&authority, &path), outcome) {
+            let cluster_name = cluster_name.unwrap_or_else(|| forward.target.pick());
+            match prepare(req, downstream, snapshot, hcm, at, (forward, cluster_name), (&authority, &path), outcome) {
                 Ok(exchange) => Step::Forward(exchange),
                 Err(err) => Step::Reply(local_reply(err, hcm, grpc)),
             }
@@ -415,7 +423,7 @@ fn prepare(
     snapshot: &Snapshot,
     hcm: &HttpConnectionManager,
     (vhost, route, internal): (&VirtualHost, &Route, bool),
-    forward: &Forward,
+    (forward, cluster_name): (&Forward, &str),
     (authority, path): (&HeaderValue, &http::uri::PathAndQuery),
     outcome: &mut Outcome,
 ) -> Result<Exchange, ProxyError> {
@@ -428,7 +436,6 @@ fn prepare(
     }
 
     // 4. Cluster and endpoint.
-    let cluster_name = forward.target.pick();
     let cluster = snapshot
         .clusters
         .get(cluster_name)

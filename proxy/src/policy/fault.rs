@@ -52,6 +52,8 @@ pub struct Fault {
     pub max_active_faults: Option<u32>,
     /// When given, only requests whose `x-envoy-downstream-service-node` is one of these get faults.
     pub downstream_nodes: Vec<String>,
+    /// When given, only requests bound for this cluster get faults.
+    pub upstream_cluster: Option<String>,
 }
 
 /// `http.<stat_prefix>.fault.*`, and the faults in progress: the connection manager's filter's,
@@ -121,8 +123,12 @@ fn share(headers: &HeaderMap, header: &str, config: Fraction) -> Fraction {
 
 impl Fault {
     /// Picks this request's faults (none, a delay, an abort, or both: the delay first).
-    pub fn decide(&self, headers: &HeaderMap, stats: &FaultStats) -> Injected {
+    /// `cluster`: where the route sends this request.
+    pub fn decide(&self, headers: &HeaderMap, stats: &FaultStats, cluster: Option<&str>) -> Injected {
         if !self.headers.iter().all(|m| m.matches(headers)) {
+            return Injected::default();
+        }
+        if self.upstream_cluster.as_deref().is_some_and(|wanted| cluster != Some(wanted)) {
             return Injected::default();
         }
         if !self.downstream_nodes.is_empty() {
@@ -178,7 +184,7 @@ mod tests {
     use super::*;
 
     fn fault(delay: Option<FaultDelay>, abort: Option<FaultAbort>, max_active_faults: Option<u32>) -> Fault {
-        Fault { delay, abort, headers: vec![], max_active_faults, downstream_nodes: vec![] }
+        Fault { delay, abort, headers: vec![], max_active_faults, downstream_nodes: vec![], upstream_cluster: None }
     }
 
     fn driven_abort() -> Option<FaultAbort> {
@@ -197,32 +203,43 @@ mod tests {
             Some(1),
         );
         let stats = FaultStats::new("t");
-        let first = fixed.decide(&HeaderMap::new(), &stats);
+        let first = fixed.decide(&HeaderMap::new(), &stats, None);
         assert_eq!(first.delay, Some(Duration::from_millis(5)));
         assert_eq!(first.abort.as_ref().map(|a| a.status.as_u16()), Some(503));
-        assert!(fixed.decide(&HeaderMap::new(), &stats).abort.is_none(), "max_active_faults 1: the second is spared");
+        assert!(
+            fixed.decide(&HeaderMap::new(), &stats, None).abort.is_none(),
+            "max_active_faults 1: the second is spared"
+        );
         drop(first);
-        assert!(fixed.decide(&HeaderMap::new(), &stats).abort.is_some(), "a finished fault frees its place");
+        assert!(fixed.decide(&HeaderMap::new(), &stats, None).abort.is_some(), "a finished fault frees its place");
 
         let driven = fault(
             Some(FaultDelay { length: DelayLength::FromHeader, share: Fraction::ALL }),
             Some(FaultAbort { with: AbortWith::FromHeader, share: Fraction::ALL, body: "x".into() }),
             None,
         );
-        assert!(driven.decide(&HeaderMap::new(), &stats).abort.is_none(), "no header, no fault");
-        let asked = driven
-            .decide(&headers(&[("x-envoy-fault-delay-request", "20"), ("x-envoy-fault-abort-request", "418")]), &stats);
+        assert!(driven.decide(&HeaderMap::new(), &stats, None).abort.is_none(), "no header, no fault");
+        let asked = driven.decide(
+            &headers(&[("x-envoy-fault-delay-request", "20"), ("x-envoy-fault-abort-request", "418")]),
+            &stats,
+            None,
+        );
         assert_eq!((asked.delay, asked.abort.map(|a| a.status.as_u16())), (Some(Duration::from_millis(20)), Some(418)));
-        let grpc = driven.decide(&headers(&[("x-envoy-fault-abort-grpc-request", "14")]), &stats);
+        let grpc = driven.decide(&headers(&[("x-envoy-fault-abort-grpc-request", "14")]), &stats, None);
         assert_eq!(grpc.abort.map(|a| a.grpc_status), Some(Some(14)));
         let only = Fault { downstream_nodes: vec!["frontend".into()], ..fault(None, driven_abort(), None) };
-        assert!(only.decide(&headers(&[("x-envoy-fault-abort-request", "418")]), &stats).abort.is_none());
+        assert!(only.decide(&headers(&[("x-envoy-fault-abort-request", "418")]), &stats, None).abort.is_none());
         let from_frontend =
             headers(&[("x-envoy-fault-abort-request", "418"), ("x-envoy-downstream-service-node", "frontend")]);
-        assert!(only.decide(&from_frontend, &stats).abort.is_some(), "the listed node gets its fault");
+        assert!(only.decide(&from_frontend, &stats, None).abort.is_some(), "the listed node gets its fault");
+        let bound = Fault { upstream_cluster: Some("a".into()), ..fault(None, driven_abort(), None) };
+        let asked = headers(&[("x-envoy-fault-abort-request", "418")]);
+        assert!(bound.decide(&asked, &stats, Some("b")).abort.is_none(), "another cluster's request is spared");
+        assert!(bound.decide(&asked, &stats, Some("a")).abort.is_some());
         let none = driven.decide(
             &headers(&[("x-envoy-fault-abort-request", "418"), ("x-envoy-fault-abort-request-percentage", "0")]),
             &stats,
+            None,
         );
         assert!(none.abort.is_none(), "the request's percentage applies");
     }

@@ -188,9 +188,6 @@ fn fault(c: &fault_proto::HttpFault) -> Result<Fault> {
     if c.response_rate_limit.is_some() {
         return unsupported("response_rate_limit");
     }
-    if !c.upstream_cluster.is_empty() {
-        return unsupported("upstream_cluster");
-    }
     let delay = c.delay.as_ref().map(|d| fault_delay(d).map_err(|e| e.within("delay"))).transpose()?;
     let abort = c.abort.as_ref().map(|a| fault_abort(a).map_err(|e| e.within("abort"))).transpose()?;
     let headers = c
@@ -200,7 +197,15 @@ fn fault(c: &fault_proto::HttpFault) -> Result<Fault> {
         .map(|(i, h)| super::route::header_matcher(h).map_err(|e| e.within(&format!("headers[{i}]"))))
         .collect::<Result<Vec<_>>>()?;
     let max_active_faults = c.max_active_faults.map(|m| m.value);
-    Ok(Fault { delay, abort, headers, max_active_faults, downstream_nodes: c.downstream_nodes.clone() })
+    let upstream_cluster = (!c.upstream_cluster.is_empty()).then(|| c.upstream_cluster.clone());
+    Ok(Fault {
+        delay,
+        abort,
+        headers,
+        max_active_faults,
+        downstream_nodes: c.downstream_nodes.clone(),
+        upstream_cluster,
+    })
 }
 
 fn fault_delay(d: &common_fault::FaultDelay) -> Result<FaultDelay> {
