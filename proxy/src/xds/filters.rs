@@ -115,7 +115,8 @@ pub fn overrides(map: &HashMap<String, Any>) -> Result<FilterOverrides> {
     Ok(FilterOverrides::new(out))
 }
 
-fn fraction(p: Option<&types::FractionalPercent>, default: Fraction) -> Fraction {
+/// `FractionalPercent` -> [`Fraction`]; `default` when it is not given.
+pub(super) fn fraction(p: Option<&types::FractionalPercent>, default: Fraction) -> Fraction {
     use types::fractional_percent::DenominatorType;
     let Some(p) = p else { return default };
     let denominator = match DenominatorType::try_from(p.denominator) {

@@ -207,15 +207,9 @@ fn mirror_policy(m: &route::route_action::RequestMirrorPolicy) -> Result<MirrorP
     if m.cluster.is_empty() {
         return Err(ConfigError::new("cluster", "a cluster is required (cluster_header is not supported yet)"));
     }
-    let share = m.runtime_fraction.as_ref().and_then(|f| f.default_value.as_ref()).map_or(Fraction::ALL, |p| {
-        use xds_proto::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
-        let denominator = match DenominatorType::try_from(p.denominator) {
-            Ok(DenominatorType::TenThousand) => 10_000,
-            Ok(DenominatorType::Million) => 1_000_000,
-            _ => 100,
-        };
-        Fraction { numerator: p.numerator.min(denominator), denominator }
-    });
+    // No runtime_fraction: every request.
+    let share =
+        super::filters::fraction(m.runtime_fraction.as_ref().and_then(|f| f.default_value.as_ref()), Fraction::ALL);
     Ok(MirrorPolicy { cluster: m.cluster.clone(), share, keep_host: m.disable_shadow_host_suffix_append })
 }
 
