@@ -89,7 +89,7 @@ fn cluster_proto(n: usize, weighted: bool) -> cluster::Cluster {
 /// A STATIC cluster of `n` endpoints (weights 1-5 when `weighted`) balanced by `policy`.
 pub fn cluster(n: usize, policy: cluster::cluster::LbPolicy, weighted: bool) -> Arc<Cluster> {
     let proto = cluster::Cluster { lb_policy: policy as i32, ..cluster_proto(n, weighted) };
-    Cluster::new(strait_proxy::xds::cluster_config(&proto).expect("valid generated cluster"))
+    Cluster::new(strait_proxy::xds::cluster_config(&proto, &Default::default()).expect("valid generated cluster"))
 }
 
 /// The same, balanced by Strait's peak-EWMA (`load_balancing_policy` with its `TypedStruct`).
@@ -109,7 +109,7 @@ pub fn peak_ewma_cluster(n: usize, weighted: bool) -> Arc<Cluster> {
         load_balancing_policy: Some(cluster::LoadBalancingPolicy { policies: vec![policy] }),
         ..cluster_proto(n, weighted)
     };
-    Cluster::new(strait_proxy::xds::cluster_config(&proto).expect("valid generated cluster"))
+    Cluster::new(strait_proxy::xds::cluster_config(&proto, &Default::default()).expect("valid generated cluster"))
 }
 
 /// A port free on 127.0.0.1 right now.

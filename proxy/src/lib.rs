@@ -18,5 +18,6 @@ pub mod snapshot;
 pub mod sys;
 pub mod tcp;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod xds;

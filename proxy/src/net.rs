@@ -20,6 +20,11 @@ impl CidrRange {
         Ok(CidrRange { prefix, len: len as u8 })
     }
 
+    /// The prefix length in bits (a longer prefix is a more specific range).
+    pub fn prefix_len(&self) -> u8 {
+        self.len
+    }
+
     /// Whether `ip` is in the range (an IPv4-mapped IPv6 address counts as its IPv4 address).
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.prefix, ip.to_canonical()) {

@@ -103,7 +103,7 @@ impl State {
                 }
                 cluster.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
             }
-            match cluster_config(&cluster) {
+            match cluster_config(&cluster, &Default::default()) {
                 Ok(_) => out.clusters.push(cluster),
                 Err(e) => errors.push(format!("Cluster '{name}': {e}")),
             }
@@ -115,7 +115,7 @@ impl State {
                 Ok(false) => {
                     out.warming.insert((type_url::LISTENER, name.to_string()));
                 }
-                Ok(true) => match listener_config(&listener) {
+                Ok(true) => match listener_config(&listener, &Default::default()) {
                     Ok(_) => out.listeners.push(listener),
                     Err(e) => errors.push(format!("Listener '{name}': {e}")),
                 },
@@ -286,7 +286,7 @@ mod tests {
             .into(),
         );
         let resolved = state.resolve().unwrap();
-        let listener = crate::xds::listener_config(&resolved.listeners[0]).unwrap();
+        let listener = crate::xds::listener_config(&resolved.listeners[0], &Default::default()).unwrap();
         assert!(listener.referenced_clusters().is_empty(), "not checked against the clusters (503 NC at runtime)");
     }
 }

@@ -132,11 +132,13 @@ impl ProxyError {
         const RETRIED: &str =
             "upstream connect error or disconnect/reset before headers. retried and the latest reset reason:";
         let reason = |e: &UpstreamError| match e {
-            UpstreamError::Connect(_) => "remote connection failure",
-            UpstreamError::ConnectTimeout => "connection timeout",
-            UpstreamError::Protocol(_) => "protocol error",
-            UpstreamError::Reset(_) => "connection termination",
-            UpstreamError::Overflow | UpstreamError::PoolOverflow => "overflow",
+            // Envoy: "remote connection failure, transport failure reason: TLS_error:..." (BoringSSL's text).
+            UpstreamError::Tls(e) => format!("remote connection failure, transport failure reason: TLS_error: {e}"),
+            UpstreamError::Connect(_) => "remote connection failure".into(),
+            UpstreamError::ConnectTimeout => "connection timeout".into(),
+            UpstreamError::Protocol(_) => "protocol error".into(),
+            UpstreamError::Reset(_) => "connection termination".into(),
+            UpstreamError::Overflow | UpstreamError::PoolOverflow => "overflow".into(),
         };
         match self {
             ProxyError::NoRoute | ProxyError::ClusterNotFound(_) | ProxyError::UpgradeRejected(_) => String::new(),

@@ -1,6 +1,8 @@
 //! The HTTP connection manager: serves HTTP/1.1 and HTTP/2 (detected from the preface) on a listener
 //! and sends each request through [`proxy::handle`], which reads top to bottom.
 
+pub mod client_cert;
+mod detect;
 mod error;
 mod forwarding;
 pub mod proxy;
@@ -57,5 +59,8 @@ pub struct HttpConnectionManager {
     pub max_stream_duration: Option<Duration>,
     /// The HTTP filters ahead of the router, in order.
     pub filters: Vec<crate::policy::HttpFilter>,
+    /// `forward_client_cert_details` and `set_current_client_cert_details`.
+    pub forward_client_cert: client_cert::ForwardClientCert,
+    pub client_cert_details: client_cert::CertDetails,
     pub stats: HttpStats,
 }

@@ -43,6 +43,11 @@ static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: http::HeaderName =
 pub struct Downstream {
     pub peer: SocketAddr,
     pub listener: String,
+    /// The filter chain it was accepted by: its index in the listener, and its name.
+    pub chain: usize,
+    pub chain_name: String,
+    /// TLS facts, when the chain terminates TLS.
+    pub tls: Option<Box<crate::tls::identity::ConnectionTls>>,
 }
 
 /// What a request learned on its way, for stats and the access log.
@@ -227,6 +232,7 @@ fn log(
         upstream_cluster: outcome.cluster.as_ref().map(|c| c.config.name.as_str()),
         downstream: downstream.peer,
         route_name: &outcome.route_name,
+        tls: downstream.tls.as_deref(),
     };
     for log in &hcm.access_logs {
         log.log(&record);
@@ -280,7 +286,14 @@ fn select<'h>(
     outcome: &mut Outcome,
 ) -> Result<Selected<'h>, ProxyError> {
     // 1. Forwarding headers (x-forwarded-*, x-request-id) are set before routing, as Envoy does.
-    let forwarded = forwarding::apply(hcm, req.headers_mut(), downstream.peer, "http");
+    let scheme = if downstream.tls.is_some() { "https" } else { "http" };
+    let forwarded = forwarding::apply(hcm, req.headers_mut(), downstream.peer, scheme);
+    super::client_cert::apply(
+        hcm.forward_client_cert,
+        hcm.client_cert_details,
+        req.headers_mut(),
+        downstream.tls.as_deref(),
+    );
     outcome.request_id = forwarded.request_id;
 
     // 2. Which virtual host and route.

@@ -1,9 +1,10 @@
-//! Serves one downstream connection: HTTP/1.1 or HTTP/2 by preface (or as the codec says), each request
-//! handled with the newest config snapshot, closed after the idle timeout, drained on shutdown.
+//! Serves one downstream connection, plaintext or TLS: HTTP/1.1 or HTTP/2 by ALPN or preface (or as the
+//! codec says), each request handled with the newest config snapshot, closed after the idle timeout,
+//! drained on shutdown.
 
+use super::detect::{Prefixed, opens_with_http2_preface, read_http2_preface};
 use super::proxy::{self, Downstream};
 use super::{Codec, HttpConnectionManager};
-use crate::listeners::ListenerKind;
 use crate::snapshot::SharedSnapshot;
 use crate::telemetry::ConnectionGuard;
 use hyper::server::conn::{http1, http2};
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 /// Activity on a connection, for its idle timeout.
@@ -51,29 +53,6 @@ impl Drop for StreamGuard<'_> {
     }
 }
 
-/// The HTTP/2 connection preface a prior-knowledge client opens with.
-const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// True when the connection opens with the HTTP/2 preface. The bytes are peeked, not read, so the
-/// chosen codec reads the connection from its first byte with a buffer of its own (no rewind copy).
-async fn opens_with_http2_preface(stream: &TcpStream) -> bool {
-    let mut buf = [0u8; HTTP2_PREFACE.len()];
-    loop {
-        let n = match stream.peek(&mut buf).await {
-            Ok(n) => n,
-            Err(_) => return false,
-        };
-        if n == 0 || buf[..n] != HTTP2_PREFACE[..n] {
-            return false;
-        }
-        if n == HTTP2_PREFACE.len() {
-            return true;
-        }
-        // Part of the preface so far: the socket stays readable, so wait a moment for the rest.
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
 /// A served connection that can be asked to finish its in-flight requests and close.
 trait Served: Future<Output = Result<(), hyper::Error>> {
     fn drain(self: Pin<&mut Self>);
@@ -106,9 +85,15 @@ where
     }
 }
 
+/// A downstream connection as its filter chain hands it over.
+pub enum DownstreamStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
 /// Serves a connection until it closes, idles out, or `shutdown` asks it to drain.
 pub async fn serve(
-    stream: TcpStream,
+    stream: DownstreamStream,
     downstream: Downstream,
     initial: Arc<HttpConnectionManager>,
     shared: SharedSnapshot,
@@ -117,16 +102,15 @@ pub async fn serve(
     let _cx = ConnectionGuard::new(&initial.stats.cx_active);
     initial.stats.cx_total.increment(1);
     let idle = initial.idle_timeout;
-    let http2 = match initial.codec {
-        Codec::Http1 => false,
-        Codec::Http2 => true,
-        // Until the first bytes arrive the connection is idle: the idle timeout and a drain apply.
-        Codec::Auto => tokio::select! {
-            h2 = opens_with_http2_preface(&stream) => h2,
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(idle.unwrap_or(Duration::MAX)), if idle.is_some() => return,
-        },
+    // Until the first bytes arrive the connection is idle: the idle timeout and a drain apply.
+    let first_bytes = async {
+        tokio::select! {
+            stream = detect(stream, initial.codec) => Some(stream),
+            _ = shutdown.cancelled() => None,
+            _ = tokio::time::sleep(idle.unwrap_or(Duration::MAX)), if idle.is_some() => None,
+        }
     };
+    let Some((http2, stream)) = first_bytes.await else { return };
 
     // Everything a request needs from its connection, behind one reference count.
     let connection = Arc::new(Connection {
@@ -144,15 +128,57 @@ pub async fn serve(
                 let _guard = StreamGuard(&c.activity);
                 // One snapshot for the whole request; routes follow the newest config.
                 let snapshot = c.shared.load_full();
-                let hcm = match snapshot.listener(&c.downstream.listener).map(|l| &l.kind) {
-                    Some(ListenerKind::Http(h)) => h,
-                    _ => &c.initial,
-                };
+                let hcm = snapshot
+                    .listener(&c.downstream.listener)
+                    .filter(|l| l.chains.get(c.downstream.chain).is_some_and(|ch| ch.name == c.downstream.chain_name))
+                    .and_then(|l| l.http(c.downstream.chain))
+                    .unwrap_or(&c.initial);
                 Ok::<_, Infallible>(proxy::handle(req, &c.downstream, &snapshot, hcm).await)
             }
         })
     };
-    let io = TokioIo::new(stream);
+    match stream {
+        Detected::Plain(tcp) => run(TokioIo::new(tcp), http2, service, &connection, &initial, shutdown).await,
+        Detected::Tls(tls) => run(TokioIo::new(tls), http2, service, &connection, &initial, shutdown).await,
+    }
+}
+
+/// A connection once its HTTP version is known.
+enum Detected {
+    Plain(TcpStream),
+    Tls(Prefixed<Box<TlsStream<TcpStream>>>),
+}
+
+/// Whether the connection speaks HTTP/2: as the codec says, else by ALPN, else by its first bytes.
+async fn detect(stream: DownstreamStream, codec: Codec) -> (bool, Detected) {
+    match (stream, codec) {
+        (DownstreamStream::Plain(tcp), Codec::Auto) => (opens_with_http2_preface(&tcp).await, Detected::Plain(tcp)),
+        (DownstreamStream::Plain(tcp), codec) => (codec == Codec::Http2, Detected::Plain(tcp)),
+        (DownstreamStream::Tls(tls), codec) => match (codec, tls.get_ref().1.alpn_protocol()) {
+            (Codec::Http2, _) | (Codec::Auto, Some(b"h2")) => (true, Detected::Tls(Prefixed::new(tls))),
+            (Codec::Http1, _) | (Codec::Auto, Some(_)) => (false, Detected::Tls(Prefixed::new(tls))),
+            (Codec::Auto, None) => {
+                let (h2, tls) = read_http2_preface(tls).await;
+                (h2, Detected::Tls(tls))
+            }
+        },
+    }
+}
+
+/// Runs the codec over the connection.
+async fn run<I, S>(
+    io: I,
+    http2: bool,
+    service: S,
+    connection: &Connection,
+    initial: &HttpConnectionManager,
+    shutdown: CancellationToken,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = super::proxy::ResponseBody> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let idle = initial.idle_timeout;
     if http2 {
         let conn = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())

@@ -1,11 +1,16 @@
 //! Listeners: bound sockets and their accept loops. A config change binds new addresses first (so a
 //! bad address fails before anything changes), then stops listeners that went away; their open
-//! connections drain.
+//! connections drain. Each accepted connection picks its filter chain ([`chains`]) and is served
+//! by it ([`connection`]).
+
+pub mod chains;
+pub mod connection;
 
 use crate::http::HttpConnectionManager;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::tcp::TcpProxyConfig;
 use crate::telemetry::{GaugeGuard, ListenerStats};
+pub use chains::FilterChain;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,14 +24,17 @@ use tokio_util::task::TaskTracker;
 pub struct ListenerConfig {
     pub name: String,
     pub addr: SocketAddr,
-    pub kind: ListenerKind,
-    /// Where the network filter's config sits in the listener, for error messages.
-    pub filter_path: String,
-    /// `envoy.filters.network.local_ratelimit` filters ahead of the terminal one, in order.
-    pub connection_limits: Vec<crate::policy::local_ratelimit::ConnectionRateLimit>,
+    /// `filter_chains` in order, then the `default_filter_chain` if there is one.
+    pub chains: Vec<FilterChain>,
+    pub has_default_chain: bool,
+    /// Whether connections are inspected for a ClientHello before a chain is chosen (the TLS
+    /// inspector, configured or needed by a chain's match).
+    pub inspect_tls: bool,
+    /// `listener_filters_timeout` (default 15 s): how long the inspection may wait.
+    pub inspect_timeout: Duration,
 }
 
-/// The listener's terminal network filter.
+/// A filter chain's terminal network filter.
 #[derive(Debug)]
 pub enum ListenerKind {
     Http(Arc<HttpConnectionManager>),
@@ -34,30 +42,42 @@ pub enum ListenerKind {
 }
 
 impl ListenerConfig {
-    /// Every cluster the listener's routes or TCP proxy name, with the field that names it.
+    /// Every cluster the listener's routes or TCP proxies name, with the field that names it.
     pub fn referenced_clusters(&self) -> Vec<(String, &str)> {
-        match &self.kind {
-            ListenerKind::Tcp(t) => {
-                t.target.names().into_iter().map(|n| ("tcp_proxy.cluster".to_string(), n)).collect()
-            }
-            ListenerKind::Http(h) if !h.routes.validate_clusters => Vec::new(),
-            ListenerKind::Http(h) => {
-                let mut out = Vec::new();
-                for (i, vh) in h.routes.virtual_hosts.iter().enumerate() {
-                    for (j, r) in vh.routes.iter().enumerate() {
-                        if let crate::routing::Action::Forward(f) = &r.action {
-                            let at = format!("{}.route_config.virtual_hosts[{i}].routes[{j}].route", self.filter_path);
-                            for n in f.target.names() {
-                                out.push((at.clone(), n));
-                            }
-                            for (k, m) in f.mirrors.iter().enumerate() {
-                                out.push((format!("{at}.request_mirror_policies[{k}]"), m.cluster.as_str()));
+        let mut out = Vec::new();
+        for chain in &self.chains {
+            match &chain.kind {
+                ListenerKind::Tcp(t) => {
+                    let at = format!("{}.cluster", chain.filter_path);
+                    out.extend(t.target.names().into_iter().map(|n| (at.clone(), n)));
+                }
+                ListenerKind::Http(h) if !h.routes.validate_clusters => {}
+                ListenerKind::Http(h) => {
+                    for (i, vh) in h.routes.virtual_hosts.iter().enumerate() {
+                        for (j, r) in vh.routes.iter().enumerate() {
+                            if let crate::routing::Action::Forward(f) = &r.action {
+                                let at =
+                                    format!("{}.route_config.virtual_hosts[{i}].routes[{j}].route", chain.filter_path);
+                                for n in f.target.names() {
+                                    out.push((at.clone(), n));
+                                }
+                                for (k, m) in f.mirrors.iter().enumerate() {
+                                    out.push((format!("{at}.request_mirror_policies[{k}]"), m.cluster.as_str()));
+                                }
                             }
                         }
                     }
                 }
-                out
             }
+        }
+        out
+    }
+
+    /// The HTTP connection manager of a chain, if it has one.
+    pub fn http(&self, chain: usize) -> Option<&Arc<HttpConnectionManager>> {
+        match &self.chains.get(chain)?.kind {
+            ListenerKind::Http(h) => Some(h),
+            ListenerKind::Tcp(_) => None,
         }
     }
 }
@@ -201,7 +221,7 @@ async fn accept_loop(
     connections: TaskTracker,
 ) {
     let local = listener.local_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-    let stats = ListenerStats::new(&local);
+    let stats = Arc::new(ListenerStats::new(&local));
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -219,22 +239,19 @@ async fn accept_loop(
         stats.cx_total.increment(1);
         let active = GaugeGuard::new(&stats.cx_active);
         let Some(config) = shared.load().listener(&name).cloned() else { continue };
-        // Over a connection rate limit: closed at once.
-        if !config.connection_limits.iter().all(|limit| limit.admit()) {
-            continue;
-        }
-        let stop = stop.clone();
-        let shared = shared.clone();
-        let listener_name = name.clone();
+        let accepted = connection::Accepted {
+            stream,
+            peer,
+            local,
+            listener: name.clone(),
+            config,
+            stats: stats.clone(),
+            shared: shared.clone(),
+            stop: stop.clone(),
+        };
         connections.spawn(async move {
             let _active = active;
-            match &config.kind {
-                ListenerKind::Http(hcm) => {
-                    let downstream = crate::http::proxy::Downstream { peer, listener: listener_name };
-                    crate::http::server::serve(stream, downstream, hcm.clone(), shared, stop).await;
-                }
-                ListenerKind::Tcp(tcp) => crate::tcp::serve(stream, peer, tcp.clone(), shared, stop).await,
-            }
+            connection::serve(accepted).await;
         });
     }
 }

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -26,8 +25,8 @@ pub struct TcpProxyConfig {
 }
 
 /// Proxies one connection to the end.
-pub async fn serve(
-    mut downstream: TcpStream,
+pub async fn serve<D: AsyncRead + AsyncWrite + Unpin>(
+    mut downstream: D,
     peer: SocketAddr,
     config: Arc<TcpProxyConfig>,
     shared: SharedSnapshot,
@@ -56,25 +55,27 @@ pub async fn serve(
     cluster.stats.cx_total.increment(1);
     // Connection failures and successes count for outlier detection, as Envoy's TCP proxy reports
     // them (a failure as a 5xx and gateway failure, a success resets the counts).
-    let upstream = match tokio::time::timeout(cluster.config.connect_timeout, TcpStream::connect(endpoint.addr)).await {
-        Ok(Ok(s)) => {
+    let connecting = crate::upstream::transport::connect(
+        endpoint.addr,
+        cluster.config.connect_timeout,
+        cluster.config.tls.as_ref(),
+        crate::tls::client::Purpose::Tcp,
+    );
+    let upstream = match connecting.await {
+        Ok(s) => {
             cluster.report(&endpoint, Outcome::Status(200));
             s
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             cluster.stats.cx_connect_fail.increment(1);
+            if matches!(e, crate::upstream::transport::ConnectError::Tls(_)) {
+                cluster.stats.ssl_connection_error.increment(1);
+            }
             cluster.report(&endpoint, Outcome::LocalFailure);
             tracing::debug!(endpoint = %endpoint.addr, error = %e, "tcp proxy: connect failed (UF)");
             return;
         }
-        Err(_) => {
-            cluster.stats.cx_connect_fail.increment(1);
-            cluster.report(&endpoint, Outcome::LocalFailure);
-            tracing::debug!(endpoint = %endpoint.addr, "tcp proxy: connect timeout (UF)");
-            return;
-        }
     };
-    let _ = upstream.set_nodelay(true);
     let _active = cluster.stats.connection_opened();
     let _in_flight = endpoint.start_request();
 

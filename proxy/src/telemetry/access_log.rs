@@ -27,6 +27,10 @@ enum Segment {
     DownstreamRemoteAddress,
     DownstreamRemoteAddressWithoutPort,
     RouteName,
+    DownstreamPeerUriSan,
+    DownstreamPeerSubject,
+    DownstreamTlsVersion,
+    RequestedServerName,
 }
 
 /// A parsed format string.
@@ -85,6 +89,10 @@ fn parse_operator(op: &str) -> Result<Segment, String> {
         "DOWNSTREAM_REMOTE_ADDRESS" => Segment::DownstreamRemoteAddress,
         "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Segment::DownstreamRemoteAddressWithoutPort,
         "ROUTE_NAME" => Segment::RouteName,
+        "DOWNSTREAM_PEER_URI_SAN" => Segment::DownstreamPeerUriSan,
+        "DOWNSTREAM_PEER_SUBJECT" => Segment::DownstreamPeerSubject,
+        "DOWNSTREAM_TLS_VERSION" => Segment::DownstreamTlsVersion,
+        "REQUESTED_SERVER_NAME" => Segment::RequestedServerName,
         other => return Err(format!("access log command operator %{other}% is not supported")),
     })
 }
@@ -109,6 +117,8 @@ pub struct LogRecord<'a> {
     pub upstream_cluster: Option<&'a str>,
     pub downstream: SocketAddr,
     pub route_name: &'a str,
+    /// The downstream connection's TLS facts (peer certificate, SNI), when it is TLS.
+    pub tls: Option<&'a crate::tls::identity::ConnectionTls>,
 }
 
 fn dash_if_empty(out: &mut String, value: &str, max_len: Option<usize>) {
@@ -155,6 +165,20 @@ impl LogFormat {
                 Segment::DownstreamRemoteAddress => out.push_str(&r.downstream.to_string()),
                 Segment::DownstreamRemoteAddressWithoutPort => out.push_str(&r.downstream.ip().to_string()),
                 Segment::RouteName => dash_if_empty(&mut out, r.route_name, None),
+                Segment::DownstreamPeerUriSan => {
+                    let uris = r.tls.and_then(|t| t.peer.as_ref()).map(|p| p.sans.uris.join(","));
+                    dash_if_empty(&mut out, uris.as_deref().unwrap_or(""), None);
+                }
+                Segment::DownstreamPeerSubject => {
+                    let subject = r.tls.and_then(|t| t.peer.as_ref()).map(|p| p.subject.as_str());
+                    dash_if_empty(&mut out, subject.unwrap_or(""), None);
+                }
+                Segment::DownstreamTlsVersion => {
+                    dash_if_empty(&mut out, r.tls.and_then(|t| t.version).unwrap_or(""), None)
+                }
+                Segment::RequestedServerName => {
+                    dash_if_empty(&mut out, r.tls.and_then(|t| t.server_name.as_deref()).unwrap_or(""), None);
+                }
             }
         }
         out
@@ -234,6 +258,7 @@ mod tests {
             upstream_cluster: Some("c"),
             downstream: "127.0.0.1:5000".parse().unwrap(),
             route_name: "",
+            tls: None,
         };
         assert_eq!(
             f.render(&r),

@@ -190,6 +190,8 @@ pub struct ClusterStats {
     pub cx_total: Counter,
     pub cx_active: Gauge,
     pub cx_connect_fail: Counter,
+    /// Upstream TLS handshakes that failed (`cluster.<name>.ssl.connection_error`).
+    pub ssl_connection_error: Counter,
     pub cx_none_healthy: Counter,
     /// Requests balanced over all endpoints of a level in panic.
     pub lb_healthy_panic: Counter,
@@ -227,6 +229,7 @@ impl ClusterStats {
             cx_total: counter!("envoy_cluster_upstream_cx_total", l => name.clone()),
             cx_active: gauge!("envoy_cluster_upstream_cx_active", l => name.clone()),
             cx_connect_fail: counter!("envoy_cluster_upstream_cx_connect_fail", l => name.clone()),
+            ssl_connection_error: counter!("envoy_cluster_ssl_connection_error", l => name.clone()),
             cx_none_healthy: counter!("envoy_cluster_upstream_cx_none_healthy", l => name.clone()),
             lb_healthy_panic: counter!("envoy_cluster_lb_healthy_panic", l => name.clone()),
             membership_healthy: gauge!("envoy_cluster_membership_healthy", l => name.clone()),
@@ -292,6 +295,16 @@ impl HttpStats {
 pub struct ListenerStats {
     pub cx_total: Counter,
     pub cx_active: Gauge,
+    /// Connections no filter chain matched (closed).
+    pub no_filter_chain_match: Counter,
+    /// TLS handshakes completed, and failed (`ssl.connection_error`); a failed handshake whose peer
+    /// certificate was refused also counts in `ssl.fail_verify_error` (or `_san`), one without a
+    /// required certificate in `ssl.fail_verify_no_cert`.
+    pub ssl_handshake: Counter,
+    pub ssl_connection_error: Counter,
+    pub ssl_fail_verify_error: Counter,
+    pub ssl_fail_verify_san: Counter,
+    pub ssl_fail_verify_no_cert: Counter,
 }
 
 impl ListenerStats {
@@ -300,7 +313,13 @@ impl ListenerStats {
         let label = format!("{}_{}", addr.ip(), addr.port());
         ListenerStats {
             cx_total: counter!("envoy_listener_downstream_cx_total", "envoy_listener_address" => label.clone()),
-            cx_active: gauge!("envoy_listener_downstream_cx_active", "envoy_listener_address" => label),
+            cx_active: gauge!("envoy_listener_downstream_cx_active", "envoy_listener_address" => label.clone()),
+            no_filter_chain_match: counter!("envoy_listener_no_filter_chain_match", "envoy_listener_address" => label.clone()),
+            ssl_handshake: counter!("envoy_listener_ssl_handshake", "envoy_listener_address" => label.clone()),
+            ssl_connection_error: counter!("envoy_listener_ssl_connection_error", "envoy_listener_address" => label.clone()),
+            ssl_fail_verify_error: counter!("envoy_listener_ssl_fail_verify_error", "envoy_listener_address" => label.clone()),
+            ssl_fail_verify_san: counter!("envoy_listener_ssl_fail_verify_san", "envoy_listener_address" => label.clone()),
+            ssl_fail_verify_no_cert: counter!("envoy_listener_ssl_fail_verify_no_cert", "envoy_listener_address" => label),
         }
     }
 }

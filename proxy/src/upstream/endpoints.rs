@@ -105,7 +105,7 @@ impl Endpoint {
             priority: m.priority,
             locality: m.locality,
             active_requests: AtomicU64::new(0),
-            pool: Arc::new(Pool::new(m.addr, config.protocol, config.connect_timeout, config.pool.clone())),
+            pool: Arc::new(Pool::new(m.addr, config)),
             outlier: Arc::default(),
             health_check: Arc::new(HostHealth::new(config.health_check.is_some())),
             rtt: Arc::default(),

@@ -6,6 +6,8 @@
 //! decides. A failed endpoint takes no traffic (unless the cluster is in panic).
 
 use super::endpoints::Endpoint;
+use super::transport::UpstreamStream;
+use crate::tls::client::Purpose;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -13,7 +15,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// A validated `HealthCheck`.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,16 +126,28 @@ pub fn next_interval(config: &HealthCheckConfig, failed: bool, had_traffic: bool
 }
 
 /// Probes one endpoint; `Ok(())` when it passes, else why not (for the log).
-pub async fn probe(endpoint: &Endpoint, config: &HealthCheckConfig, cluster: &str) -> Result<(), String> {
+pub async fn probe(
+    endpoint: &Endpoint,
+    config: &HealthCheckConfig,
+    cluster: &super::ClusterConfig,
+) -> Result<(), String> {
     match tokio::time::timeout(config.timeout, probe_once(endpoint.addr, &config.probe, cluster)).await {
         Ok(result) => result,
         Err(_) => Err(format!("no answer within {:?}", config.timeout)),
     }
 }
 
-async fn probe_once(addr: SocketAddr, probe: &Probe, cluster: &str) -> Result<(), String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
+/// One probe over the cluster's transport (TLS when the cluster's connections are, as Envoy's).
+async fn probe_once(addr: SocketAddr, probe: &Probe, config: &super::ClusterConfig) -> Result<(), String> {
+    let cluster = config.name.as_str();
+    let purpose = match probe {
+        Probe::Http { http2: true, .. } | Probe::Grpc { .. } => Purpose::Http2,
+        Probe::Http { .. } => Purpose::Http1,
+        Probe::Tcp { .. } => Purpose::Tcp,
+    };
+    let stream = super::transport::connect(addr, Duration::MAX, config.tls.as_ref(), purpose)
+        .await
+        .map_err(|e| e.to_string())?;
     match probe {
         Probe::Tcp { send, receive } => tcp(stream, send, receive).await,
         Probe::Http { host, path, expected, http2 } => {
@@ -175,7 +188,7 @@ async fn probe_once(addr: SocketAddr, probe: &Probe, cluster: &str) -> Result<()
 }
 
 /// Sends `send`, then reads until every `receive` block has been found, in order.
-async fn tcp(mut stream: TcpStream, send: &[u8], receive: &[Vec<u8>]) -> Result<(), String> {
+async fn tcp(mut stream: UpstreamStream, send: &[u8], receive: &[Vec<u8>]) -> Result<(), String> {
     if !send.is_empty() {
         stream.write_all(send).await.map_err(|e| format!("send: {e}"))?;
     }
@@ -219,7 +232,7 @@ struct HealthCheckResponse {
 
 const SERVING: i32 = 1;
 
-async fn grpc(stream: TcpStream, service: &str, authority: &str) -> Result<(), String> {
+async fn grpc(stream: UpstreamStream, service: &str, authority: &str) -> Result<(), String> {
     use prost::Message;
     let message = HealthCheckRequest { service: service.to_string() }.encode_to_vec();
     let mut frame = Vec::with_capacity(5 + message.len());

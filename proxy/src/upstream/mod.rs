@@ -12,6 +12,7 @@ pub mod health;
 pub mod lb;
 pub mod outlier;
 pub mod pool;
+pub mod transport;
 
 pub use endpoints::{Endpoint, EndpointSet, HealthStatus, HostCounts, Locality, Member, PriorityLevel, Tier};
 pub use lb::LbPolicy;
@@ -96,6 +97,8 @@ pub struct ClusterConfig {
     pub weighted_priority_health: bool,
     /// `common_lb_config.locality_weighted_lb_config`: picks choose a locality by weight first.
     pub locality_weighted: bool,
+    /// `transport_socket` `envoy.transport_sockets.tls`: connections are TLS.
+    pub tls: Option<transport::UpstreamTls>,
 }
 
 impl Default for ClusterConfig {
@@ -118,6 +121,7 @@ impl Default for ClusterConfig {
             overprovisioning_factor: 140,
             weighted_priority_health: false,
             locality_weighted: false,
+            tls: None,
         }
     }
 }
@@ -163,6 +167,7 @@ impl Cluster {
                 p.config.protocol == config.protocol
                     && p.config.connect_timeout == config.connect_timeout
                     && p.config.pool == config.pool
+                    && p.config.tls == config.tls
             })
             .map(|p| p.endpoints.load_full());
         let stats = ClusterStats::new(&config.name);
@@ -260,7 +265,7 @@ impl Cluster {
         due.retain(|addr, _| set.all.iter().any(|e| e.addr == *addr));
         let turn: Vec<Arc<Endpoint>> =
             set.all.iter().filter(|e| due.get(&e.addr).is_none_or(|t| *t <= now)).cloned().collect();
-        let probes = turn.iter().map(|e| async move { (e, health::probe(e, config, &self.config.name).await) });
+        let probes = turn.iter().map(|e| async move { (e, health::probe(e, config, &self.config).await) });
         let mut changed = false;
         let had_traffic = self.had_traffic.load(Ordering::Relaxed);
         for (endpoint, result) in futures_util::future::join_all(probes).await {

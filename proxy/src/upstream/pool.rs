@@ -5,10 +5,12 @@
 //! until a new one is made or, with the cluster at `max_connections`, one is given back.
 
 use super::breakers::Slot;
+use super::transport::UpstreamStream;
 use super::{Cluster, UpstreamProtocol};
 use crate::policy::mirror::{ShadowBody, Tee};
 use crate::policy::retry::body::ReplayBody;
 use crate::telemetry::ClusterStats;
+use crate::tls::client::Purpose;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -19,7 +21,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 
 /// The downstream request body, streamed under the stream timeouts, and teed to any shadows.
 pub struct DownstreamBody {
@@ -181,6 +182,9 @@ pub enum UpstreamError {
     Connect(#[source] std::io::Error),
     #[error("connection timeout")]
     ConnectTimeout,
+    /// The TLS handshake failed (the upstream's certificate refused, no common protocol...).
+    #[error("TLS handshake: {0}")]
+    Tls(#[source] std::io::Error),
     #[error("protocol error: {0}")]
     Protocol(#[source] hyper::Error),
     #[error("connection termination: {0}")]
@@ -204,7 +208,7 @@ impl UpstreamError {
 
     /// True when no connection could be made (Envoy's `UF`), false for a failure after connecting.
     pub fn is_connect_failure(&self) -> bool {
-        matches!(self, UpstreamError::Connect(_) | UpstreamError::ConnectTimeout)
+        matches!(self, UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_))
     }
 }
 
@@ -213,6 +217,7 @@ pub struct Pool {
     addr: SocketAddr,
     protocol: UpstreamProtocol,
     connect_timeout: Duration,
+    tls: Option<super::transport::UpstreamTls>,
     options: PoolOptions,
     idle_http1: Mutex<Vec<(http1::SendRequest<RequestBody>, Lifetime)>>,
     /// Open HTTP/2 connections, each carrying up to `http2_max_concurrent_streams` streams.
@@ -308,12 +313,13 @@ impl Drop for Pending<'_> {
 }
 
 impl Pool {
-    pub fn new(addr: SocketAddr, protocol: UpstreamProtocol, connect_timeout: Duration, options: PoolOptions) -> Self {
+    pub fn new(addr: SocketAddr, cluster: &super::ClusterConfig) -> Self {
         Pool {
             addr,
-            protocol,
-            connect_timeout,
-            options,
+            protocol: cluster.protocol,
+            connect_timeout: cluster.connect_timeout,
+            tls: cluster.tls.clone(),
+            options: cluster.pool.clone(),
             idle_http1: Mutex::new(Vec::new()),
             http2: Mutex::new(Vec::new()),
             http2_connecting: tokio::sync::Mutex::new(()),
@@ -588,15 +594,23 @@ impl Pool {
         Some((connection.sender.clone(), H2Stream::on(connection)))
     }
 
-    async fn connect(&self, stats: &ClusterStats) -> Result<TcpStream, UpstreamError> {
+    async fn connect(&self, stats: &ClusterStats) -> Result<UpstreamStream, UpstreamError> {
+        use super::transport::ConnectError;
         stats.cx_total.increment(1);
         self.cx_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let result = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
-            Err(_) => Err(UpstreamError::ConnectTimeout),
-            Ok(Err(e)) => Err(UpstreamError::Connect(e)),
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                Ok(stream)
+        let purpose = match self.protocol {
+            UpstreamProtocol::Http1 => Purpose::Http1,
+            UpstreamProtocol::Http2 => Purpose::Http2,
+        };
+        let result = match super::transport::connect(self.addr, self.connect_timeout, self.tls.as_ref(), purpose).await
+        {
+            Ok(stream) => Ok(stream),
+            Err(ConnectError::Timeout) => Err(UpstreamError::ConnectTimeout),
+            Err(ConnectError::Tcp(e)) => Err(UpstreamError::Connect(e)),
+            Err(ConnectError::Tls(e)) => {
+                tracing::debug!(endpoint = %self.addr, error = %e, "upstream TLS handshake failed");
+                stats.ssl_connection_error.increment(1);
+                Err(UpstreamError::Tls(e))
             }
         };
         if result.is_err() {

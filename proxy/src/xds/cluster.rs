@@ -5,9 +5,11 @@ use super::convert::{self, ConfigError, Result};
 use crate::upstream::breakers::{RetryBudget, Thresholds};
 use crate::upstream::health::{HealthCheckConfig, Probe};
 use crate::upstream::outlier::OutlierConfig;
+use crate::upstream::transport::UpstreamTls;
 use crate::upstream::{
     ClusterConfig, Discovery, DnsFamily, EndpointSpec, HealthStatus, LbPolicy, PoolOptions, UpstreamProtocol,
 };
+use std::sync::Arc;
 use std::time::Duration;
 use xds_proto::pb::envoy::config::cluster::v3 as cluster;
 use xds_proto::pb::envoy::config::core::v3 as core;
@@ -19,7 +21,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Envoy's default `dns_refresh_rate`.
 const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
 
-pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig> {
+pub fn cluster_config(c: &cluster::Cluster, secrets: &super::tls::Secrets) -> Result<ClusterConfig> {
     use cluster::cluster::{ClusterDiscoveryType, DiscoveryType};
     if c.name.is_empty() {
         return Err(ConfigError::new("name", "a cluster name is required"));
@@ -93,6 +95,15 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig> {
         None => 50,
     };
     let (overprovisioning_factor, weighted_priority_health) = load_policy(c)?;
+    if !c.transport_socket_matches.is_empty() {
+        return Err(ConfigError::new("transport_socket_matches", "is not supported yet"));
+    }
+    let tls = match &c.transport_socket {
+        Some(socket) => super::tls::upstream(socket, secrets)
+            .map_err(|e| e.within("transport_socket"))?
+            .map(|(client, fingerprint)| UpstreamTls { client: Arc::new(client), fingerprint }),
+        None => None,
+    };
     Ok(ClusterConfig {
         name: c.name.clone(),
         discovery,
@@ -108,6 +119,7 @@ pub fn cluster_config(c: &cluster::Cluster) -> Result<ClusterConfig> {
         health_check,
         panic_threshold,
         overprovisioning_factor,
+        tls,
         weighted_priority_health,
         locality_weighted: c.common_lb_config.as_ref().is_some_and(|l| {
             matches!(

@@ -3,8 +3,11 @@
 
 use super::convert::{self, ConfigError, Result};
 use super::route::route_table;
+use super::tls::Secrets;
+use crate::http::client_cert::{CertDetails, ForwardClientCert};
 use crate::http::{Codec, HttpConnectionManager};
-use crate::listeners::{ListenerConfig, ListenerKind};
+use crate::listeners::chains::ChainMatch;
+use crate::listeners::{FilterChain, ListenerConfig, ListenerKind};
 use crate::net::CidrRange;
 use crate::policy::HttpFilter;
 use crate::policy::local_ratelimit::ConnectionRateLimit;
@@ -25,38 +28,92 @@ use xds_proto::type_url;
 
 const NETWORK_LOCAL_RATELIMIT: &str =
     "type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit";
+const TLS_INSPECTOR: &str = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-pub fn listener_config(l: &listener::Listener) -> Result<ListenerConfig> {
+pub fn listener_config(l: &listener::Listener, secrets: &Secrets) -> Result<ListenerConfig> {
     if l.name.is_empty() {
         return Err(ConfigError::new("name", "a listener name is required"));
     }
     let addr = convert::socket_address(l.address.as_ref(), "address")?;
-    let (chain, at) = match (l.filter_chains.as_slice(), &l.default_filter_chain) {
-        ([only], None) => (only, "filter_chains[0]".to_string()),
-        ([], Some(default)) => (default, "default_filter_chain".to_string()),
-        ([], None) => return Err(ConfigError::new("filter_chains", "a listener needs a filter chain")),
-        _ => {
+    if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
+        return Err(ConfigError::new("filter_chains", "a listener needs a filter chain"));
+    }
+    let mut chains = Vec::new();
+    for (i, chain) in l.filter_chains.iter().enumerate() {
+        let at = format!("filter_chains[{i}]");
+        let mut converted = filter_chain(chain, secrets).map_err(|e| e.within(&at))?;
+        converted.filter_path = format!("{at}.{}", converted.filter_path);
+        if let Some(j) = chains.iter().position(|c: &FilterChain| c.matcher == converted.matcher) {
             return Err(ConfigError::new(
-                "filter_chains",
-                "more than one filter chain needs filter_chain_match, which is not supported yet",
+                format!("{at}.filter_chain_match"),
+                format!("filter_chains[{j}] has the same filter_chain_match"),
             ));
         }
-    };
-    if chain.transport_socket.is_some() {
-        return Err(ConfigError::new(format!("{at}.transport_socket"), "TLS on listeners is not supported yet"));
+        chains.push(converted);
     }
+    let has_default_chain = l.default_filter_chain.is_some();
+    if let Some(default) = &l.default_filter_chain {
+        if default.filter_chain_match.is_some() {
+            return Err(ConfigError::new(
+                "default_filter_chain.filter_chain_match",
+                "a default chain matches anything",
+            ));
+        }
+        let mut converted = filter_chain(default, secrets).map_err(|e| e.within("default_filter_chain"))?;
+        converted.filter_path = format!("default_filter_chain.{}", converted.filter_path);
+        chains.push(converted);
+    }
+    let mut inspect_tls = chains.iter().any(|c| c.matcher.needs_inspection());
+    for (i, f) in l.listener_filters.iter().enumerate() {
+        let type_url = match &f.config_type {
+            Some(listener::listener_filter::ConfigType::TypedConfig(any)) => any.type_url.as_str(),
+            _ => "",
+        };
+        if f.name == "envoy.filters.listener.tls_inspector" || type_url == TLS_INSPECTOR {
+            inspect_tls = true;
+        } else {
+            return Err(ConfigError::new(
+                format!("listener_filters[{i}]"),
+                format!("listener filter '{}' is not supported (envoy.filters.listener.tls_inspector is)", f.name),
+            ));
+        }
+    }
+    Ok(ListenerConfig {
+        name: l.name.clone(),
+        addr,
+        chains,
+        has_default_chain,
+        inspect_tls,
+        inspect_timeout: convert::timeout(l.listener_filters_timeout.as_ref(), Some(DEFAULT_LISTENER_FILTERS_TIMEOUT))
+            .unwrap_or(Duration::MAX),
+    })
+}
+
+/// One `FilterChain`: its match, its transport socket and its network filters.
+fn filter_chain(chain: &listener::FilterChain, secrets: &Secrets) -> Result<FilterChain> {
+    let matcher = match &chain.filter_chain_match {
+        Some(m) => chain_match(m).map_err(|e| e.within("filter_chain_match"))?,
+        None => ChainMatch::default(),
+    };
+    let tls = match &chain.transport_socket {
+        Some(socket) => {
+            super::tls::downstream(socket, secrets).map_err(|e| e.within("transport_socket"))?.map(Arc::new)
+        }
+        None => None,
+    };
     let Some((filter, before)) = chain.filters.split_last() else {
-        return Err(ConfigError::new(format!("{at}.filters"), "a filter chain needs a network filter"));
+        return Err(ConfigError::new("filters", "a filter chain needs a network filter"));
     };
     let connection_limits = before
         .iter()
         .enumerate()
-        .map(|(i, f)| connection_limit(f).map_err(|e| e.within(&format!("{at}.filters[{i}]"))))
+        .map(|(i, f)| connection_limit(f).map_err(|e| e.within(&format!("filters[{i}]"))))
         .collect::<Result<Vec<_>>>()?;
-    let at = format!("{at}.filters[{}]", before.len());
+    let at = format!("filters[{}]", before.len());
     let Some(listener::filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
         return Err(ConfigError::new(format!("{at}.typed_config"), "typed_config is required"));
     };
@@ -78,12 +135,71 @@ pub fn listener_config(l: &listener::Listener) -> Result<ListenerConfig> {
             ));
         }
     };
-    Ok(ListenerConfig {
-        name: l.name.clone(),
-        addr,
+    Ok(FilterChain {
+        name: chain.name.clone(),
+        matcher,
+        tls,
         kind,
-        filter_path: format!("{at}.typed_config"),
         connection_limits,
+        filter_path: format!("{at}.typed_config"),
+        handshake_timeout: convert::timeout(chain.transport_socket_connect_timeout.as_ref(), None),
+    })
+}
+
+/// `FilterChainMatch`: the criteria Strait implements; the others are refused, not ignored (they
+/// would route connections to the wrong chain).
+fn chain_match(m: &listener::FilterChainMatch) -> Result<ChainMatch> {
+    let unsupported = [
+        (!m.direct_source_prefix_ranges.is_empty(), "direct_source_prefix_ranges"),
+        (m.source_type != 0, "source_type"),
+        (!m.address_suffix.is_empty() || m.suffix_len.is_some(), "address_suffix"),
+    ];
+    if let Some((_, field)) = unsupported.iter().find(|(set, _)| *set) {
+        return Err(ConfigError::new(*field, "is not supported yet"));
+    }
+    let ranges = |ranges: &[xds_proto::pb::envoy::config::core::v3::CidrRange], field: &str| {
+        ranges
+            .iter()
+            .enumerate()
+            .map(|(i, r)| convert::cidr_range(r).map_err(|e| e.within(&format!("{field}[{i}]"))))
+            .collect::<Result<Vec<_>>>()
+    };
+    let destination_port = match m.destination_port.map(|p| p.value) {
+        None => None,
+        Some(p) => Some(u16::try_from(p).map_err(|_| ConfigError::new("destination_port", "is not a port"))?),
+    };
+    let source_ports = m
+        .source_ports
+        .iter()
+        .map(|p| u16::try_from(*p).map_err(|_| ConfigError::new("source_ports", format!("{p} is not a port"))))
+        .collect::<Result<Vec<_>>>()?;
+    for (i, name) in m.server_names.iter().enumerate() {
+        if name.is_empty() || (name.contains('*') && !name.starts_with("*.")) || name[1..].contains('*') {
+            return Err(ConfigError::new(
+                format!("server_names[{i}]"),
+                format!("'{name}' is not a server name or a '*.suffix' wildcard"),
+            ));
+        }
+    }
+    let transport_protocol = match m.transport_protocol.as_str() {
+        "" => None,
+        t @ ("tls" | "raw_buffer") => Some(t.to_string()),
+        other => {
+            return Err(ConfigError::new(
+                "transport_protocol",
+                format!("'{other}' is not a transport protocol (tls or raw_buffer)"),
+            ));
+        }
+    };
+    Ok(ChainMatch {
+        destination_port,
+        prefix_ranges: ranges(&m.prefix_ranges, "prefix_ranges")?,
+        // A wildcard keeps its dot: "*.example.com" matches by the suffix ".example.com".
+        server_names: m.server_names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+        transport_protocol,
+        application_protocols: m.application_protocols.clone(),
+        source_prefix_ranges: ranges(&m.source_prefix_ranges, "source_prefix_ranges")?,
+        source_ports,
     })
 }
 
@@ -195,7 +311,25 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Result<HttpConnect
         suppress_envoy_headers: router.suppress_envoy_headers,
         filters,
         max_stream_duration: convert::timeout(common.and_then(|c| c.max_stream_duration.as_ref()), None),
+        forward_client_cert: forward_client_cert(h.forward_client_cert_details)?,
+        client_cert_details: h.set_current_client_cert_details.map_or(Default::default(), |d| CertDetails {
+            subject: d.subject.is_some_and(|b| b.value),
+            cert: d.cert,
+            uri: d.uri,
+            dns: d.dns,
+        }),
         stats: HttpStats::new(&h.stat_prefix),
+    })
+}
+
+fn forward_client_cert(mode: i32) -> Result<ForwardClientCert> {
+    Ok(match mode {
+        0 => ForwardClientCert::Sanitize,
+        1 => ForwardClientCert::ForwardOnly,
+        2 => ForwardClientCert::AppendForward,
+        3 => ForwardClientCert::SanitizeSet,
+        4 => ForwardClientCert::AlwaysForwardOnly,
+        n => return Err(ConfigError::new("forward_client_cert_details", format!("unknown mode {n}"))),
     })
 }
 

@@ -9,6 +9,7 @@ mod filters;
 mod listener;
 mod retry;
 mod route;
+pub mod tls;
 
 pub use cluster::cluster_config;
 pub use convert::ConfigError;
@@ -82,9 +83,10 @@ pub fn build_snapshot(
     let empty = Default::default();
     let resources = bootstrap.static_resources.as_ref().unwrap_or(&empty);
 
+    let secrets = tls::Secrets::new(&resources.secrets);
     let mut clusters: HashMap<String, Arc<Cluster>> = HashMap::new();
     for (i, proto) in resources.clusters.iter().enumerate() {
-        match cluster_config(proto) {
+        match cluster_config(proto, &secrets) {
             Ok(config) => {
                 if clusters.contains_key(&config.name) {
                     errors.push(ConfigError::new(
@@ -110,7 +112,7 @@ pub fn build_snapshot(
     let mut addrs: HashSet<SocketAddr> = HashSet::new();
     for (i, proto) in resources.listeners.iter().enumerate() {
         let at = format!("static_resources.listeners[{i}]");
-        match listener_config(proto) {
+        match listener_config(proto, &secrets) {
             Ok(l) => {
                 if !names.insert(l.name.clone()) {
                     errors

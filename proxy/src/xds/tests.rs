@@ -41,7 +41,7 @@ fn envoy_defaults_apply() {
     let c = &s.clusters["c"];
     assert_eq!(c.config.connect_timeout, Duration::from_secs(5));
     assert_eq!(c.config.lb_policy, crate::upstream::LbPolicy::RoundRobin);
-    let ListenerKind::Http(hcm) = &s.listeners[0].kind else { panic!("http listener") };
+    let ListenerKind::Http(hcm) = &s.listeners[0].chains[0].kind else { panic!("http listener") };
     assert_eq!(hcm.stream_idle_timeout, Some(Duration::from_secs(300)));
     assert_eq!(hcm.idle_timeout, Some(Duration::from_secs(3600)));
     assert_eq!(hcm.request_timeout, None);
@@ -67,7 +67,7 @@ fn router_settings_are_read() {
         }));
     any.value = prost::Message::encode_to_vec(&hcm);
     let s = build_snapshot(&b, None, BuildOptions::default()).unwrap();
-    let ListenerKind::Http(h) = &s.listeners[0].kind else { panic!("http listener") };
+    let ListenerKind::Http(h) = &s.listeners[0].chains[0].kind else { panic!("http listener") };
     assert!(h.suppress_envoy_headers);
 }
 
