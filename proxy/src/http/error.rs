@@ -50,6 +50,9 @@ pub enum ProxyError {
     /// An abort injected by the fault filter.
     #[error("fault injected: abort")]
     FaultAbort(Box<Abort>),
+    /// An RBAC filter refused the request (403 "RBAC: access denied", flag `RBAC`).
+    #[error("RBAC: access denied")]
+    RbacDenied,
 }
 
 impl From<UpstreamError> for ProxyError {
@@ -80,7 +83,7 @@ impl ProxyError {
             | ProxyError::StreamDurationTimeout
             | ProxyError::StreamIdleTimeout => "downstream",
             ProxyError::NoRoute | ProxyError::ClusterNotFound(_) => "config",
-            ProxyError::RateLimited(_) | ProxyError::FaultAbort(_) => "policy",
+            ProxyError::RateLimited(_) | ProxyError::FaultAbort(_) | ProxyError::RbacDenied => "policy",
         }
     }
 
@@ -103,6 +106,7 @@ impl ProxyError {
             ProxyError::StreamIdleTimeout => "SI",
             ProxyError::RateLimited(_) => "RL",
             ProxyError::FaultAbort(_) => "FI",
+            ProxyError::RbacDenied => "RBAC",
         }
     }
 
@@ -123,6 +127,7 @@ impl ProxyError {
             ProxyError::StreamDurationTimeout | ProxyError::StreamIdleTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited(limited) => limited.status,
             ProxyError::FaultAbort(abort) => abort.status,
+            ProxyError::RbacDenied => StatusCode::FORBIDDEN,
         }
     }
 
@@ -153,6 +158,7 @@ impl ProxyError {
             ProxyError::StreamIdleTimeout => "stream timeout".into(),
             ProxyError::RateLimited(_) => "local_rate_limited".into(),
             ProxyError::FaultAbort(abort) => abort.body.clone(),
+            ProxyError::RbacDenied => "RBAC: access denied".into(),
         }
     }
 

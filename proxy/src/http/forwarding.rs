@@ -39,13 +39,16 @@ const EDGE_STRIPPED: [&str; 3] =
     ["x-envoy-decorator-operation", "x-envoy-downstream-service-cluster", "x-envoy-downstream-service-node"];
 
 /// What the forwarding headers say about a request.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Forwarded {
     pub request_id: Option<HeaderValue>,
     /// Sent from inside the mesh: `x-forwarded-for` holds one address, within
     /// `internal_address_config` (none by default, as in Envoy 1.40). Such a request may steer the
     /// proxy with `x-envoy-*` headers.
     pub internal: bool,
+    /// The client address the proxy trusts: the peer, or with `xff_num_trusted_hops` the address
+    /// that many hops back in `x-forwarded-for` (RBAC's `remote_ip`).
+    pub client: std::net::IpAddr,
 }
 
 /// Sets the forwarding headers as Envoy's connection manager does before routing. `scheme` is the
@@ -106,7 +109,7 @@ pub fn apply(
             headers.insert(X_REQUEST_ID.clone(), HeaderValue::from_str(text).expect("a UUID is a valid header value"));
         }
     }
-    Forwarded { request_id: headers.get(&X_REQUEST_ID).cloned(), internal }
+    Forwarded { request_id: headers.get(&X_REQUEST_ID).cloned(), internal, client }
 }
 
 /// The address of an `x-forwarded-for` holding exactly one.

@@ -48,6 +48,8 @@ pub struct Downstream {
     pub chain_name: String,
     /// TLS facts, when the chain terminates TLS.
     pub tls: Option<Box<crate::tls::identity::ConnectionTls>>,
+    /// The connection's local address (RBAC's destination IP and port).
+    pub local: SocketAddr,
 }
 
 /// What a request learned on its way, for stats and the access log.
@@ -164,7 +166,7 @@ pub fn handle(
                     Routed::Filter(filtering) => {
                         let (mut req, selected) = *filtering;
                         let (vhost, route) = (selected.vhost, selected.route);
-                        match run_filters(&mut req, hcm, &selected).await {
+                        match run_filters(&mut req, hcm, &selected, downstream).await {
                             Ok(filtered) => {
                                 let step = act(req, downstream, snapshot, hcm, selected, &mut outcome, grpc);
                                 (step, vhost, route, filtered)
@@ -250,6 +252,8 @@ struct Selected<'h> {
     /// A forwarding route's cluster for this request (a weighted split is drawn here, as Envoy does
     /// when it resolves the route, so filters see it).
     cluster_name: Option<&'h str>,
+    /// The trusted client address.
+    client: std::net::IpAddr,
 }
 
 /// A routed request: what the router does with it now, or (when the connection manager has HTTP
@@ -313,7 +317,15 @@ fn select<'h>(
         Action::Forward(forward) => Some(forward.target.pick()),
         _ => None,
     };
-    Ok(Selected { vhost, route, internal: forwarded.internal, authority: authority_value, path, cluster_name })
+    Ok(Selected {
+        vhost,
+        route,
+        internal: forwarded.internal,
+        authority: authority_value,
+        path,
+        cluster_name,
+        client: forwarded.client,
+    })
 }
 
 /// What the HTTP filters leave for the response: headers to add (`x-ratelimit-*`), a delay's flag,
@@ -331,6 +343,7 @@ async fn run_filters(
     req: &mut Request<Incoming>,
     hcm: &HttpConnectionManager,
     selected: &Selected<'_>,
+    downstream: &Downstream,
 ) -> Result<Filtered, ProxyError> {
     let mut filtered = Filtered::default();
     for filter in &hcm.filters {
@@ -360,6 +373,25 @@ async fn run_filters(
                 }
                 filtered._faults.push(injected);
             }
+            FilterConfig::Rbac(rbac) => {
+                let Some(stats) = &filter.rbac_stats else { continue };
+                let facts = crate::policy::rbac::Facts {
+                    peer: downstream.peer,
+                    client: selected.client,
+                    local: downstream.local,
+                    tls: downstream.tls.as_deref(),
+                    request: Some(crate::policy::rbac::RequestFacts {
+                        headers: req.headers(),
+                        method: req.method().as_str(),
+                        path: selected.path.as_str(),
+                        authority: selected.authority.to_str().unwrap_or_default(),
+                        scheme: if downstream.tls.is_some() { "https" } else { "http" },
+                    }),
+                };
+                if !rbac.allows(&facts, stats) {
+                    return Err(ProxyError::RbacDenied);
+                }
+            }
         }
     }
     Ok(filtered)
@@ -376,7 +408,7 @@ fn act(
     outcome: &mut Outcome,
     grpc: bool,
 ) -> Step {
-    let Selected { vhost, route, internal, authority, path, cluster_name } = selected;
+    let Selected { vhost, route, internal, authority, path, cluster_name, .. } = selected;
     match &route.action {
         Action::Direct(direct) => {
             let mut resp = Response::builder().status(direct.status);

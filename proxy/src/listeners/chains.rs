@@ -22,6 +22,8 @@ pub struct FilterChain {
     pub kind: ListenerKind,
     /// `envoy.filters.network.local_ratelimit` filters ahead of the terminal one, in order.
     pub connection_limits: Vec<ConnectionRateLimit>,
+    /// `envoy.filters.network.rbac` filters, checked once the connection's peer is known.
+    pub authorization: Vec<crate::policy::rbac::NetworkRbac>,
     /// Where the terminal network filter's config sits in the listener, for error messages.
     pub filter_path: String,
     /// `transport_socket_connect_timeout`: how long the TLS handshake may take (default 10 s).

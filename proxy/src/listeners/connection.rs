@@ -57,8 +57,14 @@ pub async fn serve(a: Accepted) {
     if !chain.connection_limits.iter().all(|limit| limit.admit()) {
         return;
     }
-    let mut downstream =
-        Downstream { peer: a.peer, listener: a.listener, chain: index, chain_name: chain.name.clone(), tls: None };
+    let mut downstream = Downstream {
+        peer: a.peer,
+        listener: a.listener,
+        chain: index,
+        chain_name: chain.name.clone(),
+        tls: None,
+        local,
+    };
     let stream = match &chain.tls {
         None => DownstreamStream::Plain(a.stream),
         Some(tls) => {
@@ -94,6 +100,21 @@ pub async fn serve(a: Accepted) {
             DownstreamStream::Tls(Box::new(stream))
         }
     };
+    // Network authorization: once per connection, the peer (and its certificate) known.
+    if !chain.authorization.is_empty() {
+        let facts = crate::policy::rbac::Facts {
+            peer: downstream.peer,
+            client: downstream.peer.ip(),
+            local,
+            tls: downstream.tls.as_deref(),
+            request: None,
+        };
+        if !chain.authorization.iter().all(|f| f.rbac.allows(&facts, &f.stats)) {
+            let principal = downstream.tls.as_ref().and_then(|t| t.peer.as_ref()).and_then(|p| p.spiffe_id());
+            tracing::debug!(listener = %downstream.listener, peer = %downstream.peer, principal, "RBAC: connection denied");
+            return;
+        }
+    }
     match &chain.kind {
         ListenerKind::Http(hcm) => crate::http::server::serve(stream, downstream, hcm.clone(), a.shared, a.stop).await,
         ListenerKind::Tcp(tcp) => match stream {

@@ -1,10 +1,12 @@
 //! Per-request policies: retries (a tower retry policy) and the HTTP filters that run ahead of the
-//! router in the order the connection manager lists them (local rate limiting, fault injection),
+//! router in the order the connection manager lists them (local rate limiting, fault injection,
+//! authorization),
 //! each with its per-route config (`typed_per_filter_config`), and the limits a request runs under.
 
 pub mod fault;
 pub mod local_ratelimit;
 pub mod mirror;
+pub mod rbac;
 pub mod retry;
 pub mod timeout;
 
@@ -37,6 +39,8 @@ pub struct HttpFilter {
     pub config: FilterConfig,
     /// A fault filter's counters and faults in progress, whichever config applies.
     pub fault_stats: Option<fault::FaultStats>,
+    /// An RBAC filter's counters, whichever config applies.
+    pub rbac_stats: Option<rbac::RbacStats>,
 }
 
 /// A filter's config: the connection manager's, or one that a route, virtual host or route table
@@ -45,6 +49,7 @@ pub struct HttpFilter {
 pub enum FilterConfig {
     LocalRateLimit(Arc<local_ratelimit::LocalRateLimit>),
     Fault(Arc<fault::Fault>),
+    Rbac(Arc<rbac::Rbac>),
     /// `FilterConfig { disabled: true }`: the filter does nothing for these requests.
     Disabled,
 }
@@ -57,6 +62,7 @@ impl FilterConfig {
             (FilterConfig::Disabled, _)
                 | (FilterConfig::LocalRateLimit(_), FilterConfig::LocalRateLimit(_))
                 | (FilterConfig::Fault(_), FilterConfig::Fault(_))
+                | (FilterConfig::Rbac(_), FilterConfig::Rbac(_))
         )
     }
 }

@@ -148,12 +148,19 @@ impl HeaderMatcher {
                 }
             }
         };
-        let matched = match &self.check {
-            HeaderCheck::Value(m) => m.matches(&joined),
-            HeaderCheck::Range { start, end } => joined.parse::<i64>().is_ok_and(|v| v >= *start && v < *end),
-            HeaderCheck::Present(_) => unreachable!("handled above"),
-        };
-        matched != self.invert
+        self.check.check(Some(&joined)) != self.invert
+    }
+}
+
+impl HeaderCheck {
+    /// Whether a (joined) header value passes; `None`: the header is absent.
+    pub fn check(&self, value: Option<&str>) -> bool {
+        match (self, value) {
+            (HeaderCheck::Present(want), value) => value.is_some() == *want,
+            (_, None) => false,
+            (HeaderCheck::Value(m), Some(v)) => m.matches(v),
+            (HeaderCheck::Range { start, end }, Some(v)) => v.parse::<i64>().is_ok_and(|v| v >= *start && v < *end),
+        }
     }
 }
 

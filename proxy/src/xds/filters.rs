@@ -4,6 +4,7 @@
 use super::convert::{self, ConfigError, Result};
 use crate::policy::fault::{AbortWith, DelayLength, Fault, FaultAbort, FaultDelay, FaultStats};
 use crate::policy::local_ratelimit::{LocalRateLimit, RateLimitStats, TokenBucket};
+use crate::policy::rbac::RbacStats;
 use crate::policy::{FilterConfig, FilterOverrides, Fraction, HttpFilter};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,11 +14,14 @@ use xds_proto::pb::envoy::config::route::v3 as route;
 use xds_proto::pb::envoy::extensions::filters::common::fault::v3 as common_fault;
 use xds_proto::pb::envoy::extensions::filters::http::fault::v3 as fault_proto;
 use xds_proto::pb::envoy::extensions::filters::http::local_ratelimit::v3 as ratelimit_proto;
+use xds_proto::pb::envoy::extensions::filters::http::rbac::v3 as rbac_proto;
 use xds_proto::pb::envoy::r#type::v3 as types;
 use xds_proto::pb::google::protobuf::Any;
 
 const LOCAL_RATELIMIT: &str = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
 const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+const RBAC: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+const RBAC_PER_ROUTE: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute";
 const FILTER_CONFIG: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
 
 /// Envoy's shortest `fill_interval`.
@@ -40,7 +44,8 @@ pub fn http_filter(
     match config {
         Some(config) => {
             let fault_stats = matches!(config, FilterConfig::Fault(_)).then(|| FaultStats::new(hcm_prefix));
-            Ok(Some(HttpFilter { name: f.name.clone(), config, fault_stats }))
+            let rbac_stats = matches!(config, FilterConfig::Rbac(_)).then(|| RbacStats::http(hcm_prefix));
+            Ok(Some(HttpFilter { name: f.name.clone(), config, fault_stats, rbac_stats }))
         }
         None if f.is_optional => {
             tracing::warn!(filter = %f.name, "optional HTTP filter is not supported by Strait and is skipped");
@@ -72,8 +77,30 @@ fn known_config(any: &Any, per_route: bool) -> Result<Option<FilterConfig>> {
             let config = convert::unpack::<fault_proto::HttpFault>(any, "typed_config")?;
             Some(FilterConfig::Fault(Arc::new(fault(&config).map_err(|e| e.within("typed_config"))?)))
         }
+        RBAC if !per_route => Some(FilterConfig::Rbac(Arc::new(rbac_filter(any)?))),
+        RBAC_PER_ROUTE if per_route => {
+            let config = convert::unpack::<rbac_proto::RbacPerRoute>(any, "typed_config")?;
+            // No `rbac`: the filter is off for these requests (Envoy's meaning).
+            match config.rbac {
+                None => Some(FilterConfig::Disabled),
+                Some(rbac) => {
+                    let any = Any { type_url: RBAC.to_string(), value: prost::Message::encode_to_vec(&rbac) };
+                    Some(FilterConfig::Rbac(Arc::new(rbac_filter(&any).map_err(|e| e.within("rbac"))?)))
+                }
+            }
+        }
         _ => None,
     })
+}
+
+fn rbac_filter(any: &Any) -> Result<crate::policy::rbac::Rbac> {
+    let config = convert::unpack::<rbac_proto::Rbac>(any, "typed_config")?;
+    super::rbac::filter(
+        config.rules.as_ref(),
+        config.shadow_rules.as_ref(),
+        config.matcher.is_some() || config.shadow_matcher.is_some(),
+    )
+    .map_err(|e| e.within("typed_config"))
 }
 
 /// `typed_per_filter_config` of a route, virtual host or route table. Configs are stored by filter

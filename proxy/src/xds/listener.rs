@@ -11,6 +11,7 @@ use crate::listeners::{FilterChain, ListenerConfig, ListenerKind};
 use crate::net::CidrRange;
 use crate::policy::HttpFilter;
 use crate::policy::local_ratelimit::ConnectionRateLimit;
+use crate::policy::rbac::{NetworkRbac, RbacStats};
 use crate::routing::{ClusterTarget, WeightedClusters};
 use crate::tcp::TcpProxyConfig;
 use crate::telemetry::access_log::{AccessLog, DEFAULT_FORMAT, LogFormat, LogTarget};
@@ -23,9 +24,11 @@ use xds_proto::pb::envoy::extensions::access_loggers::{file::v3 as file_log, str
 use xds_proto::pb::envoy::extensions::filters::http::router::v3 as router_proto;
 use xds_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use xds_proto::pb::envoy::extensions::filters::network::local_ratelimit::v3 as network_ratelimit;
+use xds_proto::pb::envoy::extensions::filters::network::rbac::v3 as network_rbac;
 use xds_proto::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_proxy;
 use xds_proto::type_url;
 
+const NETWORK_RBAC: &str = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
 const NETWORK_LOCAL_RATELIMIT: &str =
     "type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit";
 const TLS_INSPECTOR: &str = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
@@ -108,11 +111,14 @@ fn filter_chain(chain: &listener::FilterChain, secrets: &Secrets) -> Result<Filt
     let Some((filter, before)) = chain.filters.split_last() else {
         return Err(ConfigError::new("filters", "a filter chain needs a network filter"));
     };
-    let connection_limits = before
-        .iter()
-        .enumerate()
-        .map(|(i, f)| connection_limit(f).map_err(|e| e.within(&format!("filters[{i}]"))))
-        .collect::<Result<Vec<_>>>()?;
+    let mut connection_limits = Vec::new();
+    let mut authorization = Vec::new();
+    for (i, f) in before.iter().enumerate() {
+        match network_filter(f).map_err(|e| e.within(&format!("filters[{i}]")))? {
+            NetworkFilter::RateLimit(limit) => connection_limits.push(limit),
+            NetworkFilter::Rbac(rbac) => authorization.push(rbac),
+        }
+    }
     let at = format!("filters[{}]", before.len());
     let Some(listener::filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
         return Err(ConfigError::new(format!("{at}.typed_config"), "typed_config is required"));
@@ -141,6 +147,7 @@ fn filter_chain(chain: &listener::FilterChain, secrets: &Secrets) -> Result<Filt
         tls,
         kind,
         connection_limits,
+        authorization,
         filter_path: format!("{at}.typed_config"),
         handshake_timeout: convert::timeout(chain.transport_socket_connect_timeout.as_ref(), None),
     })
@@ -203,28 +210,58 @@ fn chain_match(m: &listener::FilterChainMatch) -> Result<ChainMatch> {
     })
 }
 
-/// A network filter ahead of the terminal one: only `envoy.filters.network.local_ratelimit`.
-fn connection_limit(f: &listener::Filter) -> Result<ConnectionRateLimit> {
+/// A network filter ahead of the terminal one.
+enum NetworkFilter {
+    RateLimit(ConnectionRateLimit),
+    Rbac(NetworkRbac),
+}
+
+/// A network filter ahead of the terminal one: `envoy.filters.network.local_ratelimit` or
+/// `envoy.filters.network.rbac`.
+fn network_filter(f: &listener::Filter) -> Result<NetworkFilter> {
     let Some(listener::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
         return Err(ConfigError::new("typed_config", "typed_config is required"));
     };
-    if any.type_url != NETWORK_LOCAL_RATELIMIT {
-        return Err(ConfigError::new(
+    match any.type_url.as_str() {
+        NETWORK_LOCAL_RATELIMIT => {
+            let proto: network_ratelimit::LocalRateLimit = convert::unpack(any, "typed_config")?;
+            if proto.stat_prefix.is_empty() {
+                return Err(ConfigError::new("typed_config.stat_prefix", "is required"));
+            }
+            let bucket = proto
+                .token_bucket
+                .as_ref()
+                .ok_or_else(|| ConfigError::new("typed_config.token_bucket", "is required"))?;
+            let bucket = super::filters::token_bucket(bucket).map_err(|e| e.within("typed_config.token_bucket"))?;
+            Ok(NetworkFilter::RateLimit(ConnectionRateLimit::new(bucket, &proto.stat_prefix)))
+        }
+        NETWORK_RBAC => {
+            let proto: network_rbac::Rbac = convert::unpack(any, "typed_config")?;
+            if proto.stat_prefix.is_empty() {
+                return Err(ConfigError::new("typed_config.stat_prefix", "is required"));
+            }
+            if proto.enforcement_type != 0 {
+                return Err(ConfigError::new(
+                    "typed_config.enforcement_type",
+                    "only ONE_TIME_ON_FIRST_BYTE is supported",
+                ));
+            }
+            let rbac = super::rbac::filter(
+                proto.rules.as_ref(),
+                proto.shadow_rules.as_ref(),
+                proto.matcher.is_some() || proto.shadow_matcher.is_some(),
+            )
+            .map_err(|e| e.within("typed_config"))?;
+            Ok(NetworkFilter::Rbac(NetworkRbac { rbac, stats: RbacStats::network(&proto.stat_prefix) }))
+        }
+        other => Err(ConfigError::new(
             "typed_config",
             format!(
-                "network filter {} is not supported before the last filter (envoy.filters.network.local_ratelimit is)",
-                any.type_url
+                "network filter {other} is not supported before the last filter \
+                 (envoy.filters.network.local_ratelimit and envoy.filters.network.rbac are)"
             ),
-        ));
+        )),
     }
-    let proto: network_ratelimit::LocalRateLimit = convert::unpack(any, "typed_config")?;
-    if proto.stat_prefix.is_empty() {
-        return Err(ConfigError::new("typed_config.stat_prefix", "is required"));
-    }
-    let bucket =
-        proto.token_bucket.as_ref().ok_or_else(|| ConfigError::new("typed_config.token_bucket", "is required"))?;
-    let bucket = super::filters::token_bucket(bucket).map_err(|e| e.within("typed_config.token_bucket"))?;
-    Ok(ConnectionRateLimit::new(bucket, &proto.stat_prefix))
 }
 
 fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Result<HttpConnectionManager> {

@@ -7,6 +7,7 @@ mod convert;
 pub mod fields;
 mod filters;
 mod listener;
+mod rbac;
 mod retry;
 mod route;
 pub mod tls;
