@@ -18,6 +18,7 @@ pub struct Ca {
 }
 
 /// A leaf certificate and its key.
+#[derive(Clone)]
 pub struct Leaf {
     pub cert_pem: String,
     pub key_pem: String,
@@ -106,8 +107,11 @@ pub struct TlsReply {
     pub server_cert: Vec<u8>,
 }
 
-/// GETs `path` over TLS from `addr`; an error says where it failed (the handshake, the request).
-pub async fn tls_get(addr: SocketAddr, client: &TlsClient<'_>, path: &str) -> Result<TlsReply, String> {
+/// A TLS connection to `addr` as `client` asks.
+pub async fn connect(
+    addr: SocketAddr,
+    client: &TlsClient<'_>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -132,10 +136,15 @@ pub async fn tls_get(addr: SocketAddr, client: &TlsClient<'_>, path: &str) -> Re
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
     let name = ServerName::try_from(client.sni.to_string()).unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+    tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
         .await
         .map_err(|_| "handshake: timeout".to_string())?
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(|e| format!("handshake: {e}"))
+}
+
+/// GETs `path` over TLS from `addr`; an error says where it failed (the handshake, the request).
+pub async fn tls_get(addr: SocketAddr, client: &TlsClient<'_>, path: &str) -> Result<TlsReply, String> {
+    let tls = connect(addr, client).await?;
     let (_, session) = tls.get_ref();
     let server_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
     let h2 = session.alpn_protocol() == Some(b"h2");

@@ -46,13 +46,14 @@ async fn admin_reports_readiness_config_and_clusters() {
     let dump: serde_json::Value = serde_json::from_str(&proxy.admin_text("/config_dump").await).unwrap();
     let configs = dump["configs"].as_array().unwrap();
     let types: Vec<&str> = configs.iter().map(|c| c["@type"].as_str().unwrap()).collect();
-    // Envoy's order: bootstrap, clusters, listeners.
+    // Envoy 1.40's order for a static config: bootstrap, clusters, listeners, secrets.
     assert_eq!(
         types,
         vec![
             "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
             "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
-            "type.googleapis.com/envoy.admin.v3.ListenersConfigDump"
+            "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+            "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"
         ]
     );
     assert_eq!(configs[2]["version_info"], "1");

@@ -70,6 +70,7 @@ impl Proxy {
             let resources = bootstrap.static_resources.get_or_insert_with(Default::default);
             resources.listeners.extend(d.listeners.iter().cloned());
             resources.clusters.extend(d.clusters.iter().cloned());
+            resources.secrets.extend(d.secrets.iter().cloned());
         }
         bootstrap
     }

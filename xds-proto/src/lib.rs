@@ -32,9 +32,12 @@ pub mod type_url {
     pub const HTTP_PROTOCOL_OPTIONS: &str =
         "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
+    pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
     /// The xDS types Strait serves and consumes over ADS, in the order Envoy wants them applied
-    /// (clusters and their endpoints before the listeners and routes that use them).
-    pub const ADS_TYPES: [&str; 4] = [CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION];
+    /// (clusters and their endpoints before the listeners and routes that use them; secrets (SDS)
+    /// are asked for by name once a listener or cluster names them).
+    pub const ADS_TYPES: [&str; 5] = [CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION, SECRET];
 
     /// The canonical `&'static str` of an ADS type URL, if it is one.
     pub fn ads_type(url: &str) -> Option<&'static str> {

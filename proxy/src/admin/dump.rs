@@ -8,8 +8,9 @@ use prost_reflect::{DynamicMessage, SerializeOptions};
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use xds_proto::pb::envoy::admin::v3 as admin;
+use xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
 use xds_proto::pb::google::protobuf::{Any, Timestamp};
-use xds_proto::type_url::{CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION};
+use xds_proto::type_url::{CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION, SECRET};
 
 fn timestamp(t: std::time::SystemTime) -> Timestamp {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -27,6 +28,8 @@ pub fn config_dump(s: &Snapshot, ads: Option<&AdsStatus>) -> Result<String, Stri
     if let Some(resources) = base.static_resources.as_mut() {
         resources.listeners.retain(|l| !dump.is_dynamic(LISTENER, &l.name));
         resources.clusters.retain(|c| !dump.is_dynamic(CLUSTER, &c.name));
+        resources.secrets.retain(|c| !dump.is_dynamic(SECRET, &c.name));
+        resources.secrets.iter_mut().for_each(redact);
     }
     let updated = Some(timestamp(s.applied_at));
     let statics = base.static_resources.clone().unwrap_or_default();
@@ -77,6 +80,33 @@ pub fn config_dump(s: &Snapshot, ads: Option<&AdsStatus>) -> Result<String, Stri
             .collect(),
         ..Default::default()
     };
+    let secrets = admin::SecretsConfigDump {
+        static_secrets: statics
+            .secrets
+            .into_iter()
+            .map(|secret| admin::secrets_config_dump::StaticSecret {
+                name: secret.name.clone(),
+                last_updated: updated,
+                secret: Some(pack(secret)),
+            })
+            .collect(),
+        dynamic_active_secrets: dump
+            .accepted(SECRET)
+            .filter_map(|(name, r)| {
+                let mut secret = prost::Message::decode(r.body.value.as_slice()).ok()?;
+                redact(&mut secret);
+                Some(admin::secrets_config_dump::DynamicSecret {
+                    name: name.clone(),
+                    version_info: r.version.clone(),
+                    last_updated: Some(timestamp(r.at)),
+                    secret: Some(pack(secret)),
+                    ..Default::default()
+                })
+            })
+            .chain(dump.rejected(SECRET))
+            .collect(),
+        ..Default::default()
+    };
     let mut configs =
         vec![pack(admin::BootstrapConfigDump { bootstrap: Some(base), last_updated: updated }), pack(clusters)];
     if ads.is_some() {
@@ -86,6 +116,7 @@ pub fn config_dump(s: &Snapshot, ads: Option<&AdsStatus>) -> Result<String, Stri
     if ads.is_some() {
         configs.push(pack(routes));
     }
+    configs.push(pack(secrets));
     let dynamic: DynamicMessage = xds_proto::to_dynamic(&admin::ConfigDump { configs }).map_err(|e| e.to_string())?;
     let options = SerializeOptions::new().use_proto_field_name(true);
     let mut out = Vec::new();
@@ -95,6 +126,17 @@ pub fn config_dump(s: &Snapshot, ads: Option<&AdsStatus>) -> Result<String, Stri
     xds_proto::release_descriptor_pool();
     crate::sys::release_free_memory();
     String::from_utf8(out).map_err(|e| e.to_string())
+}
+
+/// A secret as a dump shows it: private keys replaced by "[redacted]", as Envoy does.
+fn redact(secret: &mut Secret) {
+    use xds_proto::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
+    if let Some(secret::Type::TlsCertificate(cert)) = secret.r#type.as_mut()
+        && cert.private_key.is_some()
+    {
+        cert.private_key =
+            Some(DataSource { specifier: Some(Specifier::InlineString("[redacted]".into())), ..Default::default() });
+    }
 }
 
 fn cluster_entry(
@@ -131,6 +173,7 @@ macro_rules! with_error_state {
     )*};
 }
 with_error_state!(
+    admin::secrets_config_dump::DynamicSecret,
     admin::clusters_config_dump::DynamicCluster,
     admin::listeners_config_dump::DynamicListener,
     admin::routes_config_dump::DynamicRouteConfig,

@@ -197,12 +197,13 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// The RDS and EDS names the accepted config needs.
+    /// The RDS, EDS and SDS names the accepted config needs.
     fn wanted(&self) -> BTreeMap<&'static str, BTreeSet<String>> {
         let resolved = self.state.resolve().unwrap_or_default();
         BTreeMap::from([
             (type_url::ROUTE_CONFIGURATION, resolved.route_names),
             (type_url::CLUSTER_LOAD_ASSIGNMENT, resolved.eds_names),
+            (type_url::SECRET, resolved.secret_names),
         ])
     }
 

@@ -9,11 +9,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use xds_proto::pb::envoy::config::cluster::v3::Cluster;
 use xds_proto::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use xds_proto::pb::envoy::config::core::v3::TransportSocket;
 use xds_proto::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use xds_proto::pb::envoy::config::listener::v3::Listener;
 use xds_proto::pb::envoy::config::route::v3::RouteConfiguration;
 use xds_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use xds_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use xds_proto::pb::google::protobuf::Any;
 use xds_proto::type_url;
 
@@ -52,8 +54,11 @@ pub struct Resolved {
     pub route_names: BTreeSet<String>,
     /// Clusters whose endpoints come over EDS (EDS subscriptions).
     pub eds_names: BTreeSet<String>,
-    /// Listeners or clusters (type URL, name) still waiting for their routes or endpoints.
+    /// Listeners or clusters (type URL, name) still waiting for their routes, endpoints or secrets.
     pub warming: BTreeSet<(&'static str, String)>,
+    /// Secrets the listeners and clusters name (SDS subscriptions), and those received.
+    pub secret_names: BTreeSet<String>,
+    pub secrets: Vec<Secret>,
 }
 
 impl State {
@@ -77,6 +82,24 @@ impl State {
         });
         let endpoints: BTreeMap<&str, ClusterLoadAssignment> =
             decode_all(self.of_type(type_url::CLUSTER_LOAD_ASSIGNMENT), "ClusterLoadAssignment", &mut errors);
+        let mut secrets: BTreeMap<&str, Secret> = decode_all(self.of_type(type_url::SECRET), "Secret", &mut errors);
+        // Secrets are checked on their own, so a bad certificate names its secret.
+        secrets.retain(|name, secret| match crate::xds::tls::check_secret(secret) {
+            Ok(()) => true,
+            Err(e) => {
+                errors.push(format!("Secret '{name}': {e}"));
+                false
+            }
+        });
+        out.secrets = secrets.values().cloned().collect();
+        let secret_set = crate::xds::tls::Secrets::new(&out.secrets);
+        // Whether every secret a transport socket names is here (noting the names to subscribe to).
+        let mut has_secrets = |socket: Option<&TransportSocket>, names: &mut BTreeSet<String>| {
+            let wanted = socket.map(crate::xds::tls::sds_names).unwrap_or_default();
+            let complete = wanted.iter().all(|n| secrets.contains_key(n.as_str()));
+            names.extend(wanted);
+            complete
+        };
 
         for (name, mut cluster) in decode_all::<Cluster>(self.of_type(type_url::CLUSTER), "Cluster", &mut errors) {
             let eds = matches!(cluster.cluster_discovery_type, Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32);
@@ -103,7 +126,15 @@ impl State {
                 }
                 cluster.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
             }
-            match cluster_config(&cluster, &Default::default()) {
+            if !has_secrets(cluster.transport_socket.as_ref(), &mut out.secret_names) {
+                // Waits for its certificates: the version in use meanwhile, if there is one.
+                out.warming.insert((type_url::CLUSTER, name.to_string()));
+                if let Some(active) = self.active_clusters.get(name) {
+                    out.clusters.push(active.clone());
+                }
+                continue;
+            }
+            match cluster_config(&cluster, &secret_set) {
                 Ok(_) => out.clusters.push(cluster),
                 Err(e) => errors.push(format!("Cluster '{name}': {e}")),
             }
@@ -115,7 +146,10 @@ impl State {
                 Ok(false) => {
                     out.warming.insert((type_url::LISTENER, name.to_string()));
                 }
-                Ok(true) => match listener_config(&listener, &Default::default()) {
+                Ok(true) if !listener_secrets(&listener, &mut has_secrets, &mut out.secret_names) => {
+                    out.warming.insert((type_url::LISTENER, name.to_string()));
+                }
+                Ok(true) => match listener_config(&listener, &secret_set) {
                     Ok(_) => out.listeners.push(listener),
                     Err(e) => errors.push(format!("Listener '{name}': {e}")),
                 },
@@ -123,6 +157,18 @@ impl State {
         }
         if errors.is_empty() { Ok(out) } else { Err(errors) }
     }
+}
+
+/// Whether every secret the listener's filter chains name is here.
+fn listener_secrets(
+    listener: &Listener,
+    has_secrets: &mut impl FnMut(Option<&TransportSocket>, &mut BTreeSet<String>) -> bool,
+    names: &mut BTreeSet<String>,
+) -> bool {
+    let chains = listener.filter_chains.iter().chain(listener.default_filter_chain.as_ref());
+    // Every chain is looked at (not short-circuited): all the names are subscribed to.
+    let complete: Vec<bool> = chains.map(|chain| has_secrets(chain.transport_socket.as_ref(), names)).collect();
+    complete.into_iter().all(|c| c)
 }
 
 fn decode_all<'a, T: Message + Default>(

@@ -24,18 +24,57 @@ impl<'a> Secrets<'a> {
     }
 
     fn get(&self, config: &tls::SdsSecretConfig, at: &str) -> Result<&'a tls::Secret> {
-        if config.sds_config.is_some() {
-            return Err(ConfigError::new(
-                format!("{at}.sds_config"),
-                "secrets from an SDS server are not supported yet (name a static_resources.secrets entry)",
-            ));
-        }
+        let from_ads = sds_from_ads(config).map_err(|e| e.within(at))?;
         self.0.get(config.name.as_str()).copied().ok_or_else(|| {
-            ConfigError::new(
-                format!("{at}.name"),
-                format!("no secret named '{}' in static_resources.secrets", config.name),
-            )
+            let whence = if from_ads { "received over ADS (SDS)" } else { "in static_resources.secrets" };
+            ConfigError::new(format!("{at}.name"), format!("no secret named '{}' {whence}", config.name))
         })
+    }
+}
+
+/// Whether a secret comes over ADS (`sds_config: { ads: {} }`) rather than from the bootstrap (no
+/// `sds_config`); any other source is refused.
+fn sds_from_ads(config: &tls::SdsSecretConfig) -> Result<bool> {
+    use core::config_source::ConfigSourceSpecifier as S;
+    match config.sds_config.as_ref().map(|c| &c.config_source_specifier) {
+        None => Ok(false),
+        Some(Some(S::Ads(_))) => Ok(true),
+        Some(_) => Err(ConfigError::new("sds_config", "only `ads: {}` is supported as a secret source")),
+    }
+}
+
+/// The names of the secrets a transport socket asks for over ADS (SDS), for the subscription.
+pub fn sds_names(socket: &core::TransportSocket) -> Vec<String> {
+    use tls::common_tls_context::ValidationContextType as V;
+    let common = if let Ok(Some(d)) = tls_context::<tls::DownstreamTlsContext>(socket) {
+        d.common_tls_context
+    } else if let Ok(Some(u)) = tls_context::<tls::UpstreamTlsContext>(socket) {
+        u.common_tls_context
+    } else {
+        None
+    };
+    let Some(common) = common else { return Vec::new() };
+    let mut configs: Vec<&tls::SdsSecretConfig> = common.tls_certificate_sds_secret_configs.iter().collect();
+    match &common.validation_context_type {
+        Some(V::ValidationContextSdsSecretConfig(sds)) => configs.push(sds),
+        Some(V::CombinedValidationContext(c)) => configs.extend(c.validation_context_sds_secret_config.as_ref()),
+        _ => {}
+    }
+    configs.into_iter().filter(|c| matches!(sds_from_ads(c), Ok(true))).map(|c| c.name.clone()).collect()
+}
+
+/// Checks a secret on its own (its certificate and key, or its trust bundle load), so a bad one is
+/// refused when it arrives, naming itself.
+pub fn check_secret(secret: &tls::Secret) -> Result<()> {
+    let mut loaded = Vec::new();
+    match &secret.r#type {
+        Some(tls::secret::Type::TlsCertificate(cert)) => {
+            identity(cert, &mut loaded).map(|_| ()).map_err(|e| e.within("tls_certificate"))
+        }
+        Some(tls::secret::Type::ValidationContext(v)) => {
+            validation(v, None, &mut loaded).map(|_| ()).map_err(|e| e.within("validation_context"))
+        }
+        _ => Err(ConfigError::new("", "only tls_certificate and validation_context secrets are supported")),
     }
 }
 
