@@ -10,7 +10,8 @@ use std::path::PathBuf;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=proto");
-    let api = protox::compile(["strait/control/v1/mesh.proto"], ["proto"]).unwrap_or_else(|e| panic!("{e:?}"));
+    let api = protox::compile(["strait/control/v1/mesh.proto", "strait/ca/v1/ca.proto"], ["proto"])
+        .unwrap_or_else(|e| panic!("{e:?}"));
     tonic_prost_build::configure().compile_fds(api).expect("generating the management API");
 
     println!("cargo:rerun-if-changed=Cargo.toml");

@@ -5,6 +5,7 @@
 
 pub mod ads;
 pub mod api;
+pub mod ca;
 pub mod compile;
 pub mod control;
 pub mod mesh;
@@ -36,6 +37,27 @@ pub struct Addresses {
     pub xds: SocketAddr,
     /// The management API (`strait.control.v1.MeshService`), if served.
     pub api: Option<SocketAddr>,
+}
+
+/// The certificate authority's service (`strait.ca.v1.CertificateService`), when it is served.
+#[derive(Debug)]
+pub struct CaSettings {
+    /// Bound by the caller, so a busy address is an error before anything is served.
+    pub listener: tokio::net::TcpListener,
+    pub ca: Arc<ca::CertificateAuthority>,
+    pub tokens: ca::tokens::Tokens,
+}
+
+/// Serves the certificate service until `shutdown` resolves.
+pub async fn serve_ca(settings: CaSettings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let listener = settings.listener;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, trust_domain = settings.ca.trust_domain(), "certificate service listening");
+    let service = ca::service::CaService::new(settings.ca, settings.tokens).into_service();
+    tonic::transport::Server::builder()
+        .serve_with_incoming_shutdown(service, tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
 }
 
 /// Serves ADS (and the management API) until `shutdown` resolves, following changes to `source`.

@@ -33,6 +33,29 @@ enum Command {
         /// Log level (error, warn, info, debug, trace).
         #[arg(short = 'l', long, default_value = "info")]
         log_level: String,
+        /// Serve the certificate authority, for the workloads this file of bootstrap tokens
+        /// (`<token> <namespace> <service-account>` lines) names.
+        #[arg(long)]
+        ca_tokens: Option<PathBuf>,
+        /// Where proxies ask for certificates.
+        #[arg(long, default_value = "127.0.0.1:15012")]
+        ca_address: SocketAddr,
+        /// The CA's root certificate and key (generated there on first start).
+        #[arg(long, default_value = "strait-ca")]
+        ca_dir: PathBuf,
+        /// The trust domain of the SPIFFE IDs the CA signs.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
+    /// Replace the CA's root; the previous root stays in the trust bundle for the overlap.
+    RotateRoot {
+        #[arg(long, default_value = "strait-ca")]
+        ca_dir: PathBuf,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// How long the previous root stays trusted (at least the workload certificates' lifetime).
+        #[arg(long, default_value = "48h", value_parser = humantime::parse_duration)]
+        overlap: std::time::Duration,
     },
     /// Create or replace the objects in a mesh YAML file through the management API.
     Apply {
@@ -75,7 +98,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let result = match cli.command {
-        Command::Serve { config_dir, xds_address, api_address, log_level } => {
+        Command::Serve {
+            config_dir,
+            xds_address,
+            api_address,
+            log_level,
+            ca_tokens,
+            ca_address,
+            ca_dir,
+            trust_domain,
+        } => {
             tracing_subscriber::fmt()
                 // The level is for Strait's own logs; the HTTP/2 and gRPC libraries stay at info.
                 .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
@@ -96,7 +128,36 @@ fn main() -> ExitCode {
                 }
             };
             let addresses = strait_control::Addresses { xds: xds_address, api: Some(api_address) };
-            runtime.block_on(strait_control::serve_all(source, addresses, shutdown))
+            runtime.block_on(async move {
+                let ca = match ca_tokens {
+                    None => None,
+                    Some(tokens) => {
+                        let tokens = strait_control::ca::tokens::Tokens::load(&tokens).map_err(anyhow::Error::msg)?;
+                        let ca = strait_control::ca::CertificateAuthority::load_or_create(&ca_dir, &trust_domain)?;
+                        let listener = tokio::net::TcpListener::bind(ca_address)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("bind {ca_address}: {e}"))?;
+                        let settings = strait_control::CaSettings { listener, ca: Arc::new(ca), tokens };
+                        Some(tokio::spawn(strait_control::serve_ca(settings, std::future::pending())))
+                    }
+                };
+                let served = strait_control::serve_all(source, addresses, shutdown).await;
+                if let Some(ca) = ca {
+                    ca.abort();
+                }
+                served
+            })
+        }
+        Command::RotateRoot { ca_dir, trust_domain, overlap } => {
+            strait_control::ca::CertificateAuthority::rotate_root(&ca_dir, &trust_domain, overlap)
+                .map(|()| {
+                    println!(
+                        "{}: new root; the previous one stays trusted for {}",
+                        ca_dir.display(),
+                        humantime::format_duration(overlap)
+                    )
+                })
+                .map_err(anyhow::Error::from)
         }
         Command::Apply { file, dry_run, server } => runtime.block_on(apply(&file, dry_run, &server)),
         Command::Diff { file, server } => runtime.block_on(apply(&file, true, &server)),

@@ -48,6 +48,8 @@ pub struct Options {
     pub drain_time: Duration,
     pub watch: bool,
     pub concurrency: usize,
+    /// Obtain (and keep renewing) a workload certificate from the mesh's CA.
+    pub identity: Option<crate::tls::agent::AgentSettings>,
 }
 
 /// A running proxy, as seen from its control runtime.
@@ -60,10 +62,13 @@ struct Proxy {
     base: Bootstrap,
     /// The last accepted config from ADS, merged with `base` on every apply.
     dynamic: Option<ads::Resolved>,
+    /// The workload certificate and trust bundle from the CA, as secrets (shared with the ADS client).
+    identity: ads::LocalSecrets,
 }
 
 impl Proxy {
-    /// The bootstrap's static resources plus everything accepted over ADS.
+    /// The bootstrap's static resources plus everything accepted over ADS, and the proxy's own
+    /// certificate secrets.
     fn effective(&self, dynamic: Option<&ads::Resolved>) -> Bootstrap {
         let mut bootstrap = self.base.clone();
         if let Some(d) = dynamic {
@@ -71,6 +76,12 @@ impl Proxy {
             resources.listeners.extend(d.listeners.iter().cloned());
             resources.clusters.extend(d.clusters.iter().cloned());
             resources.secrets.extend(d.secrets.iter().cloned());
+        }
+        let identity = self.identity.load();
+        if !identity.is_empty() {
+            let resources = bootstrap.static_resources.get_or_insert_with(Default::default);
+            resources.secrets.retain(|s| !identity.iter().any(|own| own.name == s.name));
+            resources.secrets.extend(identity.iter().cloned());
         }
         bootstrap
     }
@@ -117,6 +128,16 @@ impl Proxy {
         Ok(())
     }
 
+    /// Applies a renewed workload certificate: new connections use it, open ones keep theirs.
+    async fn renewed_identity(&mut self, issued: crate::tls::agent::Issued) {
+        let previous = self.identity.swap(Arc::new(issued.secrets));
+        let bootstrap = self.effective(self.dynamic.as_ref());
+        if let Err(e) = self.apply(&bootstrap).await {
+            self.identity.store(previous);
+            tracing::error!("the renewed certificate could not be applied, the current one stays:\n{e:#}");
+        }
+    }
+
     async fn reload(&mut self) {
         let result = match self.options.source.read() {
             Ok(base) => {
@@ -150,7 +171,11 @@ pub struct Started {
 pub fn run(options: Options, on_started: impl FnOnce(&Started) + Send + 'static) -> anyhow::Result<()> {
     crate::telemetry::prometheus();
     let bootstrap = options.source.read().map_err(anyhow::Error::from).context("invalid config")?;
-    let ads_settings = ads::settings(&bootstrap).map_err(anyhow::Error::msg).context("invalid config")?;
+    let mut ads_settings = ads::settings(&bootstrap).map_err(anyhow::Error::msg).context("invalid config")?;
+    let identity = ads::LocalSecrets::default();
+    if let Some(settings) = ads_settings.as_mut() {
+        settings.local_secrets = identity.clone();
+    }
     let data_plane = DataPlane::start(options.concurrency)?;
     let control = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
@@ -165,11 +190,23 @@ pub fn run(options: Options, on_started: impl FnOnce(&Started) + Send + 'static)
         control: control.handle().clone(),
         base: bootstrap.clone(),
         dynamic: None,
+        identity,
     };
     let ads_status = ads::SharedStatus::default();
 
+    let (renewed_tx, mut renewed) = tokio::sync::mpsc::channel(1);
     let result = control.block_on(async {
-        proxy.apply(&bootstrap).await.context("cannot start")?;
+        // The workload certificate comes first: listeners and clusters may name it.
+        if let Some(agent) = options.identity.clone() {
+            let issued = tokio::select! {
+                issued = crate::tls::agent::obtain(&agent) => issued,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted while waiting for a workload certificate"),
+            };
+            proxy.identity.store(Arc::new(issued.secrets.clone()));
+            tokio::spawn(crate::tls::agent::renew(agent, issued, renewed_tx));
+        }
+        let first = proxy.effective(None);
+        proxy.apply(&first).await.context("cannot start")?;
         let admin_stop = CancellationToken::new();
         let admin_addr = match shared.load().admin {
             Some(addr) => {
@@ -198,7 +235,7 @@ pub fn run(options: Options, on_started: impl FnOnce(&Started) + Send + 'static)
             None => ready.store(true, Ordering::Release),
         }
         on_started(&Started { admin: admin_addr, listeners: proxy.listeners.bound_addresses() });
-        control_loop(&mut proxy, &quit, &mut updates, &ready).await;
+        control_loop(&mut proxy, &quit, (&mut updates, &mut renewed), &ready).await;
         ready.store(false, Ordering::Release);
         tracing::info!(drain_time = ?options.drain_time, "draining");
         let clean = proxy.listeners.drain(options.drain_time).await;
@@ -266,7 +303,10 @@ async fn apply_update(proxy: &mut Proxy, update: ads::Update, ready: &AtomicBool
 async fn control_loop(
     proxy: &mut Proxy,
     quit: &CancellationToken,
-    updates: &mut tokio::sync::mpsc::Receiver<ads::Update>,
+    (updates, renewed): (
+        &mut tokio::sync::mpsc::Receiver<ads::Update>,
+        &mut tokio::sync::mpsc::Receiver<crate::tls::agent::Issued>,
+    ),
     ready: &AtomicBool,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -291,6 +331,7 @@ async fn control_loop(
             _ = int.recv() => return,
             _ = quit.cancelled() => return,
             Some(update) = updates.recv() => apply_update(proxy, update, ready).await,
+            Some(issued) = renewed.recv() => proxy.renewed_identity(issued).await,
             _ = memory_tick.tick() => crate::sys::return_memory_after_closes(&mut closed_seen, &mut last_trim),
             _ = watch_tick.tick(), if proxy.options.watch => {
                 let modified = proxy.options.source.modified();

@@ -38,6 +38,20 @@ struct RunArgs {
     /// Log level or filter (e.g. `info`, `strait_proxy=debug`).
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
+    /// The mesh CA's certificate service (`http://host:port`): the proxy makes a key, asks for a
+    /// certificate for `--spiffe-id` and serves it as the secrets `default` and `ROOTCA`, renewed at
+    /// half its lifetime.
+    #[arg(long, requires_all = ["ca_token_file", "spiffe_id"])]
+    ca_address: Option<String>,
+    /// The file holding this workload's bootstrap token for the CA.
+    #[arg(long)]
+    ca_token_file: Option<PathBuf>,
+    /// This workload's SPIFFE ID (`spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`).
+    #[arg(long)]
+    spiffe_id: Option<String>,
+    /// The certificate lifetime to ask for (default: the CA's, 24h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    certificate_lifetime: Option<Duration>,
 }
 
 #[derive(Subcommand)]
@@ -125,6 +139,12 @@ fn main() -> ExitCode {
                 drain_time: args.drain_time,
                 watch: args.watch,
                 concurrency: args.concurrency.unwrap_or_else(default_concurrency),
+                identity: args.ca_address.clone().map(|ca_address| strait_proxy::tls::agent::AgentSettings {
+                    ca_address,
+                    token_file: args.ca_token_file.clone().unwrap_or_default(),
+                    spiffe_id: args.spiffe_id.clone().unwrap_or_default(),
+                    lifetime: args.certificate_lifetime,
+                }),
             };
             report(app::run(options, |started| {
                 tracing::info!(admin = ?started.admin, listeners = ?started.listeners, "ready");

@@ -80,6 +80,7 @@ pub fn run(dir: PathBuf, node_cluster: &str, admin: SocketAddr, concurrency: usi
         drain_time: Duration::from_secs(10),
         watch: false,
         concurrency,
+        identity: None,
     };
     app::run(options, move |_| tracing::info!(dir = %dir.display(), "running the mesh config; edits apply live"))
 }

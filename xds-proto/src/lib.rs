@@ -16,6 +16,12 @@ pub mod control {
     tonic::include_proto!("strait.control.v1");
 }
 
+/// Strait's certificate authority API (`strait.ca.v1.CertificateService`).
+pub mod ca {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("strait.ca.v1");
+}
+
 /// The Envoy bootstrap message, the root of every config file the proxy reads.
 pub use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 

@@ -32,7 +32,14 @@ pub struct Settings {
     pub server: SocketAddr,
     pub delta: bool,
     pub node: Option<Node>,
+    /// Secrets this proxy makes itself (its workload certificate): present without SDS, and
+    /// preferred over a secret of the same name from the control plane.
+    pub local_secrets: LocalSecrets,
 }
+
+/// The secrets the identity agent keeps current, shared with the ADS client.
+pub type LocalSecrets =
+    Arc<arc_swap::ArcSwap<Vec<xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::Secret>>>;
 
 /// Reads the bootstrap's `dynamic_resources`: `Ok(None)` when there are none (a static config).
 pub fn settings(bootstrap: &Bootstrap) -> Result<Option<Settings>, String> {
@@ -72,7 +79,7 @@ pub fn settings(bootstrap: &Bootstrap) -> Result<Option<Settings>, String> {
         })
         .and_then(|a| crate::xds::socket_address_of(a).ok())
         .ok_or_else(|| format!("static cluster '{cluster_name}': needs an IP endpoint for the control plane"))?;
-    Ok(Some(Settings { server, delta, node: bootstrap.node.clone() }))
+    Ok(Some(Settings { server, delta, node: bootstrap.node.clone(), local_secrets: LocalSecrets::default() }))
 }
 
 /// Accepted dynamic config for the control loop to apply; it answers whether the apply worked.
@@ -178,6 +185,7 @@ impl Session<'_> {
 
     /// Checks a candidate state and hands it to the control loop; the error to NACK with, if any.
     async fn try_apply(&mut self, candidate: &mut State) -> Result<(), String> {
+        candidate.local_secrets = self.settings.local_secrets.load_full();
         let resolved = candidate.resolve().map_err(|errors| errors.join("; "))?;
         let complete = [type_url::LISTENER, type_url::CLUSTER].iter().all(|t| candidate.versions.contains_key(t))
             && resolved.warming.is_empty();
@@ -199,7 +207,9 @@ impl Session<'_> {
 
     /// The RDS, EDS and SDS names the accepted config needs.
     fn wanted(&self) -> BTreeMap<&'static str, BTreeSet<String>> {
-        let resolved = self.state.resolve().unwrap_or_default();
+        let mut state = self.state.clone();
+        state.local_secrets = self.settings.local_secrets.load_full();
+        let resolved = state.resolve().unwrap_or_default();
         BTreeMap::from([
             (type_url::ROUTE_CONFIGURATION, resolved.route_names),
             (type_url::CLUSTER_LOAD_ASSIGNMENT, resolved.eds_names),

@@ -43,6 +43,8 @@ pub struct State {
     /// The clusters in use, as applied: a changed EDS cluster whose endpoints have not arrived yet
     /// stays on this version meanwhile (warming, as Envoy does).
     pub active_clusters: BTreeMap<String, Cluster>,
+    /// Secrets the proxy makes itself (its workload identity): they need no SDS subscription.
+    pub local_secrets: Arc<Vec<Secret>>,
 }
 
 /// The dynamic part of the config, resolved and ready to merge with the bootstrap's static part.
@@ -92,10 +94,17 @@ impl State {
             }
         });
         out.secrets = secrets.values().cloned().collect();
-        let secret_set = crate::xds::tls::Secrets::new(&out.secrets);
+        // The proxy's own secrets stand in for (and win over) any of the same name.
+        for local in self.local_secrets.iter() {
+            secrets.insert(local.name.as_str(), local.clone());
+        }
+        let checked: Vec<Secret> = secrets.values().cloned().collect();
+        let secret_set = crate::xds::tls::Secrets::new(&checked);
+        let local_names: BTreeSet<&str> = self.local_secrets.iter().map(|s| s.name.as_str()).collect();
         // Whether every secret a transport socket names is here (noting the names to subscribe to).
         let mut has_secrets = |socket: Option<&TransportSocket>, names: &mut BTreeSet<String>| {
-            let wanted = socket.map(crate::xds::tls::sds_names).unwrap_or_default();
+            let mut wanted = socket.map(crate::xds::tls::sds_names).unwrap_or_default();
+            wanted.retain(|n| !local_names.contains(n.as_str()));
             let complete = wanted.iter().all(|n| secrets.contains_key(n.as_str()));
             names.extend(wanted);
             complete

@@ -41,6 +41,7 @@ pub fn run(concurrency: usize) -> anyhow::Result<()> {
         drain_time: Duration::from_secs(1),
         watch: false,
         concurrency,
+        identity: None,
     };
     app::run(options, move |started| {
         let admin = started.admin.map_or("(none)".to_string(), |a| a.to_string());

@@ -2,6 +2,7 @@
 //! server side of a listener's filter chain (`DownstreamTlsContext`), the client side of a cluster
 //! (`UpstreamTlsContext`), the peer's identity (SPIFFE ID) and the ClientHello a listener inspects.
 
+pub mod agent;
 pub mod certs;
 pub mod client;
 pub mod identity;
