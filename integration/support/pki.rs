@@ -41,6 +41,14 @@ impl Ca {
         self.issue_valid(common_name, dns, uris, now - 86_400, now + 365 * 86_400)
     }
 
+    /// A leaf for a public-facing server: it also names where its revocation list is published.
+    pub fn issue_with_crl(&self, common_name: &str, dns: &[&str], crl: &str) -> Leaf {
+        let now = time_now();
+        let mut params = leaf_params(common_name, dns, &[], now - 86_400, now + 365 * 86_400);
+        params.crl_distribution_points = vec![rcgen::CrlDistributionPoint { uris: vec![crl.to_string()] }];
+        self.sign(params)
+    }
+
     /// A leaf that expired yesterday.
     pub fn issue_expired(&self, common_name: &str, uris: &[&str]) -> Leaf {
         let now = time_now();
@@ -48,14 +56,10 @@ impl Ca {
     }
 
     fn issue_valid(&self, common_name: &str, dns: &[&str], uris: &[&str], from: i64, until: i64) -> Leaf {
-        let mut params = CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, common_name);
-        params.distinguished_name.push(DnType::OrganizationName, "Strait tests");
-        for uri in uris {
-            params.subject_alt_names.push(SanType::URI((*uri).try_into().unwrap()));
-        }
-        params.not_before = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(from as u64);
-        params.not_after = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(until as u64);
+        self.sign(leaf_params(common_name, dns, uris, from, until))
+    }
+
+    fn sign(&self, params: CertificateParams) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().to_vec() }
@@ -66,6 +70,18 @@ impl Ca {
         std::fs::write(&path, &self.pem).unwrap();
         path
     }
+}
+
+fn leaf_params(common_name: &str, dns: &[&str], uris: &[&str], from: i64, until: i64) -> CertificateParams {
+    let mut params = CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.distinguished_name.push(DnType::OrganizationName, "Strait tests");
+    for uri in uris {
+        params.subject_alt_names.push(SanType::URI((*uri).try_into().unwrap()));
+    }
+    params.not_before = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(from as u64);
+    params.not_after = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(until as u64);
+    params
 }
 
 fn time_now() -> i64 {

@@ -29,6 +29,8 @@ pub struct ServerTlsSpec {
     pub require_client_certificate: bool,
     pub alpn: Vec<Vec<u8>>,
     pub params: Params,
+    /// `prefer_client_ciphers`: the client's cipher order wins (default: the server's, as Envoy).
+    pub prefer_client_ciphers: bool,
 }
 
 impl ServerTls {
@@ -56,6 +58,7 @@ impl ServerTls {
         let certs = spec.identities.into_iter().map(Arc::new).collect();
         let mut config = builder.with_cert_resolver(Arc::new(CertBySni { certs }));
         config.alpn_protocols = spec.alpn;
+        config.ignore_client_order = !spec.prefer_client_ciphers;
         Ok(ServerTls { config: Arc::new(config), local_uris })
     }
 }

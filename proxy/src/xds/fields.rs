@@ -54,7 +54,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.TransportSocket", &["name", "typed_config"]),
     (
         "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-        &["common_tls_context", "require_client_certificate"],
+        &["common_tls_context", "require_client_certificate", "prefer_client_ciphers"],
     ),
     ("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", &["common_tls_context", "sni"]),
     (

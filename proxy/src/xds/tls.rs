@@ -99,6 +99,7 @@ pub fn downstream(socket: &core::TransportSocket, secrets: &Secrets) -> Result<O
         require_client_certificate: ctx.require_client_certificate.is_some_and(|b| b.value),
         alpn: c.alpn,
         params: c.params,
+        prefer_client_ciphers: ctx.prefer_client_ciphers,
     };
     ServerTls::new(spec).map(Some).map_err(|e| ConfigError::new(at, e))
 }
