@@ -30,13 +30,15 @@ pub fn load(source: &dyn MeshSource) -> Result<Resources, String> {
 const POLL: Duration = Duration::from_millis(250);
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
-/// Where the control plane listens.
-#[derive(Debug, Clone, Copy)]
+/// Where the control plane listens, and what ADS serves besides the mesh.
+#[derive(Debug, Clone)]
 pub struct Addresses {
     /// xDS (ADS) for proxies.
     pub xds: SocketAddr,
     /// The management API (`strait.control.v1.MeshService`), if served.
     pub api: Option<SocketAddr>,
+    /// Workload certificates over SDS for ADS clients with a bootstrap token (the CA's).
+    pub sds: Option<ca::sds::SdsIssuer>,
 }
 
 /// The certificate authority's service (`strait.ca.v1.CertificateService`), when it is served.
@@ -45,7 +47,7 @@ pub struct CaSettings {
     /// Bound by the caller, so a busy address is an error before anything is served.
     pub listener: tokio::net::TcpListener,
     pub ca: Arc<ca::CertificateAuthority>,
-    pub tokens: ca::tokens::Tokens,
+    pub tokens: Arc<ca::tokens::Tokens>,
 }
 
 /// Serves the certificate service until `shutdown` resolves.
@@ -66,7 +68,7 @@ pub async fn serve(
     xds: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    serve_all(source, Addresses { xds, api: None }, shutdown).await
+    serve_all(source, Addresses { xds, api: None, sds: None }, shutdown).await
 }
 
 /// Serves ADS and, if asked, the management API until `shutdown` resolves.
@@ -89,7 +91,10 @@ pub async fn serve_all(
     // shutdown does not wait on streams that never finish by themselves.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let follower = tokio::spawn(follow(control.clone(), stop_rx.clone()));
-    let ads = ads::Ads::new(control.resources(), stop_rx.clone());
+    let mut ads = ads::Ads::new(control.resources(), stop_rx.clone());
+    if let Some(sds) = addresses.sds.clone() {
+        ads = ads.with_sds(sds);
+    }
     let stop_api = stop_rx.clone();
     let api = api_listener.map(|listener| {
         tracing::info!(api = ?addresses.api, "management API listening");

@@ -46,6 +46,9 @@ enum Command {
         /// The trust domain of the SPIFFE IDs the CA signs.
         #[arg(long, default_value = "cluster.local")]
         trust_domain: String,
+        /// The lifetime of the certificates served over SDS (to ADS clients with a token).
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        sds_certificate_lifetime: std::time::Duration,
     },
     /// Replace the CA's root; the previous root stays in the trust bundle for the overlap.
     RotateRoot {
@@ -107,6 +110,7 @@ fn main() -> ExitCode {
             ca_address,
             ca_dir,
             trust_domain,
+            sds_certificate_lifetime,
         } => {
             tracing_subscriber::fmt()
                 // The level is for Strait's own logs; the HTTP/2 and gRPC libraries stay at info.
@@ -127,17 +131,24 @@ fn main() -> ExitCode {
                     _ = tokio::signal::ctrl_c() => {}
                 }
             };
-            let addresses = strait_control::Addresses { xds: xds_address, api: Some(api_address) };
+            let mut addresses = strait_control::Addresses { xds: xds_address, api: Some(api_address), sds: None };
             runtime.block_on(async move {
                 let ca = match ca_tokens {
                     None => None,
                     Some(tokens) => {
-                        let tokens = strait_control::ca::tokens::Tokens::load(&tokens).map_err(anyhow::Error::msg)?;
-                        let ca = strait_control::ca::CertificateAuthority::load_or_create(&ca_dir, &trust_domain)?;
+                        let tokens =
+                            Arc::new(strait_control::ca::tokens::Tokens::load(&tokens).map_err(anyhow::Error::msg)?);
+                        let ca =
+                            Arc::new(strait_control::ca::CertificateAuthority::load_or_create(&ca_dir, &trust_domain)?);
+                        addresses.sds = Some(strait_control::ca::sds::SdsIssuer {
+                            ca: ca.clone(),
+                            tokens: tokens.clone(),
+                            lifetime: sds_certificate_lifetime,
+                        });
                         let listener = tokio::net::TcpListener::bind(ca_address)
                             .await
                             .map_err(|e| anyhow::anyhow!("bind {ca_address}: {e}"))?;
-                        let settings = strait_control::CaSettings { listener, ca: Arc::new(ca), tokens };
+                        let settings = strait_control::CaSettings { listener, ca, tokens };
                         Some(tokio::spawn(strait_control::serve_ca(settings, std::future::pending())))
                     }
                 };

@@ -93,6 +93,19 @@ impl Resources {
         Arc::new(Resources::new(items).with_scopes(Vec::new(), self.named_only.clone()))
     }
 
+    /// These resources plus `extra` (a workload's own secrets), which replace any of the same type
+    /// and name; scopes are kept.
+    pub fn with_extra(&self, extra: Vec<(&'static str, String, Any)>) -> Resources {
+        let mut items: Vec<(&'static str, String, Any)> = self
+            .by_type
+            .iter()
+            .flat_map(|(t, m)| m.values().map(|r| (*t, r.name.clone(), r.body.clone())))
+            .filter(|(t, n, _)| !extra.iter().any(|(et, en, _)| et == t && en == n))
+            .collect();
+        items.extend(extra);
+        Resources::new(items).with_scopes(self.scopes.clone(), self.named_only.clone())
+    }
+
     /// The resources of one type, by name.
     pub fn of_type(&self, type_url: &str) -> impl Iterator<Item = &Resource> {
         self.by_type.get(type_url).into_iter().flat_map(|m| m.values())

@@ -41,11 +41,36 @@ pub struct Ads {
     /// Turns true when the control plane shuts down: every stream ends (clients reconnect elsewhere).
     stop: watch::Receiver<bool>,
     stats: Arc<AdsStats>,
+    /// Certificates over SDS for streams that present a bootstrap token.
+    sds: Option<crate::ca::sds::SdsIssuer>,
 }
 
 impl Ads {
     pub fn new(resources: watch::Receiver<Arc<Resources>>, stop: watch::Receiver<bool>) -> Self {
-        Ads { resources, stop, stats: Arc::default() }
+        Ads { resources, stop, stats: Arc::default(), sds: None }
+    }
+
+    /// Also serves workload certificates (secrets `default` and `ROOTCA`) to streams with a token.
+    pub fn with_sds(mut self, sds: crate::ca::sds::SdsIssuer) -> Self {
+        self.sds = Some(sds);
+        self
+    }
+
+    /// The resources a stream follows: the mesh's, plus its workload's secrets when it presents a
+    /// bootstrap token (refused when the token is unknown).
+    fn resources_for<T>(&self, request: &Request<T>) -> Result<watch::Receiver<Arc<Resources>>, Status> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match (&self.sds, token) {
+            (Some(sds), Some(token)) => match sds.identity(token.trim()) {
+                Some(id) => Ok(sds.follow(id, self.resources.clone())),
+                None => Err(Status::unauthenticated("unknown bootstrap token")),
+            },
+            _ => Ok(self.resources.clone()),
+        }
     }
 
     pub fn stats(&self) -> Arc<AdsStats> {
@@ -68,9 +93,10 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let resources = self.resources_for(&request)?;
         let (tx, rx) = mpsc::channel(16);
         self.stats.streams.fetch_add(1, Ordering::Relaxed);
-        let stream = sotw::serve(request.into_inner(), self.resources.clone(), tx, self.stats.clone());
+        let stream = sotw::serve(request.into_inner(), resources, tx, self.stats.clone());
         tokio::spawn(until_stopped(stream, self.stop.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -79,9 +105,10 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let resources = self.resources_for(&request)?;
         let (tx, rx) = mpsc::channel(16);
         self.stats.streams.fetch_add(1, Ordering::Relaxed);
-        let stream = delta::serve(request.into_inner(), self.resources.clone(), tx, self.stats.clone());
+        let stream = delta::serve(request.into_inner(), resources, tx, self.stats.clone());
         tokio::spawn(until_stopped(stream, self.stop.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -4,6 +4,7 @@
 //! rotation keeps the previous root in the bundle for an overlap period, so certificates it signed
 //! stay trusted until they are renewed.
 
+pub mod sds;
 pub mod service;
 pub mod tokens;
 
@@ -145,6 +146,20 @@ impl CertificateAuthority {
         csr.params = params;
         let cert = csr.signed_by(&self.root.issuer).map_err(|e| CaError::Signing(e.to_string()))?;
         Ok(cert.pem())
+    }
+}
+
+impl CertificateAuthority {
+    /// A key and certificate made here, for a client that cannot make its own key (an Envoy fed over
+    /// SDS): (certificate PEM, private key PEM).
+    pub fn issue_with_key(&self, spiffe_id: &str, ttl: Duration) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate().map_err(|e| CaError::Signing(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        params.subject_alt_names =
+            vec![SanType::URI(spiffe_id.try_into().map_err(|e: rcgen::Error| CaError::BadCsr(e.to_string()))?)];
+        let csr = params.serialize_request(&key).map_err(|e| CaError::Signing(e.to_string()))?;
+        let csr = csr.pem().map_err(|e| CaError::Signing(e.to_string()))?;
+        Ok((self.issue(&csr, spiffe_id, ttl)?, key.serialize_pem()))
     }
 }
 

@@ -16,8 +16,8 @@ pub struct CaService {
 }
 
 impl CaService {
-    pub fn new(ca: Arc<CertificateAuthority>, tokens: Tokens) -> Self {
-        CaService { ca, tokens: Arc::new(tokens) }
+    pub fn new(ca: Arc<CertificateAuthority>, tokens: Arc<Tokens>) -> Self {
+        CaService { ca, tokens }
     }
 
     pub fn into_service(self) -> CertificateServiceServer<Self> {
