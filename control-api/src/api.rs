@@ -232,7 +232,7 @@ pub fn from_proto(m: pb::Mesh) -> Result<Mesh, String> {
             origin: None,
         });
     }
-    Ok(Mesh { listeners, services, routes })
+    Ok(Mesh { listeners, services, routes, ..Mesh::default() })
 }
 
 /// The mesh's types as API objects.
@@ -389,7 +389,7 @@ fn policy_from_proto(p: pb::TrafficPolicy, at: &str) -> Result<TrafficPolicy, St
             source_ip: h.source_ip,
         }),
     };
-    Ok(TrafficPolicy { load_balancer, hash_on, outlier_detection, health_check, connection_pool })
+    Ok(TrafficPolicy { load_balancer, hash_on, outlier_detection, health_check, connection_pool, tls: None })
 }
 
 fn policy_to_proto(p: &TrafficPolicy) -> pb::TrafficPolicy {

@@ -27,7 +27,7 @@ pub fn compile(mesh: &Mesh) -> Result<Resources, String> {
     for listener in &mesh.listeners {
         let routes: Vec<&RouteSpec> = mesh.routes.iter().filter(|r| r.listener == listener.name).collect();
         let with_faults = routes.iter().any(|r| r.fault.is_some());
-        items.push(pack::<Listener>(type_url::LISTENER, &listener.name, &listener_json(listener, with_faults))?);
+        items.push(pack::<Listener>(type_url::LISTENER, &listener.name, &listener_json(listener, mesh, with_faults))?);
         items.push(pack::<RouteConfiguration>(
             type_url::ROUTE_CONFIGURATION,
             &listener.name,
@@ -82,20 +82,47 @@ fn ads() -> Value {
     json!({ "ads": {}, "resource_api_version": "V3" })
 }
 
-fn listener_json(l: &crate::mesh::ListenerSpec, with_faults: bool) -> Value {
-    json!({
+/// A mesh listener: plaintext, or with its PeerAuthentication mTLS only (STRICT) or mTLS and
+/// plaintext told apart by the first bytes (PERMISSIVE); its AuthorizationPolicies as RBAC filters.
+fn listener_json(l: &crate::mesh::ListenerSpec, mesh: &Mesh, with_faults: bool) -> Value {
+    use crate::security::MtlsMode;
+    let policies: Vec<_> = mesh.authorization_policies.iter().filter(|p| p.listener == l.name).collect();
+    let mut filters = crate::security::rbac_filters(&policies);
+    filters.extend(http_filters(with_faults).as_array().cloned().unwrap_or_default());
+    let hcm = |tls: bool| {
+        let mut config = json!({
+            "@type": type_url::HTTP_CONNECTION_MANAGER,
+            "stat_prefix": l.name,
+            "rds": { "config_source": ads(), "route_config_name": l.name },
+            "http_filters": filters
+        });
+        if tls {
+            // The app learns the caller's SPIFFE ID; a client's own header is never passed on.
+            config["forward_client_cert_details"] = json!("SANITIZE_SET");
+            config["set_current_client_cert_details"] = json!({ "uri": true });
+        }
+        json!([{ "name": "envoy.filters.network.http_connection_manager", "typed_config": config }])
+    };
+    let mut listener = json!({
         "name": l.name,
         "address": { "socket_address": { "address": l.address, "port_value": l.port } },
-        "filter_chains": [{ "filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": type_url::HTTP_CONNECTION_MANAGER,
-                "stat_prefix": l.name,
-                "rds": { "config_source": ads(), "route_config_name": l.name },
-                "http_filters": http_filters(with_faults)
-            }
-        }] }]
-    })
+    });
+    let tls_chain = |matcher: Value| json!({ "filter_chain_match": matcher, "transport_socket": crate::security::downstream_tls(), "filters": hcm(true) });
+    listener["filter_chains"] = match mesh.mtls(&l.name) {
+        MtlsMode::Disable => json!([{ "filters": hcm(false) }]),
+        MtlsMode::Strict => json!([tls_chain(json!({}))]),
+        MtlsMode::Permissive => {
+            listener["listener_filters"] = json!([{
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" }
+            }]);
+            json!([
+                tls_chain(json!({ "transport_protocol": "tls" })),
+                { "filter_chain_match": { "transport_protocol": "raw_buffer" }, "filters": hcm(false) }
+            ])
+        }
+    };
+    listener
 }
 
 /// An API listener (no socket): what a proxyless gRPC client resolves `xds:///{name}` to.
@@ -292,6 +319,9 @@ fn service_resources(s: &ServiceSpec) -> (Value, Option<Value>) {
     let by_ip = s.endpoints.iter().all(|e| e.host_port().is_some_and(|(h, _)| h.parse::<std::net::IpAddr>().is_ok()));
     let timeout = s.connect_timeout.map_or(1.0, |d| d.as_secs_f64());
     let mut cluster = json!({ "name": s.name, "connect_timeout": format!("{timeout}s") });
+    if let Some(tls) = s.traffic_policy.tls.as_ref().filter(|t| t.mode == crate::security::ClientTlsMode::IstioMutual) {
+        cluster["transport_socket"] = crate::security::upstream_tls(tls);
+    }
     if s.protocol == Protocol::Http2 {
         cluster["typed_extension_protocol_options"] = json!({
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {

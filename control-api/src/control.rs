@@ -228,6 +228,8 @@ impl Control {
             listeners: full.listeners.iter().filter(|x| is_applied(&x.origin)).cloned().collect(),
             services: full.services.iter().filter(|x| is_applied(&x.origin)).cloned().collect(),
             routes: full.routes.iter().filter(|x| is_applied(&x.origin)).cloned().collect(),
+            // Security policies come from the config files only (not the management API yet).
+            ..Mesh::default()
         };
         let mut changes = Vec::new();
         edit(&mut applied, &full, &mut changes)?;
@@ -238,6 +240,8 @@ impl Control {
             listeners: full.listeners.iter().filter(|x| !is_applied(&x.origin)).cloned().collect(),
             services: full.services.iter().filter(|x| !is_applied(&x.origin)).cloned().collect(),
             routes: full.routes.iter().filter(|x| !is_applied(&x.origin)).cloned().collect(),
+            peer_authentications: full.peer_authentications.clone(),
+            authorization_policies: full.authorization_policies.clone(),
         });
         let resources = compile_checked(&candidate).map_err(ChangeError::Invalid)?;
         let result = Changed { version: resources.version.clone(), changes };

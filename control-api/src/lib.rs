@@ -11,6 +11,7 @@ pub mod control;
 pub mod mesh;
 pub mod policy;
 pub mod resources;
+pub mod security;
 pub mod store;
 
 use control::Control;

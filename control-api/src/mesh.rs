@@ -16,6 +16,12 @@ pub struct Mesh {
     pub services: Vec<ServiceSpec>,
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    /// Istio's PeerAuthentication: mTLS on a listener.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_authentications: Vec<crate::security::PeerAuthenticationSpec>,
+    /// Istio's AuthorizationPolicy: who may do what on a listener.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization_policies: Vec<crate::security::AuthorizationPolicySpec>,
 }
 
 /// Where proxies accept traffic.
@@ -488,6 +494,8 @@ impl Mesh {
         self.listeners.extend(other.listeners);
         self.services.extend(other.services);
         self.routes.extend(other.routes);
+        self.peer_authentications.extend(other.peer_authentications);
+        self.authorization_policies.extend(other.authorization_policies);
     }
 
     /// Checks references, names and values; all problems at once.
@@ -628,7 +636,38 @@ impl Mesh {
                 }
             }
         }
+        let mut names = HashSet::new();
+        let mut secured = HashSet::new();
+        for (i, p) in self.peer_authentications.iter().enumerate() {
+            let at = at("peer_authentications", i, &p.name, &p.origin);
+            if !names.insert(("peer", p.name.as_str())) {
+                errors.push(format!("{at}: name: duplicate peer authentication name"));
+            }
+            if !listeners.contains(p.listener.as_str()) {
+                errors.push(format!("{at}: listener: unknown listener '{}'", p.listener));
+            } else if !secured.insert(p.listener.as_str()) {
+                errors.push(format!("{at}: listener: '{}' already has a peer authentication", p.listener));
+            }
+        }
+        for (i, p) in self.authorization_policies.iter().enumerate() {
+            let at = at("authorization_policies", i, &p.name, &p.origin);
+            if p.name.is_empty() || !names.insert(("authz", p.name.as_str())) {
+                errors.push(format!("{at}: name: must be set and unique"));
+            }
+            if !listeners.contains(p.listener.as_str()) {
+                errors.push(format!("{at}: listener: unknown listener '{}'", p.listener));
+            }
+            errors.extend(crate::security::policy_problems(p, &at));
+        }
         if errors.is_empty() { Ok(()) } else { Err(MeshErrors(errors)) }
+    }
+
+    /// The mTLS mode of a listener (none configured: plaintext).
+    pub fn mtls(&self, listener: &str) -> crate::security::MtlsMode {
+        self.peer_authentications
+            .iter()
+            .find(|p| p.listener == listener)
+            .map_or(crate::security::MtlsMode::Disable, |p| p.mtls.mode)
     }
 }
 

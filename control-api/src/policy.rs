@@ -166,6 +166,9 @@ pub struct TrafficPolicy {
     pub health_check: Option<HealthCheckSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPoolSpec>,
+    /// DestinationRule TLS: `ISTIO_MUTUAL` sends to the service over mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::security::ClientTlsSpec>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
