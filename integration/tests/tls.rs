@@ -222,3 +222,33 @@ async fn envoy_and_strait_sidecars_interoperate_over_mutual_tls() {
     assert_eq!((envoy_refused.status, strait_refused.status), (503, 503));
     assert_eq!(envoy_refused.header("x-envoy-upstream-service-time"), None);
 }
+
+/// With `--watch`, replacing a listener's certificate files is taken up without a restart (new
+/// connections get the new certificate), as Envoy reloads watched certificates.
+#[tokio::test]
+async fn replaced_certificate_files_are_reloaded() {
+    let dir = TempDir::new("tls-reload");
+    let ca = Ca::new("Strait test CA");
+    let first = ca.issue("api", &["api.example.com"], &[]);
+    let cert = first.write(&dir.0, "api");
+    let app = echo("api").await;
+    let (admin, port) = (free_port(), free_port());
+    let listener = format!(
+        "  - name: gateway\n    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}\n    filter_chains:\n{}",
+        chain("filter_chain_match: {}", &server_tls(&cert, "", ""), "", "api")
+    );
+    let _proxy =
+        Proxy::start_with(&bootstrap(admin, &listener, &static_cluster("api", &[app], "")), admin, &["--watch"]).await;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let client = TlsClient { ca_pem: Some(&ca.pem), sni: "api.example.com", alpn: &[], identity: None };
+    assert_eq!(tls_get(addr, &client, "/").await.unwrap().server_cert, first.der);
+
+    let second = ca.issue("api", &["api.example.com"], &[]);
+    write_file(&dir.0, "api.key", &second.key_pem);
+    write_file(&dir.0, "api.crt", &second.cert_pem);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tls_get(addr, &client, "/").await.map(|r| r.server_cert).ok() != Some(second.der.clone()) {
+        assert!(std::time::Instant::now() < deadline, "the replaced certificate was not taken up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -64,6 +64,9 @@ struct Proxy {
     dynamic: Option<ads::Resolved>,
     /// The workload certificate and trust bundle from the CA, as secrets (shared with the ADS client).
     identity: ads::LocalSecrets,
+    /// The certificate, key and trust-bundle files the running config read (`--watch` reloads when
+    /// one changes, as Envoy reloads its certificates).
+    tls_files: Vec<PathBuf>,
 }
 
 impl Proxy {
@@ -115,6 +118,7 @@ impl Proxy {
             .filter(|cluster| !current.clusters.get(&cluster.config.name).is_some_and(|c| Arc::ptr_eq(c, cluster)));
         futures_util::future::join_all(starting.map(|cluster| cluster.start_discovery(&self.control))).await;
         let bound = self.listeners.bind(&next)?;
+        self.tls_files = xds::tls::files(bootstrap);
         next.version = current.version + 1;
         let next = Arc::new(next);
         self.shared.store(next.clone());
@@ -191,6 +195,7 @@ pub fn run(options: Options, on_started: impl FnOnce(&Started) + Send + 'static)
         base: bootstrap.clone(),
         dynamic: None,
         identity,
+        tls_files: Vec::new(),
     };
     let ads_status = ads::SharedStatus::default();
 
@@ -300,6 +305,12 @@ async fn apply_update(proxy: &mut Proxy, update: ads::Update, ready: &AtomicBool
     let _ = update.reply.send(result);
 }
 
+/// When the bootstrap and the TLS files it names were last modified.
+fn watched_stamp(proxy: &Proxy) -> Vec<Option<SystemTime>> {
+    let files = proxy.tls_files.iter().map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok());
+    std::iter::once(proxy.options.source.modified()).chain(files).collect()
+}
+
 async fn control_loop(
     proxy: &mut Proxy,
     quit: &CancellationToken,
@@ -317,7 +328,7 @@ async fn control_loop(
         quit.cancelled().await;
         return;
     };
-    let mut last_modified = proxy.options.source.modified();
+    let mut last_modified = watched_stamp(proxy);
     let mut watch_tick = tokio::time::interval(Duration::from_secs(1));
     let mut memory_tick = tokio::time::interval(Duration::from_millis(250));
     let (mut closed_seen, mut last_trim) = (0, None);
@@ -334,10 +345,12 @@ async fn control_loop(
             Some(issued) = renewed.recv() => proxy.renewed_identity(issued).await,
             _ = memory_tick.tick() => crate::sys::return_memory_after_closes(&mut closed_seen, &mut last_trim),
             _ = watch_tick.tick(), if proxy.options.watch => {
-                let modified = proxy.options.source.modified();
+                let modified = watched_stamp(proxy);
                 if modified != last_modified {
+                    // Stamped before the reload: a file that changes while it runs (a key written
+                    // before its certificate) is reloaded again on the next tick.
                     last_modified = modified;
-                    tracing::info!("config file changed: reloading");
+                    tracing::info!("config or certificate file changed: reloading");
                     proxy.reload().await;
                 }
             }

@@ -341,3 +341,56 @@ fn params(p: Option<&tls::TlsParameters>, _server: bool) -> Result<Params> {
     }
     Ok(Params { versions, tls12_suites })
 }
+
+/// Every file a bootstrap's TLS contexts and secrets read (certificates, keys, trust bundles), so a
+/// watcher can reload when one is replaced.
+pub fn files(bootstrap: &xds_proto::Bootstrap) -> Vec<std::path::PathBuf> {
+    use tls::common_tls_context::ValidationContextType as V;
+    let mut out = Vec::new();
+    let mut source = |ds: Option<&core::DataSource>| {
+        if let Some(core::data_source::Specifier::Filename(f)) = ds.and_then(|d| d.specifier.as_ref()) {
+            out.push(std::path::PathBuf::from(f));
+        }
+    };
+    let certificate = |c: &tls::TlsCertificate, source: &mut dyn FnMut(Option<&core::DataSource>)| {
+        source(c.certificate_chain.as_ref());
+        source(c.private_key.as_ref());
+    };
+    let Some(resources) = bootstrap.static_resources.as_ref() else { return out };
+    let mut commons = Vec::new();
+    let sockets = resources
+        .listeners
+        .iter()
+        .flat_map(|l| l.filter_chains.iter().chain(l.default_filter_chain.as_ref()))
+        .filter_map(|c| c.transport_socket.as_ref())
+        .chain(resources.clusters.iter().filter_map(|c| c.transport_socket.as_ref()));
+    for socket in sockets {
+        if let Ok(Some(d)) = tls_context::<tls::DownstreamTlsContext>(socket) {
+            commons.extend(d.common_tls_context);
+        } else if let Ok(Some(u)) = tls_context::<tls::UpstreamTlsContext>(socket) {
+            commons.extend(u.common_tls_context);
+        }
+    }
+    for common in &commons {
+        for c in &common.tls_certificates {
+            certificate(c, &mut source);
+        }
+        match &common.validation_context_type {
+            Some(V::ValidationContext(v)) => source(v.trusted_ca.as_ref()),
+            Some(V::CombinedValidationContext(c)) => {
+                source(c.default_validation_context.as_ref().and_then(|v| v.trusted_ca.as_ref()))
+            }
+            _ => {}
+        }
+    }
+    for secret in &resources.secrets {
+        match &secret.r#type {
+            Some(tls::secret::Type::TlsCertificate(c)) => certificate(c, &mut source),
+            Some(tls::secret::Type::ValidationContext(v)) => source(v.trusted_ca.as_ref()),
+            _ => {}
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
