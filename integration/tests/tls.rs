@@ -152,13 +152,23 @@ async fn sidecars_talk_mutual_tls_with_spiffe_identities() {
         // TLS 1.3 reports a refused client certificate after the client's side of the handshake:
         // the request fails either way.
         assert!(tls_get(server_addr, &peer, "/").await.is_err(), "{what}: refused");
-        assert_eq!(server.stat(counter).await, before + 1.0, "{what}: counted in {counter}");
+        // The client may see the refusal before the server has counted it.
+        settles(&server, counter, before + 1.0, what).await;
     }
     let anonymous = TlsClient { ca_pem: Some(&ca.pem), sni: "backend.default.svc", alpn: &[], identity: None };
     assert!(tls_get(server_addr, &anonymous, "/").await.is_err(), "no client certificate: refused");
-    assert_eq!(server.stat("envoy_listener_ssl_fail_verify_no_cert").await, 1.0);
+    settles(&server, "envoy_listener_ssl_fail_verify_no_cert", 1.0, "no certificate").await;
     let good = TlsClient { identity: Some(&pki.client_leaf), ..anonymous };
     assert_eq!(tls_get(server_addr, &good, "/").await.unwrap().status, 200, "still serving");
+}
+
+/// Waits (up to 5 s) for a counter to reach `want`.
+async fn settles(proxy: &Proxy, counter: &str, want: f64, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while proxy.stat(counter).await != want {
+        assert!(std::time::Instant::now() < deadline, "{what}: {counter} never reached {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
