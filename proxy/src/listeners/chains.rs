@@ -164,3 +164,76 @@ pub fn select(chains: &[FilterChain], has_default: bool, facts: &ConnectionFacts
         None => has_default.then(|| chains.len() - 1),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tcp::TcpProxyConfig;
+
+    fn chain(name: &str, matcher: ChainMatch) -> FilterChain {
+        FilterChain {
+            name: name.into(),
+            matcher,
+            tls: None,
+            kind: ListenerKind::Tcp(Arc::new(TcpProxyConfig {
+                stat_prefix: "t".into(),
+                target: crate::routing::ClusterTarget::Single("c".into()),
+                idle_timeout: None,
+                stats: crate::telemetry::TcpStats::new("t"),
+            })),
+            connection_limits: Vec::new(),
+            authorization: Vec::new(),
+            filter_path: String::new(),
+            handshake_timeout: None,
+        }
+    }
+
+    fn pick(chains: &[FilterChain], default: bool, sni: Option<&str>, peer: &str) -> Option<String> {
+        let transport = match sni {
+            Some(name) => Transport::Tls { server_name: Some(name.into()), alpn: vec!["h2".into()] },
+            None => Transport::Raw,
+        };
+        let facts = ConnectionFacts {
+            local: "10.0.0.1:443".parse().unwrap(),
+            peer: peer.parse().unwrap(),
+            transport: &transport,
+        };
+        select(chains, default, &facts).map(|i| chains[i].name.clone())
+    }
+
+    #[test]
+    fn the_most_specific_match_wins_in_envoys_order() {
+        let names =
+            |n: &[&str]| ChainMatch { server_names: n.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+        let chains = vec![
+            chain("wildcard", names(&["*.example.com"])),
+            chain("exact", names(&["api.example.com"])),
+            chain("longer-wildcard", names(&["*.eu.example.com"])),
+            chain("plain", ChainMatch { transport_protocol: Some("raw_buffer".into()), ..Default::default() }),
+            chain("default", ChainMatch::default()),
+        ];
+        assert_eq!(pick(&chains, true, Some("api.example.com"), "1.1.1.1:1").as_deref(), Some("exact"));
+        assert_eq!(pick(&chains, true, Some("shop.example.com"), "1.1.1.1:1").as_deref(), Some("wildcard"));
+        assert_eq!(pick(&chains, true, Some("a.eu.example.com"), "1.1.1.1:1").as_deref(), Some("longer-wildcard"));
+        assert_eq!(pick(&chains, true, None, "1.1.1.1:1").as_deref(), Some("plain"));
+        assert_eq!(pick(&chains, true, Some("other.org"), "1.1.1.1:1").as_deref(), Some("default"));
+        assert_eq!(pick(&chains[..4], false, Some("other.org"), "1.1.1.1:1"), None, "no match, no default: closed");
+
+        // A chain naming the destination port beats SNI (the port is looked at first).
+        let by_port = vec![
+            chain("sni", names(&["api.example.com"])),
+            chain("port", ChainMatch { destination_port: Some(443), ..Default::default() }),
+        ];
+        assert_eq!(pick(&by_port, false, Some("api.example.com"), "1.1.1.1:1").as_deref(), Some("port"));
+
+        // Source ranges: the longest prefix wins; one that does not contain the peer is out.
+        let range = |r: &str, len| CidrRange::new(r.parse().unwrap(), len).unwrap();
+        let by_source = vec![
+            chain("wide", ChainMatch { source_prefix_ranges: vec![range("10.0.0.0", 8)], ..Default::default() }),
+            chain("narrow", ChainMatch { source_prefix_ranges: vec![range("10.1.0.0", 16)], ..Default::default() }),
+        ];
+        assert_eq!(pick(&by_source, false, None, "10.1.2.3:5").as_deref(), Some("narrow"));
+        assert_eq!(pick(&by_source, false, None, "10.2.2.3:5").as_deref(), Some("wide"));
+        assert_eq!(pick(&by_source, false, None, "192.168.0.1:5"), None);
+    }
+}

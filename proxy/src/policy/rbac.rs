@@ -255,3 +255,80 @@ pub struct NetworkRbac {
     pub rbac: Rbac,
     pub stats: RbacStats,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::matcher::{StringMatch, StringMatcher};
+    use crate::tls::identity::PeerCertificate;
+    use crate::tls::san::SubjectAltNames;
+
+    fn exact(s: &str) -> StringMatcher {
+        StringMatcher { kind: StringMatch::Exact(s.into()), ignore_case: false }
+    }
+
+    fn tls(uris: &[&str], dns: &[&str], subject: &str) -> ConnectionTls {
+        let sans = SubjectAltNames {
+            uris: uris.iter().map(|s| s.to_string()).collect(),
+            dns: dns.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let peer = PeerCertificate {
+            sans,
+            subject: subject.into(),
+            hash: String::new(),
+            der: rustls::pki_types::CertificateDer::from(Vec::new()),
+        };
+        ConnectionTls { peer: Some(peer), server_name: Some("api.internal".into()), ..Default::default() }
+    }
+
+    fn facts<'a>(tls: Option<&'a ConnectionTls>, headers: &'a HeaderMap, method: &'a str, path: &'a str) -> Facts<'a> {
+        Facts {
+            peer: "10.1.2.3:4000".parse().unwrap(),
+            client: "10.1.2.3".parse().unwrap(),
+            local: "10.0.0.1:8443".parse().unwrap(),
+            tls,
+            request: Some(RequestFacts { headers, method, path, authority: "api", scheme: "https" }),
+        }
+    }
+
+    #[test]
+    fn permissions_and_principals_combine_as_envoys() {
+        let get = Permission::Header(HeaderRule::Pseudo {
+            name: Pseudo::Method,
+            check: crate::routing::matcher::HeaderCheck::Value(exact("GET")),
+            invert: false,
+        });
+        let not_admin = Permission::Not(Box::new(Permission::UrlPath(StringMatcher {
+            kind: StringMatch::Prefix("/admin".into()),
+            ignore_case: false,
+        })));
+        let rules = Rules {
+            action: Action::Allow,
+            policies: vec![(
+                "reads".into(),
+                Policy {
+                    permissions: vec![Permission::And(vec![get, not_admin, Permission::DestinationPort(8443)])],
+                    principals: vec![Principal::Authenticated(Some(exact("frontend.internal")))],
+                },
+            )],
+        };
+        let headers = HeaderMap::new();
+        // The name is matched against the URI SANs, then the DNS SANs, then the subject.
+        let by_dns = tls(&["spiffe://td/ns/a/sa/b"], &["frontend.internal"], "CN=x");
+        let by_subject = tls(&[], &[], "frontend.internal");
+        let stranger = tls(&["spiffe://td/ns/a/sa/c"], &[], "CN=c");
+        assert!(rules.allows(&facts(Some(&by_dns), &headers, "GET", "/items?x=1")));
+        assert!(rules.allows(&facts(Some(&by_subject), &headers, "GET", "/items")));
+        assert!(!rules.allows(&facts(Some(&stranger), &headers, "GET", "/items")));
+        assert!(!rules.allows(&facts(Some(&by_dns), &headers, "POST", "/items")), "only GET");
+        assert!(!rules.allows(&facts(Some(&by_dns), &headers, "GET", "/admin/x")), "not /admin");
+        assert!(!rules.allows(&facts(None, &headers, "GET", "/items")), "no certificate: not authenticated");
+
+        let deny = Rules { action: Action::Deny, ..rules };
+        assert!(!deny.allows(&facts(Some(&by_dns), &headers, "GET", "/items")));
+        assert!(deny.allows(&facts(Some(&stranger), &headers, "GET", "/items")));
+        let sni = Permission::RequestedServerName(exact("api.internal"));
+        assert!(sni.matches(&facts(Some(&by_dns), &headers, "GET", "/")));
+    }
+}
