@@ -35,7 +35,7 @@ pub struct Accepted {
 pub async fn serve(a: Accepted) {
     let transport = if a.config.inspect_tls {
         tokio::select! {
-            seen = inspect(&a.stream, a.config.inspect_timeout) => match seen {
+            seen = Box::pin(inspect(&a.stream, a.config.inspect_timeout)) => match seen {
                 Some(transport) => transport,
                 None => return,
             },
@@ -69,8 +69,12 @@ pub async fn serve(a: Accepted) {
         None => DownstreamStream::Plain(a.stream),
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-            let handshake =
-                tokio::time::timeout(chain.handshake_timeout.unwrap_or(HANDSHAKE_TIMEOUT), acceptor.accept(a.stream));
+            // Boxed, as the inspection and the TLS TCP proxy below: a plaintext connection's task
+            // does not carry room for their state.
+            let handshake = Box::pin(tokio::time::timeout(
+                chain.handshake_timeout.unwrap_or(HANDSHAKE_TIMEOUT),
+                acceptor.accept(a.stream),
+            ));
             let stream = match handshake.await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
@@ -119,7 +123,7 @@ pub async fn serve(a: Accepted) {
         ListenerKind::Http(hcm) => crate::http::server::serve(stream, downstream, hcm.clone(), a.shared, a.stop).await,
         ListenerKind::Tcp(tcp) => match stream {
             DownstreamStream::Plain(s) => crate::tcp::serve(s, a.peer, tcp.clone(), a.shared, a.stop).await,
-            DownstreamStream::Tls(s) => crate::tcp::serve(s, a.peer, tcp.clone(), a.shared, a.stop).await,
+            DownstreamStream::Tls(s) => Box::pin(crate::tcp::serve(s, a.peer, tcp.clone(), a.shared, a.stop)).await,
         },
     }
 }
