@@ -90,6 +90,13 @@ async fn the_ca_signs_only_what_the_token_allows_and_keeps_its_root() {
 /// A sidecar bootstrap whose TLS names the agent's secrets `default` and `ROOTCA`: an inbound mTLS
 /// listener to `app`, or an outbound plaintext listener to `upstream` over mTLS expecting `peer_id`.
 fn sidecar(admin: u16, port: u16, inbound: bool, target: SocketAddr, peer_id: &str) -> String {
+    // The server sidecar authorizes: nobody reaches /admin, only the frontend reaches the rest.
+    let rbac = "\"@type\": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+    let authorization = format!(
+        "          - {{ name: deny, typed_config: {{ {rbac}, rules: {{ action: DENY, policies: {{ admin: {{ permissions: [{{ url_path: {{ path: {{ prefix: /admin }} }} }}], principals: [{{ any: true }}] }} }} }} }} }}\n\
+         \x20         - {{ name: allow, typed_config: {{ {rbac}, rules: {{ action: ALLOW, policies: {{ peer: {{ permissions: [{{ any: true }}], principals: [{{ authenticated: {{ principal_name: {{ exact: \"{peer_id}\" }} }} }}] }} }} }} }} }}\n"
+    );
+    let filters = if inbound { authorization.as_str() } else { "" };
     let hcm = |cluster: &str, extra: &str| {
         format!(
             r#"      filters:
@@ -100,7 +107,7 @@ fn sidecar(admin: u16, port: u16, inbound: bool, target: SocketAddr, peer_id: &s
 {extra}          route_config:
             virtual_hosts: [{{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: / }}, route: {{ cluster: {cluster} }} }}] }}]
           http_filters:
-          - {{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}
+{filters}          - {{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}
 "#
         )
     };
@@ -371,4 +378,10 @@ async fn envoy_fed_over_sds_and_strait_talk_mutual_tls_both_ways() {
     }
     shape(&via_envoy);
     shape(&get(&http1_client(), &format!("http://127.0.0.1:{strait_client_port}/"), &[]).await);
+
+    // Authorization agrees: each server sidecar refuses /admin to the same caller.
+    for port in [envoy_client_port, strait_client_port] {
+        let refused = get(&http1_client(), &format!("http://127.0.0.1:{port}/admin/users"), &[]).await;
+        assert_eq!((refused.status, refused.body.as_str()), (403, "RBAC: access denied"), "via port {port}");
+    }
 }
