@@ -261,6 +261,13 @@ async fn sds_server(ca: Arc<CertificateAuthority>, items: Vec<(&'static str, Str
 /// and `ROOTCA` (SDS). (Envoy 1.40 crashes on a static cluster whose TLS takes SDS secrets over
 /// ADS: its clusters must come over CDS.)
 async fn envoy_sidecar(sidecar: String, admin: u16, ca: Arc<CertificateAuthority>, token: &str) -> Envoy {
+    Envoy::start(&sds_fed_bootstrap(sidecar, admin, ca, token).await, admin).await.unwrap()
+}
+
+/// The bootstrap of a sidecar fed over ADS, certificates included (SDS), from a control plane
+/// serving `sidecar`'s listeners and clusters: for Envoy, or for Strait (which can also make its
+/// own key instead).
+async fn sds_fed_bootstrap(sidecar: String, admin: u16, ca: Arc<CertificateAuthority>, token: &str) -> String {
     let sds = "sds_config: { ads: {}, resource_api_version: V3 }";
     let sidecar = sidecar
         .replace("{ name: default }", &format!("{{ name: default, {sds} }}"))
@@ -306,12 +313,13 @@ dynamic_resources:
         xds.ip(),
         xds.port()
     );
-    Envoy::start(&bootstrap, admin).await.unwrap()
+    bootstrap
 }
 
-/// Envoy sidecars fed their certificates by `strait-control` over SDS, Strait sidecars by the same
-/// CA through their own CSR: Envoy client -> Strait server and Strait client -> Envoy server both
-/// talk mTLS, and the app sees the caller's SPIFFE ID the same way from either server.
+/// Sidecars fed their certificates by `strait-control`: Envoys over SDS, a Strait server over SDS
+/// too, a Strait client through its own CSR: Envoy client -> Strait server and Strait client ->
+/// Envoy server both talk mTLS, the app sees the caller's SPIFFE ID the same way from either server,
+/// and authorization agrees.
 #[tokio::test]
 async fn envoy_fed_over_sds_and_strait_talk_mutual_tls_both_ways() {
     if require_tool("envoy").is_none() {
@@ -319,9 +327,7 @@ async fn envoy_fed_over_sds_and_strait_talk_mutual_tls_both_ways() {
     }
     let dir = TempDir::new("identity-envoy");
     let (ca_addr, ca) = certificate_service(&dir.0).await;
-    let token_file = |name: &str, token: &str| write_file(&dir.0, name, token).display().to_string();
-    let (frontend_token, backend_token) =
-        (token_file("frontend.token", FRONTEND_TOKEN), token_file("backend.token", BACKEND_TOKEN));
+    let frontend_token = write_file(&dir.0, "frontend.token", FRONTEND_TOKEN).display().to_string();
     let app = echo("backend-app").await;
     let agent = |token: &str, id: &str| {
         ["--ca-address", &format!("http://{ca_addr}"), "--ca-token-file", token, "--spiffe-id", id]
@@ -329,17 +335,12 @@ async fn envoy_fed_over_sds_and_strait_talk_mutual_tls_both_ways() {
             .to_vec()
     };
 
-    // Envoy (SDS, frontend) -> Strait (its own CSR, backend).
+    // Envoy (SDS, frontend) -> Strait (fed over SDS too, backend).
     let (strait_server_admin, strait_server_port) = (free_port(), free_port());
     let strait_server_addr: SocketAddr = ([127, 0, 0, 1], strait_server_port).into();
-    let args = agent(&backend_token, BACKEND);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let _strait_server = Proxy::start_with(
-        &sidecar(strait_server_admin, strait_server_port, true, app, FRONTEND),
-        strait_server_admin,
-        &args,
-    )
-    .await;
+    let yaml = sidecar(strait_server_admin, strait_server_port, true, app, FRONTEND);
+    let yaml = sds_fed_bootstrap(yaml, strait_server_admin, ca.clone(), BACKEND_TOKEN).await;
+    let _strait_server = Proxy::start(&yaml, strait_server_admin).await;
     let (envoy_client_admin, envoy_client_port) = (free_port(), free_port());
     let yaml = sidecar(envoy_client_admin, envoy_client_port, false, strait_server_addr, BACKEND);
     let _envoy_client = envoy_sidecar(yaml, envoy_client_admin, ca.clone(), FRONTEND_TOKEN).await;

@@ -35,6 +35,8 @@ pub struct Settings {
     /// Secrets this proxy makes itself (its workload certificate): present without SDS, and
     /// preferred over a secret of the same name from the control plane.
     pub local_secrets: LocalSecrets,
+    /// `grpc_services[0].initial_metadata`: sent with the stream (a bootstrap token, say).
+    pub metadata: Vec<(tonic::metadata::AsciiMetadataKey, tonic::metadata::AsciiMetadataValue)>,
 }
 
 /// The secrets the identity agent keeps current, shared with the ADS client.
@@ -79,7 +81,14 @@ pub fn settings(bootstrap: &Bootstrap) -> Result<Option<Settings>, String> {
         })
         .and_then(|a| crate::xds::socket_address_of(a).ok())
         .ok_or_else(|| format!("static cluster '{cluster_name}': needs an IP endpoint for the control plane"))?;
-    Ok(Some(Settings { server, delta, node: bootstrap.node.clone(), local_secrets: LocalSecrets::default() }))
+    let mut metadata = Vec::new();
+    for (i, header) in ads.grpc_services.first().map_or(&[][..], |g| g.initial_metadata.as_slice()).iter().enumerate() {
+        let at = format!("dynamic_resources.ads_config.grpc_services[0].initial_metadata[{i}]");
+        let key = header.key.to_ascii_lowercase().parse().map_err(|_| format!("{at}.key: not a gRPC metadata name"))?;
+        let value = header.value.parse().map_err(|_| format!("{at}.value: not printable ASCII"))?;
+        metadata.push((key, value));
+    }
+    Ok(Some(Settings { server, delta, node: bootstrap.node.clone(), local_secrets: LocalSecrets::default(), metadata }))
 }
 
 /// Accepted dynamic config for the control loop to apply; it answers whether the apply worked.
@@ -183,6 +192,15 @@ impl Session<'_> {
         Ok(AggregatedDiscoveryServiceClient::new(endpoint.connect().await?))
     }
 
+    /// The stream's request with the bootstrap's `initial_metadata`.
+    fn with_metadata<T>(&self, stream: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(stream);
+        for (key, value) in &self.settings.metadata {
+            request.metadata_mut().insert(key.clone(), value.clone());
+        }
+        request
+    }
+
     /// Checks a candidate state and hands it to the control loop; the error to NACK with, if any.
     async fn try_apply(&mut self, candidate: &mut State) -> Result<(), String> {
         candidate.local_secrets = self.settings.local_secrets.load_full();
@@ -249,7 +267,8 @@ impl Session<'_> {
             let version = self.state.versions.get(t).cloned().unwrap_or_default();
             tx.send(request(t, &names, version, String::new())).await?;
         }
-        let mut responses = client.stream_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
+        let mut responses =
+            client.stream_aggregated_resources(self.with_metadata(ReceiverStream::new(rx))).await?.into_inner();
         set_status(self.status, |s| s.connected = true);
         self.progressed = true;
         tracing::info!(server = %self.settings.server, "ADS stream (state of the world) open");
@@ -330,7 +349,8 @@ impl Session<'_> {
             })
             .await?;
         }
-        let mut responses = client.delta_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
+        let mut responses =
+            client.delta_aggregated_resources(self.with_metadata(ReceiverStream::new(rx))).await?.into_inner();
         set_status(self.status, |s| s.connected = true);
         self.progressed = true;
         tracing::info!(server = %self.settings.server, "ADS stream (delta) open");

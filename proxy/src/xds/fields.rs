@@ -15,7 +15,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.core.v3.ApiConfigSource",
         &["api_type", "transport_api_version", "grpc_services", "set_node_on_first_message_only"],
     ),
-    ("envoy.config.core.v3.GrpcService", &["envoy_grpc"]),
+    ("envoy.config.core.v3.GrpcService", &["envoy_grpc", "initial_metadata"]),
     ("envoy.config.core.v3.GrpcService.EnvoyGrpc", &["cluster_name"]),
     ("envoy.config.bootstrap.v3.Admin", &["address"]),
     ("envoy.config.bootstrap.v3.Bootstrap.StaticResources", &["listeners", "clusters", "secrets"]),
