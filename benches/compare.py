@@ -169,10 +169,12 @@ def tcp_stream(target, size_mb):
     return {"requests": 1, "rps": None, "mb_per_s": float(speed) / 1e6, "bytes": int(size), "p50": None, "p99": None, "errors": 0}
 
 
-def idle_connections(target, count=1000):
+def idle_connections(target, count=1000, connect=None):
+    """`count` keep-alive connections that each made one request, then sat idle a moment."""
+    connect = connect or (lambda: socket.create_connection(("127.0.0.1", target.http)))
     socks = []
     for _ in range(count):
-        s = socket.create_connection(("127.0.0.1", target.http))
+        s = connect()
         s.sendall(b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n")
         socks.append(s)
     for s in socks:

@@ -19,7 +19,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # noqa: E402
@@ -117,20 +116,7 @@ def idle_mtls_connections(p, port, count=1000):
     ctx.check_hostname = False
     ctx.load_verify_locations(p("ca.pem"))
     ctx.load_cert_chain(p("client.pem"), p("client.key"))
-    socks = []
-    for _ in range(count):
-        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)))
-        s.sendall(b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n")
-        socks.append(s)
-    for s in socks:
-        data = b""
-        while b"hello from upstream!" not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    time.sleep(2)
-    return socks
+    return compare.idle_connections(None, count, lambda: ctx.wrap_socket(socket.create_connection(("127.0.0.1", port))))
 
 
 def main():

@@ -285,35 +285,14 @@ async fn sds_fed_bootstrap(sidecar: String, admin: u16, ca: Arc<CertificateAutho
         items.push(pack(xds_proto::type_url::CLUSTER, &c.name, prost::Message::encode_to_vec(c)));
     }
     let xds = sds_server(ca, items).await;
-    let bootstrap = format!(
-        r#"
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
-node: {{ id: envoy-sidecar, cluster: test }}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }} }}] }}]
-dynamic_resources:
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    grpc_services:
-    - envoy_grpc: {{ cluster_name: xds }}
-      initial_metadata: [{{ key: authorization, value: "Bearer {token}" }}]
-"#,
-        xds.ip(),
-        xds.port()
+    // The shared ADS bootstrap, its stream carrying the workload's bootstrap token.
+    let bootstrap = ads_bootstrap("sidecar", admin, xds, "GRPC");
+    let plain = "grpc_services: [{ envoy_grpc: { cluster_name: xds } }]";
+    assert!(bootstrap.contains(plain), "the ADS bootstrap changed shape");
+    let with_token = format!(
+        "grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }}, initial_metadata: [{{ key: authorization, value: \"Bearer {token}\" }}] }}]"
     );
-    bootstrap
+    bootstrap.replace(plain, &with_token)
 }
 
 /// Sidecars fed their certificates by `strait-control`: Envoys over SDS, a Strait server over SDS
