@@ -43,17 +43,18 @@ fn sds_from_ads(config: &tls::SdsSecretConfig) -> Result<bool> {
     }
 }
 
+/// The `CommonTlsContext` of a transport socket's TLS context, either side's.
+fn common_context_of(socket: &core::TransportSocket) -> Option<tls::CommonTlsContext> {
+    match tls_context::<tls::DownstreamTlsContext>(socket) {
+        Ok(Some(d)) => d.common_tls_context,
+        _ => tls_context::<tls::UpstreamTlsContext>(socket).ok().flatten()?.common_tls_context,
+    }
+}
+
 /// The names of the secrets a transport socket asks for over ADS (SDS), for the subscription.
 pub fn sds_names(socket: &core::TransportSocket) -> Vec<String> {
     use tls::common_tls_context::ValidationContextType as V;
-    let common = if let Ok(Some(d)) = tls_context::<tls::DownstreamTlsContext>(socket) {
-        d.common_tls_context
-    } else if let Ok(Some(u)) = tls_context::<tls::UpstreamTlsContext>(socket) {
-        u.common_tls_context
-    } else {
-        None
-    };
-    let Some(common) = common else { return Vec::new() };
+    let Some(common) = common_context_of(socket) else { return Vec::new() };
     let mut configs: Vec<&tls::SdsSecretConfig> = common.tls_certificate_sds_secret_configs.iter().collect();
     match &common.validation_context_type {
         Some(V::ValidationContextSdsSecretConfig(sds)) => configs.push(sds),
@@ -357,20 +358,13 @@ pub fn files(bootstrap: &xds_proto::Bootstrap) -> Vec<std::path::PathBuf> {
         source(c.private_key.as_ref());
     };
     let Some(resources) = bootstrap.static_resources.as_ref() else { return out };
-    let mut commons = Vec::new();
     let sockets = resources
         .listeners
         .iter()
         .flat_map(|l| l.filter_chains.iter().chain(l.default_filter_chain.as_ref()))
         .filter_map(|c| c.transport_socket.as_ref())
         .chain(resources.clusters.iter().filter_map(|c| c.transport_socket.as_ref()));
-    for socket in sockets {
-        if let Ok(Some(d)) = tls_context::<tls::DownstreamTlsContext>(socket) {
-            commons.extend(d.common_tls_context);
-        } else if let Ok(Some(u)) = tls_context::<tls::UpstreamTlsContext>(socket) {
-            commons.extend(u.common_tls_context);
-        }
-    }
+    let commons: Vec<tls::CommonTlsContext> = sockets.filter_map(common_context_of).collect();
     for common in &commons {
         for c in &common.tls_certificates {
             certificate(c, &mut source);
