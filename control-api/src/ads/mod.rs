@@ -59,13 +59,8 @@ impl Ads {
     /// The resources a stream follows: the mesh's, plus its workload's secrets when it presents a
     /// bootstrap token (refused when the token is unknown).
     fn resources_for<T>(&self, request: &Request<T>) -> Result<watch::Receiver<Arc<Resources>>, Status> {
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match (&self.sds, token) {
-            (Some(sds), Some(token)) => match sds.identity(token.trim()) {
+        match (&self.sds, crate::ca::tokens::bearer(request.metadata())) {
+            (Some(sds), Some(token)) => match sds.identity(token) {
                 Some(id) => Ok(sds.follow(id, self.resources.clone())),
                 None => Err(Status::unauthenticated("unknown bootstrap token")),
             },

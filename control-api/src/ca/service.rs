@@ -31,13 +31,9 @@ impl CertificateService for CaService {
         &self,
         request: Request<CertificateRequest>,
     ) -> Result<Response<CertificateResponse>, Status> {
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+        let token = super::tokens::bearer(request.metadata())
             .ok_or_else(|| Status::unauthenticated("a bootstrap token is required (authorization: Bearer <token>)"))?;
-        let Some((namespace, service_account)) = self.tokens.identity(token.trim()) else {
+        let Some((namespace, service_account)) = self.tokens.identity(token) else {
             tracing::warn!("certificate request with an unknown token refused");
             return Err(Status::unauthenticated("unknown bootstrap token"));
         };

@@ -40,3 +40,9 @@ impl Tokens {
         self.0.get(token).map(|(ns, sa)| (ns.as_str(), sa.as_str()))
     }
 }
+
+/// The bearer token a gRPC request carries (`authorization: Bearer <token>`), if any.
+pub fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
+    let value = metadata.get("authorization")?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(str::trim)
+}

@@ -71,15 +71,9 @@ impl SanMatcher {
     /// A DNS SAN `*.example.com` matches an exact matcher for any one-label name under it, as Envoy's.
     fn matches_dns(&self, dns: &str) -> bool {
         use crate::routing::matcher::StringMatch;
-        if self.matcher.matches(dns) {
-            return true;
-        }
-        match (&self.matcher.kind, dns.strip_prefix("*.")) {
-            (StringMatch::Exact(wanted), Some(suffix)) => wanted
-                .split_once('.')
-                .is_some_and(|(label, rest)| !label.is_empty() && rest.eq_ignore_ascii_case(suffix)),
-            _ => false,
-        }
+        self.matcher.matches(dns)
+            || matches!(&self.matcher.kind, StringMatch::Exact(wanted) if dns.starts_with("*.")
+                && super::server::dns_covers(dns, wanted))
     }
 }
 

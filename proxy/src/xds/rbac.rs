@@ -153,12 +153,8 @@ fn header_rule(h: &route::HeaderMatcher) -> Result<HeaderRule> {
         n if n.starts_with(':') => return Err(ConfigError::new("name", format!("unknown pseudo-header {n}"))),
         _ => None,
     };
-    let m = super::route::header_matcher(&route::HeaderMatcher {
-        name: pseudo.map_or(h.name.clone(), |_| "host".to_string()),
-        ..h.clone()
-    })?;
     Ok(match pseudo {
-        None => HeaderRule::Header(m),
-        Some(name) => HeaderRule::Pseudo { name, check: m.check, invert: m.invert },
+        None => HeaderRule::Header(super::route::header_matcher(h)?),
+        Some(name) => HeaderRule::Pseudo { name, check: super::route::header_check(h)?, invert: h.invert_match },
     })
 }

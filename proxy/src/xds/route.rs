@@ -162,8 +162,18 @@ fn route_match(m: &route::RouteMatch) -> Result<RouteMatch> {
     })
 }
 
-#[allow(deprecated)]
 pub(super) fn header_matcher(h: &route::HeaderMatcher) -> Result<HeaderMatcher> {
+    Ok(HeaderMatcher {
+        name: convert::header_name(&h.name, "name")?,
+        check: header_check(h)?,
+        invert: h.invert_match,
+        treat_missing_as_empty: h.treat_missing_header_as_empty,
+    })
+}
+
+/// What a `HeaderMatcher` checks of the value, whichever header (or pseudo-header) it names.
+#[allow(deprecated)]
+pub(super) fn header_check(h: &route::HeaderMatcher) -> Result<HeaderCheck> {
     use route::header_matcher::HeaderMatchSpecifier as S;
     let exact =
         |s: &str| HeaderCheck::Value(StringMatcher { kind: StringMatch::Exact(s.to_string()), ignore_case: false });
@@ -171,7 +181,7 @@ pub(super) fn header_matcher(h: &route::HeaderMatcher) -> Result<HeaderMatcher> 
         if s.is_empty() { Err(ConfigError::new(field, "must not be empty; use present_match")) } else { Ok(s.clone()) }
     };
     let value = |kind| HeaderCheck::Value(StringMatcher { kind, ignore_case: false });
-    let check = match &h.header_match_specifier {
+    Ok(match &h.header_match_specifier {
         None => HeaderCheck::Present(true),
         Some(S::ExactMatch(s)) => exact(s),
         Some(S::SafeRegexMatch(r)) => value(StringMatch::Regex(convert::regex(r, "safe_regex_match")?)),
@@ -181,12 +191,6 @@ pub(super) fn header_matcher(h: &route::HeaderMatcher) -> Result<HeaderMatcher> 
         Some(S::SuffixMatch(s)) => value(StringMatch::Suffix(non_empty(s, "suffix_match")?)),
         Some(S::ContainsMatch(s)) => value(StringMatch::Contains(non_empty(s, "contains_match")?)),
         Some(S::StringMatch(m)) => HeaderCheck::Value(convert::string_matcher(m, "string_match")?),
-    };
-    Ok(HeaderMatcher {
-        name: convert::header_name(&h.name, "name")?,
-        check,
-        invert: h.invert_match,
-        treat_missing_as_empty: h.treat_missing_header_as_empty,
     })
 }
 
