@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use xds_proto::workload::{CERTIFICATE_SECRET, TRUST_BUNDLE_SECRET};
 
 /// PeerAuthentication: how a listener accepts connections.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -337,12 +338,12 @@ pub fn downstream_tls() -> Value {
             "require_client_certificate": true,
             "common_tls_context": {
                 "alpn_protocols": ["h2", "http/1.1"],
-                "tls_certificate_sds_secret_configs": [sds("default")],
+                "tls_certificate_sds_secret_configs": [sds(CERTIFICATE_SECRET)],
                 "combined_validation_context": {
                     "default_validation_context": {
                         "match_typed_subject_alt_names": [{ "san_type": "URI", "matcher": { "prefix": "spiffe://" } }]
                     },
-                    "validation_context_sds_secret_config": sds("ROOTCA")
+                    "validation_context_sds_secret_config": sds(TRUST_BUNDLE_SECRET)
                 }
             }
         }
@@ -362,10 +363,10 @@ pub fn upstream_tls(tls: &ClientTlsSpec) -> Value {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
             "common_tls_context": {
                 "tls_params": { "tls_maximum_protocol_version": "TLSv1_3" },
-                "tls_certificate_sds_secret_configs": [sds("default")],
+                "tls_certificate_sds_secret_configs": [sds(CERTIFICATE_SECRET)],
                 "combined_validation_context": {
                     "default_validation_context": { "match_typed_subject_alt_names": sans },
-                    "validation_context_sds_secret_config": sds("ROOTCA")
+                    "validation_context_sds_secret_config": sds(TRUST_BUNDLE_SECRET)
                 }
             }
         }

@@ -3,6 +3,7 @@
 //! field path and the line.
 
 pub mod document;
+pub mod workload;
 
 pub use document::{
     DocumentError, Format, decode_message, descriptor_pool, parse_document, parse_dynamic, release_descriptor_pool,

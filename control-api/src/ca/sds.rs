@@ -10,10 +10,7 @@ use crate::resources::Resources;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use xds_proto::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
-use xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, Secret, TlsCertificate, secret,
-};
+use xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use xds_proto::pb::google::protobuf::Any;
 use xds_proto::type_url::SECRET;
 
@@ -23,10 +20,6 @@ pub struct SdsIssuer {
     pub ca: Arc<CertificateAuthority>,
     pub tokens: Arc<Tokens>,
     pub lifetime: Duration,
-}
-
-fn inline(text: String) -> Option<DataSource> {
-    Some(DataSource { specifier: Some(Specifier::InlineString(text)), ..Default::default() })
 }
 
 fn pack(secret: Secret) -> (&'static str, String, Any) {
@@ -42,22 +35,7 @@ impl SdsIssuer {
 
     fn secrets(&self, spiffe_id: &str) -> Result<Vec<(&'static str, String, Any)>, super::CaError> {
         let (cert, key) = self.ca.issue_with_key(spiffe_id, self.lifetime)?;
-        let certificate = Secret {
-            name: "default".into(),
-            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-                certificate_chain: inline(cert),
-                private_key: inline(key),
-                ..Default::default()
-            })),
-        };
-        let roots = Secret {
-            name: "ROOTCA".into(),
-            r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
-                trusted_ca: inline(self.ca.trust_bundle().concat()),
-                ..Default::default()
-            })),
-        };
-        Ok(vec![pack(certificate), pack(roots)])
+        Ok(xds_proto::workload::secrets(cert, key, self.ca.trust_bundle().concat()).into_iter().map(pack).collect())
     }
 
     /// The mesh's resources with this workload's secrets, kept current (mesh changes, renewals) by a

@@ -10,14 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 use xds_proto::ca::CertificateRequest;
 use xds_proto::ca::certificate_service_client::CertificateServiceClient;
-use xds_proto::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
-use xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, Secret, TlsCertificate, secret,
-};
-
-/// The secret names the identity is published under.
-pub const CERTIFICATE_SECRET: &str = "default";
-pub const TRUST_BUNDLE_SECRET: &str = "ROOTCA";
+use xds_proto::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 
 /// Where and as whom to ask for a certificate.
 #[derive(Debug, Clone)]
@@ -52,10 +45,6 @@ pub enum AgentError {
     Refused(String),
     #[error("the certificate service answered with an unusable certificate: {0}")]
     BadAnswer(String),
-}
-
-fn inline(text: String) -> Option<DataSource> {
-    Some(DataSource { specifier: Some(Specifier::InlineString(text)), ..Default::default() })
 }
 
 /// Asks the CA for a certificate once.
@@ -100,23 +89,7 @@ pub async fn request(settings: &AgentSettings) -> Result<Issued, AgentError> {
     // Half of what is left (the CA back-dates the start a little for clock skew).
     let received = SystemTime::now();
     let left = expires.duration_since(received).unwrap_or_default();
-    let secrets = vec![
-        Secret {
-            name: CERTIFICATE_SECRET.to_string(),
-            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-                certificate_chain: inline(chain),
-                private_key: inline(key.serialize_pem()),
-                ..Default::default()
-            })),
-        },
-        Secret {
-            name: TRUST_BUNDLE_SECRET.to_string(),
-            r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
-                trusted_ca: inline(bundle),
-                ..Default::default()
-            })),
-        },
-    ];
+    let secrets = xds_proto::workload::secrets(chain, key.serialize_pem(), bundle).to_vec();
     Ok(Issued { secrets, renew_at: received + left / 2, expires })
 }
 
