@@ -269,7 +269,21 @@ impl DataPlane {
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let thread = std::thread::Builder::new().name(format!("strait-worker-{i}")).spawn(move || {
                 runtime.block_on(async {
-                    let _ = stopped.await;
+                    // A timer that always fires within a second. Tokio's timer wakes its thread's
+                    // event loop (an eventfd write, then one more epoll_wait) whenever a new timer
+                    // is due before everything pending: without this, every request's route timeout
+                    // on a quiet worker did that.
+                    let tick = async {
+                        let mut tick = tokio::time::interval(Duration::from_secs(1));
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        loop {
+                            tick.tick().await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = stopped => {}
+                        _ = tick => {}
+                    }
                 });
                 runtime.shutdown_timeout(Duration::from_secs(1));
             })?;

@@ -123,7 +123,9 @@ pub async fn serve(
         let connection = connection.clone();
         service_fn(move |req| {
             let c = connection.clone();
-            async move {
+            // Boxed: hyper keeps room for one request's future for as long as the connection is
+            // open, and an idle keep-alive connection should not carry a request's worth of state.
+            let request: Pin<Box<dyn Future<Output = Result<_, Infallible>> + Send>> = Box::pin(async move {
                 c.activity.active_streams.fetch_add(1, Ordering::Relaxed);
                 let _guard = StreamGuard(&c.activity);
                 // One snapshot for the whole request; routes follow the newest config.
@@ -133,8 +135,9 @@ pub async fn serve(
                     .filter(|l| l.chains.get(c.downstream.chain).is_some_and(|ch| ch.name == c.downstream.chain_name))
                     .and_then(|l| l.http(c.downstream.chain))
                     .unwrap_or(&c.initial);
-                Ok::<_, Infallible>(proxy::handle(req, &c.downstream, &snapshot, hcm).await)
-            }
+                Ok(proxy::handle(req, &c.downstream, &snapshot, hcm).await)
+            });
+            request
         })
     };
     match stream {
@@ -187,7 +190,9 @@ async fn run<I, S>(
             .max_pending_accept_reset_streams(100)
             .max_local_error_reset_streams(1024)
             .serve_connection(io, service);
-        drive(conn, &connection.activity, idle, shutdown).await;
+        // Boxed: an HTTP/2 connection's state is several times an HTTP/1.1 one's, and the task of
+        // every connection would otherwise carry room for it.
+        drive(Box::pin(conn).as_mut(), &connection.activity, idle, shutdown).await;
     } else {
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -196,13 +201,17 @@ async fn run<I, S>(
             .max_headers(initial.max_headers_count)
             .serve_connection(io, service)
             .with_upgrades();
-        drive(conn, &connection.activity, idle, shutdown).await;
+        drive(std::pin::pin!(conn), &connection.activity, idle, shutdown).await;
     }
 }
 
 /// Runs a served connection to its end: drained on shutdown, or once idle for the idle timeout.
-async fn drive(conn: impl Served, activity: &Activity, idle: Option<Duration>, shutdown: CancellationToken) {
-    tokio::pin!(conn);
+async fn drive<C: Served>(
+    mut conn: Pin<&mut C>,
+    activity: &Activity,
+    idle: Option<Duration>,
+    shutdown: CancellationToken,
+) {
     let mut draining = false;
     let mut idle_check = Box::pin(tokio::time::sleep(idle.unwrap_or(Duration::from_secs(3600))));
     loop {
