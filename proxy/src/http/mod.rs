@@ -10,7 +10,7 @@ pub mod server;
 pub mod timeout_body;
 mod upgrade;
 
-pub use error::ProxyError;
+pub use error::{ProxyError, ResponseFlag};
 
 use crate::routing::RouteTable;
 use crate::telemetry::HttpStats;

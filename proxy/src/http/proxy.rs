@@ -2,11 +2,10 @@
 //! pick a cluster and an endpoint, rewrite the request, send it upstream within the route timeout,
 //! and shape the response. Every failure returns a [`ProxyError`], turned into a reply in one place.
 
-use super::error::ResponseFlag;
+use super::ResponseFlag;
 use super::timeout_body::{Limits, TimedBody};
 use super::{HttpConnectionManager, ProxyError, forwarding, upgrade};
-use crate::policy::FilterConfig;
-use crate::policy::local_ratelimit::Decision;
+use crate::policy::filters::{self, BoxAnswer, Filtering};
 use crate::policy::mirror::{self, MirrorPolicy, ShadowBody, Tee};
 use crate::policy::retry::body::ReplayBody;
 use crate::policy::retry::headers::Overrides;
@@ -161,30 +160,23 @@ pub fn handle(
         let mut response = match routed {
             Err(err) => local_reply(err, hcm, grpc),
             Ok(routed) => {
-                let (step, vhost, route, filtered) = match routed {
-                    Routed::Step(step, vhost, route) => (step, vhost, route, Filtered::default()),
-                    Routed::Filter(filtering) => {
-                        let (mut req, selected) = *filtering;
-                        let (vhost, route) = (selected.vhost, selected.route);
-                        match run_filters(&mut req, hcm, &selected, downstream).await {
-                            Ok(filtered) => {
-                                let step = act(req, downstream, snapshot, hcm, selected, &mut outcome, grpc);
-                                (step, vhost, route, filtered)
+                let (mut response, vhost, route) = match routed {
+                    Routed::Step(step, vhost, route) => {
+                        let response = match step {
+                            Step::Reply(response) => response,
+                            Step::Forward(exchange) => {
+                                forward(exchange, hcm).await.unwrap_or_else(|err| local_reply(err, hcm, grpc))
                             }
-                            Err(err) => (Step::Reply(local_reply(err, hcm, grpc)), vhost, route, Filtered::default()),
-                        }
+                        };
+                        (response, vhost, route)
+                    }
+                    Routed::Filter(filtering) => {
+                        let (vhost, route) = (filtering.1.vhost, filtering.1.route);
+                        let router = (downstream, snapshot, hcm, grpc);
+                        let answer = through_filters(*filtering, router, &mut outcome).await;
+                        (answer.unwrap_or_else(|err| local_reply(err, hcm, grpc)), vhost, route)
                     }
                 };
-                let mut response = match step {
-                    Step::Reply(response) => response,
-                    Step::Forward(exchange) => {
-                        forward(exchange, hcm).await.unwrap_or_else(|err| local_reply(err, hcm, grpc))
-                    }
-                };
-                response.headers_mut().extend(filtered.response_headers);
-                if filtered.delayed && response.extensions().get::<ResponseFlag>().is_none() {
-                    response.extensions_mut().insert(ResponseFlag("DI"));
-                }
                 for level in hcm.routes.mutations(vhost, route, false) {
                     level.apply(response.headers_mut());
                 }
@@ -242,18 +234,18 @@ fn log(
 }
 
 /// The route a request matched, and what routing learned on the way.
-struct Selected<'h> {
-    vhost: &'h VirtualHost,
-    route: &'h Route,
+pub struct Selected<'h> {
+    pub vhost: &'h VirtualHost,
+    pub route: &'h Route,
     /// Sent from inside the mesh (may steer the proxy with x-envoy-* headers).
     internal: bool,
-    authority: HeaderValue,
-    path: http::uri::PathAndQuery,
+    pub authority: HeaderValue,
+    pub path: http::uri::PathAndQuery,
     /// A forwarding route's cluster for this request (a weighted split is drawn here, as Envoy does
     /// when it resolves the route, so filters see it).
-    cluster_name: Option<&'h str>,
+    pub cluster_name: Option<&'h str>,
     /// The trusted client address.
-    client: std::net::IpAddr,
+    pub client: std::net::IpAddr,
 }
 
 /// A routed request: what the router does with it now, or (when the connection manager has HTTP
@@ -328,73 +320,68 @@ fn select<'h>(
     })
 }
 
-/// What the HTTP filters leave for the response: headers to add (`x-ratelimit-*`), a delay's flag,
-/// and the faults in progress until it is answered.
-#[derive(Default)]
-struct Filtered {
-    response_headers: http::HeaderMap,
-    delayed: bool,
-    _faults: Vec<crate::policy::fault::Injected>,
+/// Sends a request through the connection manager's filters (a tower stack built for it) to the
+/// router. Boxed by the caller: a request without filters does not carry room for it.
+fn through_filters<'a>(
+    (request, selected): (Request<Incoming>, Selected<'a>),
+    (downstream, snapshot, hcm, grpc): (&'a Downstream, &'a Snapshot, &'a HttpConnectionManager, bool),
+    outcome: &'a mut Outcome,
+) -> BoxAnswer<'a> {
+    use tower::Service;
+    Box::pin(async move {
+        let learned = std::sync::Mutex::new(std::mem::take(outcome));
+        let answer = {
+            let router = Router { downstream, snapshot, hcm, outcome: &learned, grpc };
+            let mut stack = filters::stack(&hcm.filters, &hcm.routes.filter_configs, downstream, Box::new(router));
+            match std::future::poll_fn(|cx| stack.poll_ready(cx)).await {
+                Ok(()) => stack.call(Filtering { request, selected }).await,
+                Err(e) => Err(e),
+            }
+        };
+        *outcome = learned.into_inner().unwrap_or_else(|e| e.into_inner());
+        answer
+    })
 }
 
-/// Runs the connection manager's HTTP filters in their order, each with the config the most
-/// specific level gives it (route, virtual host, route table, else its own), before the router.
-async fn run_filters(
-    req: &mut Request<Incoming>,
-    hcm: &HttpConnectionManager,
-    selected: &Selected<'_>,
-    downstream: &Downstream,
-) -> Result<Filtered, ProxyError> {
-    let mut filtered = Filtered::default();
-    for filter in &hcm.filters {
-        let levels = [&selected.route.filter_configs, &selected.vhost.filter_configs, &hcm.routes.filter_configs];
-        let config = levels
-            .iter()
-            .filter_map(|level| level.get(&filter.name))
-            .find(|c| c.same_kind(&filter.config))
-            .unwrap_or(&filter.config);
-        match config {
-            FilterConfig::Disabled => {}
-            FilterConfig::LocalRateLimit(limit) => match limit.decide() {
-                Decision::Pass => {}
-                Decision::Allowed(headers) => filtered.response_headers.extend(headers),
-                Decision::NotEnforced => limit.request_headers_when_not_enforced.apply(req.headers_mut()),
-                Decision::Limited(limited) => return Err(ProxyError::RateLimited(limited)),
-            },
-            FilterConfig::Fault(fault) => {
-                let Some(stats) = &filter.fault_stats else { continue };
-                let mut injected = fault.decide(req.headers(), stats, selected.cluster_name);
-                if let Some(delay) = injected.delay {
-                    tokio::time::sleep(delay).await;
-                    filtered.delayed = true;
-                }
-                if let Some(abort) = injected.abort.take() {
-                    return Err(ProxyError::FaultAbort(Box::new(abort)));
-                }
-                filtered._faults.push(injected);
-            }
-            FilterConfig::Rbac(rbac) => {
-                let Some(stats) = &filter.rbac_stats else { continue };
-                let facts = crate::policy::rbac::Facts {
-                    peer: downstream.peer,
-                    client: selected.client,
-                    local: downstream.local,
-                    tls: downstream.tls.as_deref(),
-                    request: Some(crate::policy::rbac::RequestFacts {
-                        headers: req.headers(),
-                        method: req.method().as_str(),
-                        path: selected.path.as_str(),
-                        authority: selected.authority.to_str().unwrap_or_default(),
-                        scheme: if downstream.tls.is_some() { "https" } else { "http" },
-                    }),
-                };
-                if !rbac.allows(&facts, stats) {
-                    return Err(ProxyError::RbacDenied);
-                }
-            }
-        }
+/// The bottom of the filter stack: answers locally or forwards, as a request without filters goes.
+/// What it learns goes into the request's [`Outcome`], behind a lock only because the filters'
+/// stack may clone the router.
+#[derive(Clone, Copy)]
+struct Router<'a> {
+    downstream: &'a Downstream,
+    snapshot: &'a Snapshot,
+    hcm: &'a HttpConnectionManager,
+    outcome: &'a std::sync::Mutex<Outcome>,
+    grpc: bool,
+}
+
+impl<'a> tower::Service<Filtering<'a>> for Router<'a> {
+    type Response = Response<ResponseBody>;
+    type Error = ProxyError;
+    type Future = BoxAnswer<'a>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), ProxyError>> {
+        std::task::Poll::Ready(Ok(()))
     }
-    Ok(filtered)
+
+    fn call(&mut self, filtering: Filtering<'a>) -> BoxAnswer<'a> {
+        let Router { downstream, snapshot, hcm, outcome, grpc } = *self;
+        // Routed when polled: a filter's delay comes before the endpoint is picked.
+        Box::pin(async move {
+            let step = {
+                let mut outcome = outcome.lock().unwrap_or_else(|e| e.into_inner());
+                act(filtering.request, downstream, snapshot, hcm, filtering.selected, &mut outcome, grpc)
+            };
+            // The router's own failures are answered here, so the filters above see (and mark)
+            // the reply as Envoy's encoder filters do; a filter's refusal stays an error.
+            Ok(match step {
+                Step::Reply(response) => response,
+                Step::Forward(exchange) => {
+                    forward(exchange, hcm).await.unwrap_or_else(|err| local_reply(err, hcm, grpc))
+                }
+            })
+        })
+    }
 }
 
 /// Step 3: answers locally, or prepares the exchange with the upstream; a failure after the route

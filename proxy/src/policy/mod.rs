@@ -1,9 +1,10 @@
-//! Per-request policies: retries (a tower retry policy) and the HTTP filters that run ahead of the
-//! router in the order the connection manager lists them (local rate limiting, fault injection,
-//! authorization),
-//! each with its per-route config (`typed_per_filter_config`), and the limits a request runs under.
+//! Per-request policies: retries (a tower retry policy), the HTTP filters that run ahead of the
+//! router as tower layers stacked in the order the connection manager lists them (local rate
+//! limiting, fault injection, authorization), each with its per-route config
+//! (`typed_per_filter_config`), and the limits a request runs under.
 
 pub mod fault;
+pub mod filters;
 pub mod local_ratelimit;
 pub mod mirror;
 pub mod rbac;

@@ -4,6 +4,8 @@
 //! `x-envoy-fault-abort-grpc-request`), only for requests matching `headers`, at most
 //! `max_active_faults` at once.
 
+pub mod layer;
+
 use super::Fraction;
 use crate::routing::HeaderMatcher;
 use http::HeaderMap;

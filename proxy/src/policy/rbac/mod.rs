@@ -4,6 +4,8 @@
 //! through only what some policy matches, `DENY` stops what some policy matches; Istio's "deny
 //! wins" is a DENY filter ahead of an ALLOW one. `shadow_rules` are evaluated and counted only.
 
+pub mod layer;
+
 use crate::net::CidrRange;
 use crate::routing::matcher::{HeaderCheck, HeaderMatcher, StringMatcher};
 use crate::tls::identity::ConnectionTls;

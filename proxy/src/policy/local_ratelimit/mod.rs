@@ -3,6 +3,8 @@
 //! `tokens_per_fill` per `fill_interval` up to `max_tokens`, one token per request or connection;
 //! none left: 429 (or the configured status) with `x-ratelimit-*` headers when enabled.
 
+pub mod layer;
+
 use super::Fraction;
 use crate::routing::HeaderMutation;
 use http::{HeaderMap, HeaderValue, StatusCode};

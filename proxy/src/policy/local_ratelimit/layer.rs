@@ -1,0 +1,96 @@
+//! `envoy.filters.http.local_ratelimit` as a tower layer: takes a token for the request (with the
+//! config its route gives the filter), answers 429 when there is none, and puts the
+//! `x-ratelimit-*` headers on the response of a request it let through.
+
+use super::Decision;
+use crate::http::ProxyError;
+use crate::http::proxy::ResponseBody;
+use crate::policy::filters::{Answer, Filtering};
+use crate::policy::{FilterConfig, FilterOverrides, HttpFilter};
+use http::{HeaderMap, Response};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tower::{Layer, Service};
+
+/// Puts a [`RateLimit`] over the rest of the chain.
+pub struct RateLimitLayer<'a> {
+    filter: &'a HttpFilter,
+    table: &'a FilterOverrides,
+}
+
+impl<'a> RateLimitLayer<'a> {
+    pub fn new(filter: &'a HttpFilter, table: &'a FilterOverrides) -> Self {
+        RateLimitLayer { filter, table }
+    }
+}
+
+impl<'a, S> Layer<S> for RateLimitLayer<'a> {
+    type Service = RateLimit<'a, S>;
+
+    fn layer(&self, inner: S) -> RateLimit<'a, S> {
+        RateLimit { inner, filter: self.filter, table: self.table }
+    }
+}
+
+/// The local rate limit ahead of `S`.
+#[derive(Clone)]
+pub struct RateLimit<'a, S> {
+    inner: S,
+    filter: &'a HttpFilter,
+    table: &'a FilterOverrides,
+}
+
+impl<'a, S> Service<Filtering<'a>> for RateLimit<'a, S>
+where
+    S: Service<Filtering<'a>, Response = Response<ResponseBody>, Error = ProxyError>,
+    S::Future: Unpin,
+{
+    type Response = Response<ResponseBody>;
+    type Error = ProxyError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Filtering<'a>) -> Self::Future {
+        let FilterConfig::LocalRateLimit(limit) = request.config(self.filter, self.table) else {
+            return ResponseFuture::Passed { inner: self.inner.call(request), headers: None };
+        };
+        let headers = match limit.decide() {
+            Decision::Pass => None,
+            Decision::Allowed(headers) => Some(headers),
+            Decision::NotEnforced => {
+                limit.request_headers_when_not_enforced.apply(request.request.headers_mut());
+                None
+            }
+            Decision::Limited(limited) => return ResponseFuture::Limited(Some(ProxyError::RateLimited(limited))),
+        };
+        ResponseFuture::Passed { inner: self.inner.call(request), headers }
+    }
+}
+
+/// A limited request's answer, or the rest of the chain's with the rate-limit headers added.
+pub enum ResponseFuture<F> {
+    Limited(Option<ProxyError>),
+    Passed { inner: F, headers: Option<HeaderMap> },
+}
+
+impl<F: Future<Output = Answer> + Unpin> Future for ResponseFuture<F> {
+    type Output = Answer;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        match self.get_mut() {
+            ResponseFuture::Limited(error) => {
+                Poll::Ready(Err(error.take().expect("a rate-limit future is polled after it is done")))
+            }
+            ResponseFuture::Passed { inner, headers } => {
+                let mut answer = ready!(Pin::new(inner).poll(cx));
+                if let (Ok(response), Some(headers)) = (&mut answer, headers.take()) {
+                    response.headers_mut().extend(headers);
+                }
+                Poll::Ready(answer)
+            }
+        }
+    }
+}
