@@ -532,3 +532,46 @@ async fn mesh_yaml_faults_and_mirrors_reach_strait_and_envoy_alike() {
         assert_eq!(answers[0], answers[1], "Strait vs Envoy");
     }
 }
+
+/// A filter marked `disabled: true` in the connection manager is off unless a route (or its virtual
+/// host) gives it a config of its own, bare or in a `FilterConfig`. Strait and Envoy answer alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_disabled_by_default_runs_only_where_a_route_enables_it_as_envoy() {
+    const WRAPPER: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
+    let upstream = Scripted::start("upstream").await;
+    let config = |admin: u16, port: u16| {
+        let routes = [
+            route("/own", &fault("abort: { http_status: 451, percentage: { numerator: 100 } }")),
+            route(
+                "/wrapped",
+                &format!(
+                    "envoy.filters.http.fault: {{ '@type': {WRAPPER}, config: {{ '@type': {FAULT}, \
+                     abort: {{ http_status: 503, percentage: {{ numerator: 100 }} }} }} }}"
+                ),
+            ),
+            route("/", ""),
+        ]
+        .concat();
+        let route_config = format!(
+            "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
+        );
+        let filters = format!(
+            "          - name: envoy.filters.http.fault\n            disabled: true\n            \
+             typed_config: {{ \"@type\": {FAULT}, abort: {{ http_status: 418, percentage: {{ numerator: 100 }} }} }}\n"
+        );
+        let clusters = static_cluster("upstream", &[upstream.addr], "");
+        http_bootstrap_with_filters(admin, port, "", &route_config, &filters, &clusters)
+    };
+    let (admin, port) = (free_port(), free_port());
+    let _strait = Proxy::start(&config(admin, port), admin).await;
+    let (envoy_admin, envoy_port) = (free_port(), free_port());
+    let _envoy = Envoy::start(&config(envoy_admin, envoy_port), envoy_admin).await;
+    let client = http1_client();
+    for (proxy, port) in [("strait", port), ("envoy", envoy_port)] {
+        let mut statuses = Vec::new();
+        for path in ["/off", "/own", "/wrapped"] {
+            statuses.push(ask(&client, port, "any.test", path, &[]).await.status);
+        }
+        assert_eq!(statuses, [200, 451, 503], "{proxy}: off by default, on where a route says");
+    }
+}

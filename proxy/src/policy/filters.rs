@@ -21,14 +21,18 @@ pub struct Filtering<'a> {
 
 impl<'a> Filtering<'a> {
     /// The config `filter` has for this request: the route's, else its virtual host's, else the
-    /// route table's (`typed_per_filter_config`), else the connection manager's own.
+    /// route table's (`typed_per_filter_config`), else the connection manager's own (none for a
+    /// filter disabled by default).
     pub fn config(&self, filter: &'a HttpFilter, table: &'a FilterOverrides) -> &'a FilterConfig {
+        const OFF: &FilterConfig = &FilterConfig::Disabled;
         let levels = [&self.selected.route.filter_configs, &self.selected.vhost.filter_configs, table];
-        levels
-            .into_iter()
-            .filter_map(|level| level.get(&filter.name))
-            .find(|c| c.same_kind(&filter.config))
-            .unwrap_or(&filter.config)
+        let most_specific =
+            levels.into_iter().filter_map(|level| level.get(&filter.name)).find(|c| c.same_kind(&filter.config));
+        match most_specific {
+            Some(config) => config,
+            None if filter.disabled_by_default => OFF,
+            None => &filter.config,
+        }
     }
 }
 

@@ -38,6 +38,9 @@ pub struct HttpFilter {
     pub name: String,
     /// Its config in the connection manager, used where no route gives it another.
     pub config: FilterConfig,
+    /// `disabled: true` in the connection manager: off unless a route, virtual host or route table
+    /// gives it a config of its own.
+    pub disabled_by_default: bool,
     /// A fault filter's counters and faults in progress, whichever config applies.
     pub fault_stats: Option<fault::FaultStats>,
     /// An RBAC filter's counters, whichever config applies.

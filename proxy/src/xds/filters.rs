@@ -34,9 +34,6 @@ pub fn http_filter(
     hcm_prefix: &str,
 ) -> Result<Option<HttpFilter>> {
     use xds_proto::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
-    if f.disabled {
-        return Ok(None);
-    }
     let config = match &f.config_type {
         Some(ConfigType::TypedConfig(any)) => known_config(any, false)?,
         _ => None,
@@ -45,7 +42,13 @@ pub fn http_filter(
         Some(config) => {
             let fault_stats = matches!(config, FilterConfig::Fault(_)).then(|| FaultStats::new(hcm_prefix));
             let rbac_stats = matches!(config, FilterConfig::Rbac(_)).then(|| RbacStats::http(hcm_prefix));
-            Ok(Some(HttpFilter { name: f.name.clone(), config, fault_stats, rbac_stats }))
+            Ok(Some(HttpFilter {
+                name: f.name.clone(),
+                config,
+                disabled_by_default: f.disabled,
+                fault_stats,
+                rbac_stats,
+            }))
         }
         None if f.is_optional => {
             tracing::warn!(filter = %f.name, "optional HTTP filter is not supported by Strait and is skipped");
@@ -120,6 +123,8 @@ pub fn overrides(map: &HashMap<String, Any>) -> Result<FilterOverrides> {
                     out.push((name.clone(), FilterConfig::Disabled));
                     continue;
                 }
+                // As Envoy 1.40: an empty per-filter config does not turn on a filter disabled by
+                // default; only a config of its own does.
                 None => return Err(ConfigError::new(format!("{at}.config"), "a filter config is required")),
             }
         } else {
