@@ -170,10 +170,10 @@ pub fn handle(
                         };
                         (response, vhost, route)
                     }
-                    Routed::Filter(filtering) => {
-                        let (vhost, route) = (filtering.1.vhost, filtering.1.route);
+                    Routed::Filter(request, selected) => {
+                        let (vhost, route) = (selected.vhost, selected.route);
                         let router = (downstream, snapshot, hcm, grpc);
-                        let answer = through_filters(*filtering, router, &mut outcome).await;
+                        let answer = through_filters((request, selected), router, &mut outcome).await;
                         (answer.unwrap_or_else(|err| local_reply(err, hcm, grpc)), vhost, route)
                     }
                 };
@@ -249,11 +249,11 @@ pub struct Selected<'h> {
 }
 
 /// A routed request: what the router does with it now, or (when the connection manager has HTTP
-/// filters) the request still to go through them. The common case stays unboxed.
+/// filters) the request still to go through them, no larger than the step.
 #[allow(clippy::large_enum_variant)]
 enum Routed<'h> {
     Step(Step, &'h VirtualHost, &'h Route),
-    Filter(Box<(Request<Incoming>, Selected<'h>)>),
+    Filter(Request<Incoming>, Selected<'h>),
 }
 
 /// Routes a request: the route chosen (for its response headers) and what to do. An error before a
@@ -268,7 +268,7 @@ fn route<'h>(
 ) -> Result<Routed<'h>, ProxyError> {
     let selected = select(&mut req, downstream, hcm, outcome)?;
     if !hcm.filters.is_empty() {
-        return Ok(Routed::Filter(Box::new((req, selected))));
+        return Ok(Routed::Filter(req, selected));
     }
     let (vhost, route) = (selected.vhost, selected.route);
     Ok(Routed::Step(act(req, downstream, snapshot, hcm, selected, outcome, grpc), vhost, route))
