@@ -161,15 +161,7 @@ pub fn handle(
             Err(err) => local_reply(err, hcm, grpc),
             Ok(routed) => {
                 let (mut response, vhost, route) = match routed {
-                    Routed::Step(step, vhost, route) => {
-                        let response = match step {
-                            Step::Reply(response) => response,
-                            Step::Forward(exchange) => {
-                                forward(exchange, hcm).await.unwrap_or_else(|err| local_reply(err, hcm, grpc))
-                            }
-                        };
-                        (response, vhost, route)
-                    }
+                    Routed::Step(step, vhost, route) => (answer(step, hcm, grpc).await, vhost, route),
                     Routed::Filter(request, selected) => {
                         let (vhost, route) = (selected.vhost, selected.route);
                         let router = (downstream, snapshot, hcm, grpc);
@@ -374,12 +366,7 @@ impl<'a> tower::Service<Filtering<'a>> for Router<'a> {
             };
             // The router's own failures are answered here, so the filters above see (and mark)
             // the reply as Envoy's encoder filters do; a filter's refusal stays an error.
-            Ok(match step {
-                Step::Reply(response) => response,
-                Step::Forward(exchange) => {
-                    forward(exchange, hcm).await.unwrap_or_else(|err| local_reply(err, hcm, grpc))
-                }
-            })
+            Ok(answer(step, hcm, grpc).await)
         })
     }
 }
@@ -432,6 +419,15 @@ fn act(
                 Err(err) => Step::Reply(local_reply(err, hcm, grpc)),
             }
         }
+    }
+}
+
+/// What the downstream gets for a step: the local answer, or the upstream's (a failure answered by
+/// [`local_reply`]).
+async fn answer(step: Step, hcm: &HttpConnectionManager, grpc: bool) -> Response<ResponseBody> {
+    match step {
+        Step::Reply(response) => response,
+        Step::Forward(exchange) => forward(exchange, hcm).await.unwrap_or_else(|err| local_reply(err, hcm, grpc)),
     }
 }
 

@@ -59,7 +59,7 @@ where
         let (FilterConfig::Fault(fault), Some(stats)) =
             (request.config(self.filter, self.table), &self.filter.fault_stats)
         else {
-            return ResponseFuture { state: State::Called(self.inner.call(request)), injected: None, delayed: false };
+            return ResponseFuture { state: State::Called(self.inner.call(request)), injected: None };
         };
         let mut injected = fault.decide(request.request.headers(), stats, request.selected.cluster_name);
         let state = match (injected.delay, injected.abort.take()) {
@@ -77,17 +77,15 @@ where
             (None, Some(abort)) => State::Aborted(Some(abort)),
             (None, None) => State::Called(self.inner.call(request)),
         };
-        let delayed = injected.delay.is_some();
-        ResponseFuture { state, injected: Some(injected), delayed }
+        ResponseFuture { state, injected: Some(injected) }
     }
 }
 
 /// The request's way through the fault: held for its delay, aborted, or handed on.
 pub struct ResponseFuture<'a, S: Service<Filtering<'a>>> {
     state: State<'a, S>,
-    /// Its place among the faults in progress, until the response is ready.
+    /// The faults picked (and their place among the faults in progress), until the response is ready.
     injected: Option<Injected>,
-    delayed: bool,
 }
 
 struct Delayed<'a, S> {
@@ -129,9 +127,9 @@ where
                 }
                 State::Called(inner) => {
                     let mut answer = ready!(Pin::new(inner).poll(cx));
-                    this.injected = None;
+                    let delayed = this.injected.take().is_some_and(|injected| injected.delay.is_some());
                     if let Ok(response) = &mut answer
-                        && this.delayed
+                        && delayed
                         && response.extensions().get::<ResponseFlag>().is_none()
                     {
                         response.extensions_mut().insert(ResponseFlag("DI"));
