@@ -188,13 +188,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
         return;
     }
     if !upgrading {
-        if let Some(conn) = headers.get(header::CONNECTION).and_then(|v| v.to_str().ok()).map(str::to_string) {
-            for name in conn.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                if let Ok(name) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-                    && name != header::TE
-                {
-                    headers.remove(name);
-                }
+        // A copy of the value shares its bytes; a name is looked up without an allocation.
+        if let Some(conn) = headers.get(header::CONNECTION).and_then(|v| v.to_str().ok().map(|_| v.clone())) {
+            let names = conn.to_str().unwrap_or_default().split(',').map(str::trim);
+            for name in names.filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case("te")) {
+                headers.remove(name);
             }
         }
         headers.remove(header::CONNECTION);
@@ -218,7 +216,8 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go_but_te_trailers_stays() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        // Names in the Connection header are matched whatever their case; TE is never dropped by it.
+        h.insert(header::CONNECTION, "Keep-Alive, X-Secret,TE".parse().unwrap());
         h.insert("x-secret", "1".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert(header::TE, "trailers".parse().unwrap());

@@ -75,12 +75,6 @@ struct Received {
 }
 
 /// Where a routed request goes.
-/// The endpoint an exchange's attempt is at: known up front, or the latest of the retries.
-enum Timed {
-    Endpoint(std::net::SocketAddr),
-    Tried(Option<TriedHosts>),
-}
-
 enum Upstream {
     /// The endpoint picked when it was routed.
     Endpoint(Arc<Endpoint>, Request<RequestBody>),
@@ -92,8 +86,6 @@ enum Upstream {
 struct Retried {
     policy: Arc<RetryPolicy>,
     request: UpstreamRequest,
-    /// Where its attempts went.
-    tried: TriedHosts,
     /// Its hash for RING_HASH and MAGLEV clusters.
     hash: Option<u64>,
 }
@@ -120,8 +112,9 @@ struct Exchange {
     stream_deadline: Option<tokio::time::Instant>,
     /// The downstream side of an HTTP/1.1 upgrade (WebSocket), when one was asked for.
     downstream_upgrade: Option<OnUpgrade>,
-    /// Set when the downstream request body ran out of time (its 408, not the upstream's fault).
-    request_expired: Arc<AtomicBool>,
+    /// Set when the downstream request body ran out of time (its 408, not the upstream's fault);
+    /// none for a request without a body.
+    request_expired: Option<Arc<AtomicBool>>,
 }
 
 /// What routing decided: an answer right away, or an exchange with an upstream.
@@ -165,7 +158,9 @@ pub fn handle(
                     Routed::Filter(request, selected) => {
                         let (vhost, route) = (selected.vhost, selected.route);
                         let router = (downstream, snapshot, hcm, grpc);
-                        let answer = through_filters((request, selected), router, &mut outcome).await;
+                        let learned = std::sync::Mutex::new(std::mem::take(&mut outcome));
+                        let answer = through_filters(Filtering { request, selected }, router, &learned).await;
+                        outcome = learned.into_inner().unwrap_or_else(|e| e.into_inner());
                         (answer.unwrap_or_else(|err| local_reply(err, hcm, grpc)), vhost, route)
                     }
                 };
@@ -312,27 +307,18 @@ fn select<'h>(
     })
 }
 
-/// Sends a request through the connection manager's filters (a tower stack built for it) to the
-/// router. Boxed by the caller: a request without filters does not carry room for it.
-fn through_filters<'a>(
-    (request, selected): (Request<Incoming>, Selected<'a>),
+/// Sends a request through the connection manager's filters ([`filters::Chain`]) to the router,
+/// which records what it learns in `outcome` (behind a lock: the chain's services are copied).
+async fn through_filters<'a>(
+    filtering: Filtering<'a>,
     (downstream, snapshot, hcm, grpc): (&'a Downstream, &'a Snapshot, &'a HttpConnectionManager, bool),
-    outcome: &'a mut Outcome,
-) -> BoxAnswer<'a> {
+    outcome: &'a std::sync::Mutex<Outcome>,
+) -> filters::Answer {
     use tower::Service;
-    Box::pin(async move {
-        let learned = std::sync::Mutex::new(std::mem::take(outcome));
-        let answer = {
-            let router = Router { downstream, snapshot, hcm, outcome: &learned, grpc };
-            let mut stack = filters::stack(&hcm.filters, &hcm.routes.filter_configs, downstream, Box::new(router));
-            match std::future::poll_fn(|cx| stack.poll_ready(cx)).await {
-                Ok(()) => stack.call(Filtering { request, selected }).await,
-                Err(e) => Err(e),
-            }
-        };
-        *outcome = learned.into_inner().unwrap_or_else(|e| e.into_inner());
-        answer
-    })
+    let router = Router { downstream, snapshot, hcm, outcome, grpc };
+    let mut chain = filters::Chain::new(&hcm.filters, &hcm.routes.filter_configs, downstream, router);
+    std::future::poll_fn(|cx| chain.poll_ready(cx)).await?;
+    chain.call(filtering).await
 }
 
 /// The bottom of the filter stack: answers locally or forwards, as a request without filters goes.
@@ -358,16 +344,15 @@ impl<'a> tower::Service<Filtering<'a>> for Router<'a> {
 
     fn call(&mut self, filtering: Filtering<'a>) -> BoxAnswer<'a> {
         let Router { downstream, snapshot, hcm, outcome, grpc } = *self;
-        // Routed when polled: a filter's delay comes before the endpoint is picked.
-        Box::pin(async move {
-            let step = {
-                let mut outcome = outcome.lock().unwrap_or_else(|e| e.into_inner());
-                act(filtering.request, downstream, snapshot, hcm, filtering.selected, &mut outcome, grpc)
-            };
-            // The router's own failures are answered here, so the filters above see (and mark)
-            // the reply as Envoy's encoder filters do; a filter's refusal stays an error.
-            Ok(answer(step, hcm, grpc).await)
-        })
+        // A filter calls the router once it lets the request through (a fault's delay first), so
+        // the endpoint is picked now.
+        let step = {
+            let mut outcome = outcome.lock().unwrap_or_else(|e| e.into_inner());
+            act(filtering.request, downstream, snapshot, hcm, filtering.selected, &mut outcome, grpc)
+        };
+        // The router's own failures are answered here, so the filters above see (and mark) the
+        // reply as Envoy's encoder filters do; a filter's refusal stays an error.
+        Box::pin(futures_util::FutureExt::map(answer(step, hcm, grpc), Ok))
     }
 }
 
@@ -424,10 +409,18 @@ fn act(
 
 /// What the downstream gets for a step: the local answer, or the upstream's (a failure answered by
 /// [`local_reply`]).
-async fn answer(step: Step, hcm: &HttpConnectionManager, grpc: bool) -> Response<ResponseBody> {
+// Not an `async fn`: that would keep the step beside the exchange's future, which holds it too.
+fn answer(
+    step: Step,
+    hcm: &HttpConnectionManager,
+    grpc: bool,
+) -> impl Future<Output = Response<ResponseBody>> + Send + '_ {
+    use futures_util::future::{Either, FutureExt};
     match step {
-        Step::Reply(response) => response,
-        Step::Forward(exchange) => forward(exchange, hcm).await.unwrap_or_else(|err| local_reply(err, hcm, grpc)),
+        Step::Reply(response) => Either::Left(std::future::ready(response)),
+        Step::Forward(exchange) => Either::Right(
+            forward(exchange, hcm).map(move |answer| answer.unwrap_or_else(|e| local_reply(e, hcm, grpc))),
+        ),
     }
 }
 
@@ -528,11 +521,11 @@ fn prepare(
     // 5. The request as the upstream sees it.
     let downstream_upgrade = upgrade_type.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let request_expired = Arc::new(AtomicBool::new(false));
+    let no_body = http_body::Body::is_end_stream(&body);
+    let request_expired = (!no_body).then(|| Arc::new(AtomicBool::new(false)));
     let idle = forward.idle_timeout.unwrap_or(hcm.stream_idle_timeout);
     let limits = Limits { idle, deadline: hcm.request_timeout.map(|d| tokio::time::Instant::now() + d) };
-    let body = TimedBody::new(body, limits, Some(request_expired.clone()));
-    let no_body = http_body::Body::is_end_stream(&body);
+    let body = TimedBody::new(body, limits, request_expired.clone());
     forwarding::strip_hop_by_hop(&mut parts.headers, upgrade_type.is_some());
     for level in hcm.routes.mutations(vhost, route, true) {
         level.apply(&mut parts.headers);
@@ -563,7 +556,7 @@ fn prepare(
         (None, Some(policy)) => {
             let body = ReplayBody::new(body, policy.buffer_limit);
             let request = Request::from_parts(parts, body);
-            Upstream::Retried(Retried { policy, request, tried: TriedHosts::default(), hash })
+            Upstream::Retried(Retried { policy, request, hash })
         }
         (None, None) => return Err(ProxyError::NoHealthyUpstream),
     };
@@ -645,23 +638,13 @@ fn forward(
             Upstream::Endpoint(..) => None,
         };
         let sent_at = (!hcm.suppress_envoy_headers).then(Instant::now);
-        // Where the attempt cut short by the route timeout went, for outlier detection.
-        let timed = match &exchange.upstream {
-            Upstream::Endpoint(endpoint, _) => Timed::Endpoint(endpoint.addr),
-            Upstream::Retried(retried) => Timed::Tried(Some(retried.tried.clone())),
+        // Where the attempt cut short by the route timeout went, for outlier detection: the
+        // endpoint picked up front, else the latest a retried request's attempts went to.
+        let picked = match &exchange.upstream {
+            Upstream::Endpoint(endpoint, _) => Some(endpoint.addr),
+            Upstream::Retried(_) => None,
         };
-        let send = async {
-            match exchange.upstream {
-                Upstream::Endpoint(endpoint, request) => {
-                    let _in_flight = endpoint.start_request();
-                    let started = exchange.cluster.attempt_clock();
-                    let result = endpoint.pool.send(request, &exchange.cluster, upgrade).await;
-                    exchange.cluster.report_attempt(&endpoint, outlier::Outcome::of(&result), started);
-                    result.map_err(ProxyError::from)
-                }
-                Upstream::Retried(request) => Box::pin(retried(request, &exchange.cluster)).await,
-            }
-        };
+        let tried = TriedHosts::default();
         // The route timeout, the stream's end or its idle timeout: whichever comes first.
         let now = tokio::time::Instant::now();
         let limits = [
@@ -671,34 +654,36 @@ fn forward(
         ];
         let first = limits.into_iter().filter_map(|(at, kind)| Some((at?, kind))).min_by_key(|(at, _)| *at);
         let result = match first {
-            Some((deadline, kind)) => match tokio::time::timeout_at(deadline, send).await {
-                Ok(result) => result,
-                Err(_) if kind == Expiry::StreamDuration => {
-                    hcm.stats.rq_max_duration_reached.increment(1);
-                    return Err(ProxyError::StreamDurationTimeout);
-                }
-                Err(_) if kind == Expiry::Idle => {
-                    hcm.stats.rq_idle_timeout.increment(1);
-                    return Err(ProxyError::StreamIdleTimeout);
-                }
-                Err(_) => {
-                    stats.rq_timeout.increment(1);
-                    let addr = match timed {
-                        Timed::Endpoint(addr) => Some(addr),
-                        Timed::Tried(tried) => tried.and_then(|t| t.last()),
-                    };
-                    if let Some(addr) = addr {
-                        exchange.cluster.report_timeout(addr);
+            // The exchange's future is made where it is awaited: a future kept in a variable first
+            // would be copied into the timeout and take room twice in this one.
+            Some((deadline, kind)) => {
+                match tokio::time::timeout_at(deadline, send(exchange.upstream, &exchange.cluster, &tried, upgrade))
+                    .await
+                {
+                    Ok(result) => result,
+                    Err(_) if kind == Expiry::StreamDuration => {
+                        hcm.stats.rq_max_duration_reached.increment(1);
+                        return Err(ProxyError::StreamDurationTimeout);
                     }
-                    return Err(ProxyError::UpstreamTimeout);
+                    Err(_) if kind == Expiry::Idle => {
+                        hcm.stats.rq_idle_timeout.increment(1);
+                        return Err(ProxyError::StreamIdleTimeout);
+                    }
+                    Err(_) => {
+                        stats.rq_timeout.increment(1);
+                        if let Some(addr) = picked.or_else(|| tried.last()) {
+                            exchange.cluster.report_timeout(addr);
+                        }
+                        return Err(ProxyError::UpstreamTimeout);
+                    }
                 }
-            },
-            None => send.await,
+            }
+            None => send(exchange.upstream, &exchange.cluster, &tried, upgrade).await,
         };
         let response = match result {
             Ok(r) => r,
             // The upstream exchange failed because the downstream body timed out: that is the client's 408.
-            Err(_) if exchange.request_expired.load(Ordering::Acquire) => {
+            Err(_) if exchange.request_expired.as_ref().is_some_and(|expired| expired.load(Ordering::Acquire)) => {
                 hcm.stats.rq_timeout.increment(1);
                 return Err(ProxyError::RequestTimeout);
             }
@@ -734,24 +719,44 @@ fn forward(
     }
 }
 
+/// Sends the request to the endpoint picked for it, or under its retry policy.
+async fn send(
+    upstream: Upstream,
+    cluster: &Arc<Cluster>,
+    tried: &TriedHosts,
+    upgrade: bool,
+) -> Result<UpstreamResponse, ProxyError> {
+    match upstream {
+        Upstream::Endpoint(endpoint, request) => {
+            let _in_flight = endpoint.start_request();
+            let started = cluster.attempt_clock();
+            let result = endpoint.pool.send(request, cluster, upgrade).await;
+            cluster.report_attempt(&endpoint, outlier::Outcome::of(&result), started);
+            result.map_err(ProxyError::from)
+        }
+        Upstream::Retried(request) => retried(request, cluster, tried).await,
+    }
+}
+
 /// Sends a request under its retry policy: tower's retry layer over a per-try timeout over one
-/// [`Attempt`]; the last attempt's response or error is the answer.
-async fn retried(retried: Retried, cluster: &Arc<Cluster>) -> Result<UpstreamResponse, ProxyError> {
+/// [`Attempt`]; the last attempt's response or error is the answer. The attempts and the policy
+/// borrow the cluster and `tried` (where the attempts went) from the caller.
+async fn retried(retried: Retried, cluster: &Cluster, tried: &TriedHosts) -> Result<UpstreamResponse, ProxyError> {
     use tower::ServiceExt;
-    let Retried { policy, request, tried, hash } = retried;
+    let Retried { policy, request, hash } = retried;
     let host_selection_attempts = if policy.avoid_previous_hosts { policy.host_selection_attempts } else { 0 };
-    let attempt = Attempt { cluster: cluster.clone(), host_selection_attempts, tried: tried.clone(), hash };
+    let attempt = Attempt { cluster, host_selection_attempts, tried, hash };
     let result = match (policy.hedge_on_per_try_timeout, policy.per_try_timeout) {
         // Hedging: a slow attempt keeps running beside the next.
         (true, Some(per_try)) => {
-            let retries = Retries::new(policy, cluster.clone(), tried.clone());
+            let retries = Retries::new(&policy, cluster, tried);
             // Boxed: the common (unhedged) future stays small.
             Box::pin(crate::policy::retry::hedge::hedged(retries, attempt, request, per_try)).await
         }
         _ => {
             let per_try = policy.attempt_limit().map_or(Duration::MAX, |(limit, _)| limit);
             let service = tower::ServiceBuilder::new()
-                .layer(tower::retry::RetryLayer::new(Retries::new(policy, cluster.clone(), tried.clone())))
+                .layer(tower::retry::RetryLayer::new(Retries::new(&policy, cluster, tried)))
                 .layer(tower::timeout::TimeoutLayer::new(per_try))
                 .service(attempt);
             service.oneshot(request).await

@@ -1,8 +1,8 @@
 //! The HTTP filters ahead of the router as a tower stack: each filter of the connection manager is a
 //! [`tower::Layer`] (`local_ratelimit/layer.rs`, `fault/layer.rs`, `rbac/layer.rs`) over the rest
-//! of the chain, stacked in the order the connection manager lists them with the router at the
-//! bottom. Envoy's filter order is configuration, so the stack is built per request from the
-//! snapshot and boxed at each stage boundary; a connection manager without filters has no stack.
+//! of the chain ([`Chain`]), in the order the connection manager lists them with the router at the
+//! bottom. Envoy's filter order is configuration, so each filter's future is boxed at its stage
+//! boundary; a connection manager without filters has no chain.
 
 use super::{FilterConfig, FilterOverrides, HttpFilter};
 use crate::http::ProxyError;
@@ -42,72 +42,67 @@ pub type Answer = Result<Response<ResponseBody>, ProxyError>;
 /// A stage's answer in the making, boxed at the stage boundary.
 pub type BoxAnswer<'a> = Pin<Box<dyn Future<Output = Answer> + Send + 'a>>;
 
-/// One stage of the stack (a filter over the rest, or the router), boxed and cloneable.
-pub trait Stage<'a>:
-    Service<Filtering<'a>, Response = Response<ResponseBody>, Error = ProxyError, Future = BoxAnswer<'a>> + Send + 'a
-{
-    fn clone_box(&self) -> BoxStage<'a>;
+/// The connection manager's filters over a router `R`, as one service: a call runs the first filter
+/// (its tower layer over the chain of the rest), the chain ends at the router. Built per request
+/// from references (no allocation); each filter's answer and the router's are boxed futures.
+pub struct Chain<'a, R> {
+    filters: &'a [HttpFilter],
+    table: &'a FilterOverrides,
+    downstream: &'a Downstream,
+    router: R,
 }
 
-pub type BoxStage<'a> = Box<dyn Stage<'a>>;
-
-impl<'a, S> Stage<'a> for S
-where
-    S: Service<Filtering<'a>, Response = Response<ResponseBody>, Error = ProxyError, Future = BoxAnswer<'a>>
-        + Clone
-        + Send
-        + 'a,
-{
-    fn clone_box(&self) -> BoxStage<'a> {
-        Box::new(self.clone())
+impl<'a, R: Copy> Chain<'a, R> {
+    /// The filters, first listed outermost, over `router`.
+    pub fn new(filters: &'a [HttpFilter], table: &'a FilterOverrides, downstream: &'a Downstream, router: R) -> Self {
+        Chain { filters, table, downstream, router }
     }
 }
 
-impl Clone for BoxStage<'_> {
+// Derived `Clone`/`Copy` would ask the same of `R` through the references' lifetime only.
+impl<R: Copy> Clone for Chain<'_, R> {
     fn clone(&self) -> Self {
-        // The boxed stage's own clone (a `BoxStage` is a `Stage` too: calling it on the box would
-        // come back here).
-        (**self).clone_box()
+        *self
     }
 }
 
-/// A filter service with its own response future, boxed to sit in the stack.
-#[derive(Clone)]
-struct Boxed<S>(S);
+impl<R: Copy> Copy for Chain<'_, R> {}
 
-impl<'a, S> Service<Filtering<'a>> for Boxed<S>
+impl<'a, R> Service<Filtering<'a>> for Chain<'a, R>
 where
-    S: Service<Filtering<'a>, Response = Response<ResponseBody>, Error = ProxyError>,
-    S::Future: Send + 'a,
+    R: Service<Filtering<'a>, Response = Response<ResponseBody>, Error = ProxyError, Future = BoxAnswer<'a>>
+        + Copy
+        + Send
+        + Unpin
+        + 'a,
 {
     type Response = Response<ResponseBody>;
     type Error = ProxyError;
     type Future = BoxAnswer<'a>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        self.0.poll_ready(cx)
+    /// The router and every filter are always ready (a filter refuses a request by answering it).
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Filtering<'a>) -> BoxAnswer<'a> {
-        Box::pin(self.0.call(request))
+        let Some((filter, rest)) = self.filters.split_first() else {
+            return self.router.call(request);
+        };
+        let mut next = Chain { filters: rest, ..*self };
+        let table = self.table;
+        match &filter.config {
+            FilterConfig::LocalRateLimit(_) => {
+                Box::pin(super::local_ratelimit::layer::RateLimitLayer::new(filter, table).layer(next).call(request))
+            }
+            FilterConfig::Fault(_) => {
+                Box::pin(super::fault::layer::FaultLayer::new(filter, table).layer(next).call(request))
+            }
+            FilterConfig::Rbac(_) => {
+                let layer = super::rbac::layer::RbacLayer::new(filter, table, self.downstream);
+                Box::pin(layer.layer(next).call(request))
+            }
+            FilterConfig::Disabled => next.call(request),
+        }
     }
-}
-
-/// The connection manager's filters, first listed outermost, over `router`.
-pub fn stack<'a>(
-    filters: &'a [HttpFilter],
-    table: &'a FilterOverrides,
-    downstream: &'a Downstream,
-    router: BoxStage<'a>,
-) -> BoxStage<'a> {
-    filters.iter().rev().fold(router, |inner, filter| match &filter.config {
-        FilterConfig::LocalRateLimit(_) => {
-            Box::new(Boxed(super::local_ratelimit::layer::RateLimitLayer::new(filter, table).layer(inner)))
-        }
-        FilterConfig::Fault(_) => Box::new(Boxed(super::fault::layer::FaultLayer::new(filter, table).layer(inner))),
-        FilterConfig::Rbac(_) => {
-            Box::new(Boxed(super::rbac::layer::RbacLayer::new(filter, table, downstream).layer(inner)))
-        }
-        FilterConfig::Disabled => inner,
-    })
 }

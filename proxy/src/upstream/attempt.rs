@@ -21,11 +21,11 @@ pub struct Attempted {
     pub endpoint: Arc<Endpoint>,
 }
 
-/// The endpoints a request's attempts went to, shared by its attempts and its retry policy (one
-/// allocation per request: the latest [`RECENT`] endpoints are kept, enough for any retry policy
-/// that avoids previous hosts in practice).
-#[derive(Debug, Clone, Default)]
-pub struct TriedHosts(Arc<Mutex<Tried>>);
+/// The endpoints a request's attempts went to, lent to its attempts and its retry policy for the
+/// request's life (no allocation: the latest [`RECENT`] endpoints are kept, enough for any retry
+/// policy that avoids previous hosts in practice).
+#[derive(Debug, Default)]
+pub struct TriedHosts(Mutex<Tried>);
 
 /// How many of a request's endpoints [`TriedHosts`] remembers.
 const RECENT: usize = 8;
@@ -64,19 +64,20 @@ impl TriedHosts {
     }
 }
 
-/// Sends one attempt to the cluster.
-#[derive(Clone)]
-pub struct Attempt {
-    pub cluster: Arc<Cluster>,
+/// Sends one attempt to the cluster. It borrows what its request owns, so the retry layer's copies
+/// of it cost nothing.
+#[derive(Clone, Copy)]
+pub struct Attempt<'a> {
+    pub cluster: &'a Cluster,
     /// Extra picks made to find an endpoint not in [`TriedHosts`] (0: any endpoint).
     pub host_selection_attempts: u32,
     /// Where this request's attempts went.
-    pub tried: TriedHosts,
+    pub tried: &'a TriedHosts,
     /// The request's hash for RING_HASH and MAGLEV clusters.
     pub hash: Option<u64>,
 }
 
-impl Attempt {
+impl Attempt<'_> {
     fn pick(&self) -> Option<Arc<Endpoint>> {
         let mut picked = self.cluster.pick(self.hash)?;
         for _ in 0..self.host_selection_attempts {
@@ -91,10 +92,10 @@ impl Attempt {
     }
 }
 
-impl tower::Service<UpstreamRequest> for Attempt {
+impl<'a> tower::Service<UpstreamRequest> for Attempt<'a> {
     type Response = Attempted;
     type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Attempted, ProxyError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Attempted, ProxyError>> + Send + 'a>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
@@ -102,7 +103,7 @@ impl tower::Service<UpstreamRequest> for Attempt {
 
     fn call(&mut self, request: UpstreamRequest) -> Self::Future {
         let picked = self.pick();
-        let cluster = self.cluster.clone();
+        let cluster = self.cluster;
         Box::pin(async move {
             let Some(endpoint) = picked else {
                 cluster.stats.cx_none_healthy.increment(1);
@@ -111,7 +112,7 @@ impl tower::Service<UpstreamRequest> for Attempt {
             let _in_flight = endpoint.start_request();
             let request = request.map(RequestBody::Replayed);
             let started = cluster.attempt_clock();
-            let result = endpoint.pool.send(request, &cluster, false).await;
+            let result = endpoint.pool.send(request, cluster, false).await;
             cluster.report_attempt(&endpoint, Outcome::of(&result), started);
             match result {
                 Ok(response) => Ok(Attempted { response, endpoint }),

@@ -59,7 +59,8 @@ where
         };
         let headers = match limit.decide() {
             Decision::Pass => None,
-            Decision::Allowed(headers) => Some(headers),
+            // No `x-ratelimit-*` headers asked for: nothing to add to the response.
+            Decision::Allowed(headers) => Some(headers).filter(|h| !h.is_empty()),
             Decision::NotEnforced => {
                 limit.request_headers_when_not_enforced.apply(request.request.headers_mut());
                 None

@@ -17,16 +17,13 @@ type Outcome = Result<Attempted, tower::BoxError>;
 /// Sends `request` with hedged attempts every `per_try` until one answers for good; the answer (or
 /// the last failure) is the result.
 pub async fn hedged(
-    mut retries: Retries,
-    attempt: Attempt,
+    mut retries: Retries<'_>,
+    attempt: Attempt<'_>,
     mut request: UpstreamRequest,
     per_try: Duration,
 ) -> Outcome {
     let mut running = FuturesUnordered::new();
-    let send = |copy: UpstreamRequest| {
-        let attempt = attempt.clone();
-        async move { attempt.oneshot(copy).await.map_err(tower::BoxError::from) }
-    };
+    let send = |copy: UpstreamRequest| async move { attempt.oneshot(copy).await.map_err(tower::BoxError::from) };
     match retries.clone_request(&request) {
         Some(copy) => running.push(send(copy)),
         // A body too big to send twice: one attempt, no hedge.
@@ -80,7 +77,7 @@ async fn fire(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
 }
 
 /// Whether an attempt's outcome is final (a response not to be retried).
-fn wins(retries: &Retries, outcome: &Outcome) -> bool {
+fn wins(retries: &Retries<'_>, outcome: &Outcome) -> bool {
     match outcome {
         Ok(attempted) => {
             !retries.policy.retries_response(attempted.response.status().as_u16(), attempted.response.headers())

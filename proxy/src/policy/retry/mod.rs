@@ -248,20 +248,21 @@ fn is_refused_stream(e: &hyper::Error) -> bool {
     false
 }
 
-/// One request's retry state, as tower's retry layer drives it: cloned per request.
+/// One request's retry state, as tower's retry layer drives it (which copies it for the request):
+/// it borrows the policy, the cluster and the tried endpoints from the request.
 #[derive(Clone)]
-pub struct Retries {
-    policy: Arc<RetryPolicy>,
-    cluster: Arc<Cluster>,
+pub struct Retries<'a> {
+    policy: &'a RetryPolicy,
+    cluster: &'a Cluster,
     /// Where the request's attempts went (a timed-out one is reported there).
-    tried: TriedHosts,
+    tried: &'a TriedHosts,
     done: u32,
     /// The circuit breaker's place of the retry in flight.
     slot: Option<Arc<Slot>>,
 }
 
-impl Retries {
-    pub fn new(policy: Arc<RetryPolicy>, cluster: Arc<Cluster>, tried: TriedHosts) -> Self {
+impl<'a> Retries<'a> {
+    pub fn new(policy: &'a RetryPolicy, cluster: &'a Cluster, tried: &'a TriedHosts) -> Self {
         Retries { policy, cluster, tried, done: 0, slot: None }
     }
 
@@ -286,7 +287,7 @@ fn is_retriable_error(policy: &RetryPolicy, e: &tower::BoxError) -> bool {
     }
 }
 
-impl tower::retry::Policy<UpstreamRequest, Attempted, tower::BoxError> for Retries {
+impl tower::retry::Policy<UpstreamRequest, Attempted, tower::BoxError> for Retries<'_> {
     type Future = tokio::time::Sleep;
 
     fn retry(
@@ -309,7 +310,7 @@ impl tower::retry::Policy<UpstreamRequest, Attempted, tower::BoxError> for Retri
             Ok(attempted) => {
                 self.policy.retries_response(attempted.response.status().as_u16(), attempted.response.headers())
             }
-            Err(e) => is_retriable_error(&self.policy, e),
+            Err(e) => is_retriable_error(self.policy, e),
         };
         if !retriable {
             if self.done > 0 && result.is_ok() {
