@@ -6,12 +6,15 @@ Each proxy runs the comparison's bootstrap twice: as it is, and with a route tim
 enabled and enforced for every request) on the HTTP/1.1 route. HTTP/1.1 keep-alive load (wrk, 50
 connections) with no failures; the proxy pinned to core 0, load and upstream on core 1. Reports
 requests per proxy CPU-second with and without the policies and the cost, alternating the two
-configs over several rounds (the best round of each counts: a shared machine only adds noise).
+configs over several rounds. Two estimates of the cost: from the best round of each config (a
+shared machine only adds noise), and the median of each round's pair (the two configs measured
+back to back, so drift between rounds cancels).
 
   python3 benches/policies.py [--duration 8] [--rounds 3] [--only strait,envoy]
 """
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,6 +83,9 @@ def main():
         "envoy": lambda config: ["envoy", "-c", config, "--concurrency", "1", "-l", "error", "--base-id", str(os.getpid())],
     }
     best = {}
+    # Each round measures the two configs back to back; the cost within a round is paired against
+    # the machine's drift between rounds.
+    paired = {}
     try:
         for _ in range(args.rounds):
             for name in [n for n in commands if n in wanted]:
@@ -90,14 +96,19 @@ def main():
                     key = (name, label)
                     if r["req_per_cpu_s"] and r["req_per_cpu_s"] > best.get(key, 0):
                         best[key] = r["req_per_cpu_s"]
+                    paired.setdefault(name, []).append(r["req_per_cpu_s"])
     finally:
         upstream.kill()
         upstream.wait()
-    lines = ["", "| proxy | req per CPU-s without policies | with timeout + retry policy + rate limit | cost |", "|---|---|---|---|"]
+    lines = ["", "| proxy | req per CPU-s without policies (best round) | with timeout + retry policy + rate limit "
+             "(best round) | cost, best rounds | cost, median of the rounds' pairs |", "|---|---|---|---|---|"]
     for name in [n for n in commands if n in wanted]:
         without, with_ = best.get((name, "without")), best.get((name, "with"))
         cost = f"{(1 - with_ / without) * 100:.1f}%" if without and with_ else "-"
-        lines.append(f"| {name} | {without or 0:,.0f} | {with_ or 0:,.0f} | {cost} |")
+        runs = paired.get(name, [])
+        pairs = [1 - runs[i + 1] / runs[i] for i in range(0, len(runs) - 1, 2) if runs[i] and runs[i + 1]]
+        median = f"{statistics.median(pairs) * 100:.1f}%" if pairs else "-"
+        lines.append(f"| {name} | {without or 0:,.0f} | {with_ or 0:,.0f} | {cost} | {median} |")
     if best.get(("strait", "with")) and best.get(("envoy", "with")):
         lines.append(f"\nWith the policies, Strait does {best[('strait', 'with')] / best[('envoy', 'with')]:.2f}x Envoy's "
                      "requests per CPU-second.")

@@ -158,9 +158,10 @@ pub fn handle(
                     Routed::Filter(request, selected) => {
                         let (vhost, route) = (selected.vhost, selected.route);
                         let router = (downstream, snapshot, hcm, grpc);
-                        let learned = std::sync::Mutex::new(std::mem::take(&mut outcome));
-                        let answer = through_filters(Filtering { request, selected }, router, &learned).await;
-                        outcome = learned.into_inner().unwrap_or_else(|e| e.into_inner());
+                        let handoff = Handoff { outcome: std::mem::take(&mut outcome), ..Handoff::default() };
+                        let handoff = std::sync::Mutex::new(handoff);
+                        let answer = through_filters(Filtering { request, selected }, router, &handoff).await;
+                        outcome = handoff.into_inner().unwrap_or_else(|e| e.into_inner()).outcome;
                         (answer.unwrap_or_else(|err| local_reply(err, hcm, grpc)), vhost, route)
                     }
                 };
@@ -307,29 +308,65 @@ fn select<'h>(
     })
 }
 
-/// Sends a request through the connection manager's filters ([`filters::Chain`]) to the router,
-/// which records what it learns in `outcome` (behind a lock: the chain's services are copied).
-async fn through_filters<'a>(
+/// Sends a request through the connection manager's filters ([`filters::Chain`]) to the router.
+/// The router decides the request's [`Step`] and hands it over; the exchange's future is driven
+/// here, beside the chain (boxing it into the chain would copy it whole), and its answer goes
+/// back up through the filters.
+fn through_filters<'a>(
     filtering: Filtering<'a>,
     (downstream, snapshot, hcm, grpc): (&'a Downstream, &'a Snapshot, &'a HttpConnectionManager, bool),
-    outcome: &'a std::sync::Mutex<Outcome>,
-) -> filters::Answer {
+    handoff: &'a std::sync::Mutex<Handoff>,
+) -> impl Future<Output = filters::Answer> + Send + 'a {
+    use std::task::Poll;
     use tower::Service;
-    let router = Router { downstream, snapshot, hcm, outcome, grpc };
-    let mut chain = filters::Chain::new(&hcm.filters, &hcm.routes.filter_configs, downstream, router);
-    std::future::poll_fn(|cx| chain.poll_ready(cx)).await?;
-    chain.call(filtering).await
+    let router = Router { downstream, snapshot, hcm, handoff, grpc };
+    // Always ready (the chain's `poll_ready`): called at once.
+    let mut filtered =
+        filters::Chain::new(&hcm.filters, &hcm.routes.filter_configs, downstream, router).call(filtering);
+    async move {
+        let mut answering = std::pin::pin!(None);
+        std::future::poll_fn(|cx| {
+            loop {
+                if let Poll::Ready(answer) = filtered.as_mut().poll(cx) {
+                    return Poll::Ready(answer);
+                }
+                if answering.is_none() {
+                    let Some(step) = Handoff::lock(handoff).step.take() else { return Poll::Pending };
+                    answering.set(Some(answer(*step, hcm, grpc)));
+                }
+                let Some(answering_now) = answering.as_mut().as_pin_mut() else { return Poll::Pending };
+                let response = std::task::ready!(answering_now.poll(cx));
+                answering.set(None);
+                Handoff::lock(handoff).answer = Some(response);
+            }
+        })
+        .await
+    }
 }
 
-/// The bottom of the filter stack: answers locally or forwards, as a request without filters goes.
-/// What it learns goes into the request's [`Outcome`], behind a lock only because the filters'
-/// stack may clone the router.
+/// What the router at the bottom of the filter chain shares with [`through_filters`]: the
+/// request's [`Outcome`], the step it decided and the answer to pass back up.
+#[derive(Default)]
+struct Handoff {
+    outcome: Outcome,
+    step: Option<Box<Step>>,
+    answer: Option<Response<ResponseBody>>,
+}
+
+impl Handoff {
+    fn lock(handoff: &std::sync::Mutex<Handoff>) -> std::sync::MutexGuard<'_, Handoff> {
+        handoff.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The bottom of the filter chain: decides as a request without filters goes, and hands the step
+/// over (behind a lock only because the chain copies the router).
 #[derive(Clone, Copy)]
 struct Router<'a> {
     downstream: &'a Downstream,
     snapshot: &'a Snapshot,
     hcm: &'a HttpConnectionManager,
-    outcome: &'a std::sync::Mutex<Outcome>,
+    handoff: &'a std::sync::Mutex<Handoff>,
     grpc: bool,
 }
 
@@ -343,16 +380,20 @@ impl<'a> tower::Service<Filtering<'a>> for Router<'a> {
     }
 
     fn call(&mut self, filtering: Filtering<'a>) -> BoxAnswer<'a> {
-        let Router { downstream, snapshot, hcm, outcome, grpc } = *self;
+        let Router { downstream, snapshot, hcm, handoff, grpc } = *self;
         // A filter calls the router once it lets the request through (a fault's delay first), so
         // the endpoint is picked now.
-        let step = {
-            let mut outcome = outcome.lock().unwrap_or_else(|e| e.into_inner());
-            act(filtering.request, downstream, snapshot, hcm, filtering.selected, &mut outcome, grpc)
-        };
-        // The router's own failures are answered here, so the filters above see (and mark) the
-        // reply as Envoy's encoder filters do; a filter's refusal stays an error.
-        Box::pin(futures_util::FutureExt::map(answer(step, hcm, grpc), Ok))
+        let mut shared = Handoff::lock(handoff);
+        let step = act(filtering.request, downstream, snapshot, hcm, filtering.selected, &mut shared.outcome, grpc);
+        shared.step = Some(Box::new(step));
+        drop(shared);
+        // The router's own failures are answered as replies, so the filters above see (and mark)
+        // them as Envoy's encoder filters do; a filter's refusal stays an error.
+        Box::pin(std::future::poll_fn(move |_| match Handoff::lock(handoff).answer.take() {
+            Some(response) => std::task::Poll::Ready(Ok(response)),
+            // [`through_filters`] polls the chain again once the answer is there: no waker needed.
+            None => std::task::Poll::Pending,
+        }))
     }
 }
 
