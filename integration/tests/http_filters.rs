@@ -297,7 +297,8 @@ fn invalid_filter_configs_are_refused_naming_the_field() {
 
 /// Request mirroring (`request_mirror_policies`), on Strait and on a real Envoy: the shadow gets the
 /// request with `-shadow` on its authority (before the port) and its whole body; a shadow that hangs
-/// or is down changes nothing for the request; a 50% policy mirrors about half.
+/// or is down changes nothing for the request; a 50% policy mirrors about half; `cluster_header`
+/// mirrors to the cluster a request names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirroring_as_envoy() {
     let primary = Scripted::start("primary").await;
@@ -314,6 +315,7 @@ async fn mirroring_as_envoy() {
         mirror("/slow", "{ cluster: hanging }, { cluster: dead }"),
         mirror("/half", "{ cluster: shadow, runtime_fraction: { default_value: { numerator: 50 } } }"),
         mirror("/same-host", "{ cluster: shadow, disable_shadow_host_suffix_append: true }"),
+        mirror("/by-header", "{ cluster_header: x-mirror-to }"),
     ]
     .concat();
     let route_config = format!(
@@ -373,6 +375,23 @@ async fn mirroring_as_envoy() {
             get(&client, &format!("http://127.0.0.1:{port}/slow"), &[("x-test-id", &format!("{proxy}-slow"))]).await;
         assert_eq!(reply.status, 200);
         assert!(started.elapsed() < Duration::from_secs(2), "{proxy}: waited {:?} for a shadow", started.elapsed());
+
+        // `cluster_header`: the shadow a request names; no copy without the header, or for a name
+        // that is no cluster.
+        for (to, copies) in [(Some("shadow"), 1), (None, 0), (Some("nowhere"), 0)] {
+            let id = format!("{proxy}-by-header-{}", to.unwrap_or("none"));
+            let mut headers = vec![("x-test-id", id.as_str())];
+            headers.extend(to.map(|to| ("x-mirror-to", to)));
+            let reply = get(&client, &format!("http://127.0.0.1:{port}/by-header"), &headers).await;
+            assert_eq!((reply.status, reply.header("x-upstream")), (200, Some("primary")), "{proxy} to {to:?}");
+            for _ in 0..25 {
+                if shadow.attempts(&id).len() >= copies.max(1) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(shadow.attempts(&id).len(), copies, "{proxy}: mirrored to {to:?}");
+        }
 
         // Half the requests mirrored.
         let id = format!("{proxy}-half");

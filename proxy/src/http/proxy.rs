@@ -626,7 +626,9 @@ fn mirror(
 ) -> Tee {
     let mut tee = Tee::default();
     for policy in mirrors.iter().filter(|m| m.share.sample()) {
-        let Some(cluster) = snapshot.clusters.get(&policy.cluster) else { continue };
+        let Some(cluster) = policy.target.cluster(&parts.headers).and_then(|name| snapshot.clusters.get(name)) else {
+            continue;
+        };
         let shadow_authority = match policy.keep_host {
             true => authority.clone(),
             false => match HeaderValue::from_str(&mirror::shadow_authority(authority.to_str().unwrap_or_default())) {

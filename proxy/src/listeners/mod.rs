@@ -62,7 +62,9 @@ impl ListenerConfig {
                                     out.push((at.clone(), n));
                                 }
                                 for (k, m) in f.mirrors.iter().enumerate() {
-                                    out.push((format!("{at}.request_mirror_policies[{k}]"), m.cluster.as_str()));
+                                    if let crate::policy::mirror::MirrorTarget::Cluster(name) = &m.target {
+                                        out.push((format!("{at}.request_mirror_policies[{k}]"), name.as_str()));
+                                    }
                                 }
                             }
                         }

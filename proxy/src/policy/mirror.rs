@@ -22,11 +22,31 @@ const SHADOW_LAG: usize = 32;
 /// One `RequestMirrorPolicy`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MirrorPolicy {
-    pub cluster: String,
+    pub target: MirrorTarget,
     /// `runtime_fraction` (default: every request).
     pub share: Fraction,
     /// `disable_shadow_host_suffix_append`.
     pub keep_host: bool,
+}
+
+/// Where a mirror policy sends its copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MirrorTarget {
+    /// `cluster`: this cluster.
+    Cluster(String),
+    /// `cluster_header`: the cluster named by the request's first value of this header; no copy
+    /// when the request has none (or names no cluster).
+    Header(http::HeaderName),
+}
+
+impl MirrorTarget {
+    /// The shadow cluster's name for a request with these headers.
+    pub fn cluster<'a>(&'a self, headers: &'a http::HeaderMap) -> Option<&'a str> {
+        match self {
+            MirrorTarget::Cluster(name) => Some(name),
+            MirrorTarget::Header(name) => headers.get(name)?.to_str().ok().filter(|v| !v.is_empty()),
+        }
+    }
 }
 
 /// The authority a shadow request carries: `-shadow` appended to the host, before any port.

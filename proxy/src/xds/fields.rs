@@ -330,7 +330,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
-        &["cluster", "runtime_fraction", "trace_sampled", "disable_shadow_host_suffix_append"],
+        &["cluster", "cluster_header", "runtime_fraction", "trace_sampled", "disable_shadow_host_suffix_append"],
     ),
     (
         "envoy.config.route.v3.RouteAction.MaxStreamDuration",

@@ -2,7 +2,7 @@
 
 use super::convert::{self, ConfigError, Result, header_mutation};
 use crate::policy::Fraction;
-use crate::policy::mirror::MirrorPolicy;
+use crate::policy::mirror::{MirrorPolicy, MirrorTarget};
 use crate::policy::timeout::{GrpcTimeout, StreamDuration};
 use crate::routing::matcher::{HeaderCheck, HeaderMatcher, PathMatch, QueryMatcher, StringMatch, StringMatcher};
 use crate::routing::redirect::RedirectPath;
@@ -208,13 +208,19 @@ fn query_matcher(q: &route::QueryParameterMatcher) -> Result<QueryMatcher> {
 }
 
 fn mirror_policy(m: &route::route_action::RequestMirrorPolicy) -> Result<MirrorPolicy> {
-    if m.cluster.is_empty() {
-        return Err(ConfigError::new("cluster", "a cluster is required (cluster_header is not supported yet)"));
-    }
+    let target = match (m.cluster.is_empty(), m.cluster_header.is_empty()) {
+        (false, true) => MirrorTarget::Cluster(m.cluster.clone()),
+        (true, false) => MirrorTarget::Header(
+            http::HeaderName::from_bytes(m.cluster_header.to_ascii_lowercase().as_bytes())
+                .map_err(|_| ConfigError::new("cluster_header", "not a valid header name"))?,
+        ),
+        (false, false) => return Err(ConfigError::new("cluster", "only one of cluster and cluster_header may be set")),
+        (true, true) => return Err(ConfigError::new("cluster", "one of cluster or cluster_header is required")),
+    };
     // No runtime_fraction: every request.
     let share =
         super::filters::fraction(m.runtime_fraction.as_ref().and_then(|f| f.default_value.as_ref()), Fraction::ALL);
-    Ok(MirrorPolicy { cluster: m.cluster.clone(), share, keep_host: m.disable_shadow_host_suffix_append })
+    Ok(MirrorPolicy { target, share, keep_host: m.disable_shadow_host_suffix_append })
 }
 
 fn forward(ra: &route::RouteAction) -> Result<Forward> {
