@@ -135,6 +135,10 @@ pub const ROUTES: &str = r#"
                 route: { cluster: a }
               - match: { prefix: /dead }
                 route: { cluster: dead }
+              - match: { prefix: /by-header-404 }
+                route: { cluster_header: x-cluster, cluster_not_found_response_code: NOT_FOUND }
+              - match: { prefix: /by-header }
+                route: { cluster_header: x-cluster }
               - match: { prefix: / }
                 route: { cluster: a }
 "#;

@@ -46,6 +46,13 @@ const CASES: &[Case] = &[
     Case { host: "d.test", path: "/direct", headers: &[] },
     Case { host: "d.test", path: "/delay/2000", headers: &[] },
     Case { host: "d.test", path: "/dead", headers: &[] },
+    // cluster_header: the cluster a request names; without one, or an unknown one, the route's
+    // cluster_not_found_response_code (503 by default).
+    Case { host: "d.test", path: "/by-header", headers: &[("x-cluster", "b")] },
+    Case { host: "d.test", path: "/by-header", headers: &[] },
+    Case { host: "d.test", path: "/by-header", headers: &[("x-cluster", "nowhere")] },
+    Case { host: "d.test", path: "/by-header-404", headers: &[("x-cluster", "nowhere")] },
+    Case { host: "d.test", path: "/by-header-404", headers: &[("x-cluster", "a")] },
     Case {
         host: "d.test",
         path: "/headers",

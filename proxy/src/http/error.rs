@@ -13,8 +13,9 @@ use http_body_util::Full;
 pub enum ProxyError {
     #[error("no route matched")]
     NoRoute,
+    /// The cluster a route named, and the route's answer for it (`cluster_not_found_response_code`).
     #[error("cluster '{0}' not found")]
-    ClusterNotFound(String),
+    ClusterNotFound(String, StatusCode),
     #[error("no healthy upstream")]
     NoHealthyUpstream,
     #[error("upstream request timeout")]
@@ -82,7 +83,7 @@ impl ProxyError {
             | ProxyError::RequestTimeout
             | ProxyError::StreamDurationTimeout
             | ProxyError::StreamIdleTimeout => "downstream",
-            ProxyError::NoRoute | ProxyError::ClusterNotFound(_) => "config",
+            ProxyError::NoRoute | ProxyError::ClusterNotFound(..) => "config",
             ProxyError::RateLimited(_) | ProxyError::FaultAbort(_) | ProxyError::RbacDenied => "policy",
         }
     }
@@ -91,7 +92,7 @@ impl ProxyError {
     pub fn flag(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "NR",
-            ProxyError::ClusterNotFound(_) => "NC",
+            ProxyError::ClusterNotFound(..) => "NC",
             ProxyError::NoHealthyUpstream => "UH",
             ProxyError::Overflow => "UO",
             ProxyError::UpstreamTimeout | ProxyError::UpstreamPerTryTimeout => "UT",
@@ -113,9 +114,8 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::ClusterNotFound(_) | ProxyError::NoHealthyUpstream | ProxyError::Overflow => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::ClusterNotFound(_, status) => *status,
+            ProxyError::NoHealthyUpstream | ProxyError::Overflow => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamTimeout | ProxyError::UpstreamPerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(UpstreamError::Protocol(_))
             | ProxyError::UpstreamAfterRetries(UpstreamError::Protocol(_)) => StatusCode::BAD_GATEWAY,
@@ -146,7 +146,7 @@ impl ProxyError {
             UpstreamError::Overflow | UpstreamError::PoolOverflow => "overflow".into(),
         };
         match self {
-            ProxyError::NoRoute | ProxyError::ClusterNotFound(_) | ProxyError::UpgradeRejected(_) => String::new(),
+            ProxyError::NoRoute | ProxyError::ClusterNotFound(..) | ProxyError::UpgradeRejected(_) => String::new(),
             ProxyError::NoHealthyUpstream => "no healthy upstream".into(),
             ProxyError::Overflow => format!("{RESET} overflow"),
             ProxyError::UpstreamTimeout | ProxyError::UpstreamPerTryTimeout => "upstream request timeout".into(),

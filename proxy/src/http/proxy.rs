@@ -231,7 +231,7 @@ pub struct Selected<'h> {
     pub path: http::uri::PathAndQuery,
     /// A forwarding route's cluster for this request (a weighted split is drawn here, as Envoy does
     /// when it resolves the route, so filters see it).
-    pub cluster_name: Option<&'h str>,
+    pub cluster_name: Option<std::borrow::Cow<'h, str>>,
     /// The trusted client address.
     pub client: std::net::IpAddr,
 }
@@ -294,7 +294,7 @@ fn select<'h>(
     let (vhost, route) = hcm.routes.find(&view).ok_or(ProxyError::NoRoute)?;
     outcome.route_name.clone_from(&route.name);
     let cluster_name = match &route.action {
-        Action::Forward(forward) => Some(forward.target.pick()),
+        Action::Forward(forward) => Some(forward.target.pick(req.headers())),
         _ => None,
     };
     Ok(Selected {
@@ -439,8 +439,8 @@ fn act(
         }
         Action::Forward(forward) => {
             let at = (vhost, route, internal);
-            let cluster_name = cluster_name.unwrap_or_else(|| forward.target.pick());
-            match prepare(req, downstream, snapshot, hcm, at, (forward, cluster_name), (&authority, &path), outcome) {
+            let cluster_name = cluster_name.unwrap_or_else(|| forward.target.pick(req.headers()));
+            match prepare(req, downstream, snapshot, hcm, at, (forward, &cluster_name), (&authority, &path), outcome) {
                 Ok(exchange) => Step::Forward(exchange),
                 Err(err) => Step::Reply(local_reply(err, hcm, grpc)),
             }
@@ -470,7 +470,7 @@ fn local_reply(err: ProxyError, hcm: &HttpConnectionManager, grpc: bool) -> Resp
     tracing::debug!(error = %err, side = err.source_side(), "local reply");
     match err {
         ProxyError::NoRoute => hcm.stats.no_route.increment(1),
-        ProxyError::ClusterNotFound(_) => hcm.stats.no_cluster.increment(1),
+        ProxyError::ClusterNotFound(..) => hcm.stats.no_cluster.increment(1),
         _ => {}
     }
     err.into_response(grpc).map(Either::Right)
@@ -501,7 +501,7 @@ fn prepare(
     let cluster = snapshot
         .clusters
         .get(cluster_name)
-        .ok_or_else(|| ProxyError::ClusterNotFound(cluster_name.to_string()))?
+        .ok_or_else(|| ProxyError::ClusterNotFound(cluster_name.to_string(), forward.cluster_not_found))?
         .clone();
     outcome.cluster = Some(cluster.clone());
     // RING_HASH and MAGLEV pick by the request's hash (a made-up sticky cookie is set on the way back).

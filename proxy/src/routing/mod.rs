@@ -106,7 +106,9 @@ pub enum Action {
 
 #[derive(Debug)]
 pub struct Forward {
-    pub target: ClusterTarget,
+    pub target: RouteTarget,
+    /// `cluster_not_found_response_code`: the answer when the cluster is not there (503 by default).
+    pub cluster_not_found: StatusCode,
     pub prefix_rewrite: Option<String>,
     pub regex_rewrite: Option<(Regex, String)>,
     pub host_rewrite: Option<http::HeaderValue>,
@@ -129,6 +131,36 @@ pub struct Forward {
     pub mirrors: Vec<crate::policy::mirror::MirrorPolicy>,
     /// What RING_HASH and MAGLEV clusters hash a request by.
     pub hash_policy: Vec<hash_policy::HashPolicy>,
+}
+
+/// Where a forwarding route sends its requests: its clusters, or the one a request header names.
+#[derive(Debug)]
+pub enum RouteTarget {
+    Clusters(ClusterTarget),
+    /// `cluster_header`: the cluster named by the request's header (without one, no cluster is
+    /// found).
+    Header(http::HeaderName),
+}
+
+impl RouteTarget {
+    /// The cluster for a request with these headers (a copy only when a header names it).
+    pub fn pick<'a>(&'a self, headers: &http::HeaderMap) -> std::borrow::Cow<'a, str> {
+        match self {
+            RouteTarget::Clusters(target) => std::borrow::Cow::Borrowed(target.pick()),
+            RouteTarget::Header(name) => {
+                let value = headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+                std::borrow::Cow::Owned(value.to_string())
+            }
+        }
+    }
+
+    /// The clusters named in the config (none for a header's).
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            RouteTarget::Clusters(target) => target.names(),
+            RouteTarget::Header(_) => Vec::new(),
+        }
+    }
 }
 
 /// One cluster, or a weighted choice among several (a canary split).

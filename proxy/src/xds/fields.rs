@@ -310,6 +310,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &[
             "cluster",
             "weighted_clusters",
+            "cluster_header",
+            "cluster_not_found_response_code",
             "prefix_rewrite",
             "regex_rewrite",
             "host_rewrite_literal",

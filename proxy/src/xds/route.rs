@@ -7,8 +7,8 @@ use crate::policy::timeout::{GrpcTimeout, StreamDuration};
 use crate::routing::matcher::{HeaderCheck, HeaderMatcher, PathMatch, QueryMatcher, StringMatch, StringMatcher};
 use crate::routing::redirect::RedirectPath;
 use crate::routing::{
-    Action, ClusterTarget, DirectResponse, DomainIndex, Forward, Redirect, Route, RouteMatch, RouteTable, VirtualHost,
-    WeightedClusters,
+    Action, ClusterTarget, DirectResponse, DomainIndex, Forward, Redirect, Route, RouteMatch, RouteTable, RouteTarget,
+    VirtualHost, WeightedClusters,
 };
 use http::StatusCode;
 use std::time::Duration;
@@ -223,9 +223,9 @@ fn mirror_policy(m: &route::route_action::RequestMirrorPolicy) -> Result<MirrorP
     Ok(MirrorPolicy { target, share, keep_host: m.disable_shadow_host_suffix_append })
 }
 
-fn forward(ra: &route::RouteAction) -> Result<Forward> {
+/// Where a route action sends its requests: `cluster`, `weighted_clusters` or `cluster_header`.
+fn route_target(ra: &route::RouteAction) -> Result<RouteTarget> {
     use route::route_action::ClusterSpecifier as C;
-    use route::route_action::HostRewriteSpecifier as H;
     let target = match &ra.cluster_specifier {
         Some(C::Cluster(name)) if !name.is_empty() => ClusterTarget::Single(name.clone()),
         Some(C::Cluster(_)) => return Err(ConfigError::new("cluster", "must not be empty")),
@@ -247,13 +247,29 @@ fn forward(ra: &route::RouteAction) -> Result<Forward> {
             }
             ClusterTarget::Weighted(weighted)
         }
-        Some(C::ClusterHeader(_)) => {
-            return Err(ConfigError::new("cluster_header", "routing by cluster_header is not supported yet"));
+        Some(C::ClusterHeader(name)) => {
+            let name = http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                .map_err(|_| ConfigError::new("cluster_header", "not a valid header name"))?;
+            return Ok(RouteTarget::Header(name));
         }
         Some(C::ClusterSpecifierPlugin(_)) | Some(C::InlineClusterSpecifierPlugin(_)) => {
             return Err(ConfigError::new("cluster_specifier_plugin", "cluster specifier plugins are not supported"));
         }
         None => return Err(ConfigError::new("", "one of cluster or weighted_clusters is required")),
+    };
+    Ok(RouteTarget::Clusters(target))
+}
+
+fn forward(ra: &route::RouteAction) -> Result<Forward> {
+    use route::route_action::HostRewriteSpecifier as H;
+    let target = route_target(ra)?;
+    let cluster_not_found = match ra.cluster_not_found_response_code {
+        0 => http::StatusCode::SERVICE_UNAVAILABLE,
+        1 => http::StatusCode::NOT_FOUND,
+        2 => http::StatusCode::INTERNAL_SERVER_ERROR,
+        other => {
+            return Err(ConfigError::new("cluster_not_found_response_code", format!("unknown response code {other}")));
+        }
     };
     let host_rewrite = match &ra.host_rewrite_specifier {
         Some(H::HostRewriteLiteral(h)) => Some(
@@ -297,6 +313,7 @@ fn forward(ra: &route::RouteAction) -> Result<Forward> {
         .collect::<Result<Vec<_>>>()?;
     Ok(Forward {
         target,
+        cluster_not_found,
         mirrors,
         stream_duration,
         grpc_timeout,

@@ -61,7 +61,7 @@ where
         else {
             return ResponseFuture { state: State::Called(self.inner.call(request)), injected: None };
         };
-        let mut injected = fault.decide(request.request.headers(), stats, request.selected.cluster_name);
+        let mut injected = fault.decide(request.request.headers(), stats, request.selected.cluster_name.as_deref());
         let state = match (injected.delay, injected.abort.take()) {
             // The service that was made ready goes with the request; a clone stays (tower's way
             // of calling a service later).
