@@ -35,6 +35,8 @@ fn bootstrap(admin: u16, port: u16, scripted: SocketAddr, dead: SocketAddr, pair
         route("/codes", "scripted", "retry_on: retriable-status-codes, retriable_status_codes: [418], num_retries: 2"),
         route("/reset", "scripted", "retry_on: reset, num_retries: 1"),
         route("/connect", "dead", "retry_on: connect-failure, num_retries: 2"),
+        route("/unsent-connect", "dead", "retry_on: reset-before-request, num_retries: 2"),
+        route("/unsent", "scripted", "retry_on: reset-before-request, num_retries: 1"),
         route("/pertry", "scripted", "retry_on: 5xx, num_retries: 1, per_try_timeout: 0.3s"),
         route("/grpc", "scripted", "retry_on: 'unavailable,cancelled', num_retries: 2"),
         route("/none", "scripted", ""),
@@ -110,6 +112,9 @@ const CASES: &[Case] = &[
     Case { host: "any.test", path: "/codes", script: "503,ok", body: 0, attempts: 1, status: 503, headers: &[] },
     Case { host: "any.test", path: "/reset", script: "reset", body: 0, attempts: 2, status: 503, headers: &[] },
     Case { host: "any.test", path: "/reset", script: "503,ok", body: 0, attempts: 1, status: 503, headers: &[] },
+    // reset-before-request: an upstream that read the request and reset is not retried.
+    Case { host: "any.test", path: "/unsent", script: "reset,ok", body: 0, attempts: 1, status: 503, headers: &[] },
+    Case { host: "any.test", path: "/unsent", script: "503,ok", body: 0, attempts: 1, status: 503, headers: &[] },
     Case { host: "any.test", path: "/pertry", script: "hang,ok", body: 0, attempts: 2, status: 200, headers: &[] },
     Case { host: "any.test", path: "/pertry", script: "hang", body: 0, attempts: 2, status: 504, headers: &[] },
     Case {
@@ -370,6 +375,10 @@ async fn every_retry_condition_as_envoy_counts_attempts() {
     assert_eq!(dead_reply.status, 503);
     assert!(dead_reply.body.contains("remote connection failure"), "{}", dead_reply.body);
     assert_eq!(strait.stat("envoy_cluster_upstream_rq_retry{envoy_cluster_name=\"dead\"}").await, 2.0);
+    // Under reset-before-request too: nothing was sent (the retries counted, and compared with
+    // Envoy's below).
+    assert_eq!(get(&client, &format!("http://127.0.0.1:{port}/unsent-connect"), &[]).await.status, 503);
+    assert_eq!(strait.stat("envoy_cluster_upstream_rq_retry{envoy_cluster_name=\"dead\"}").await, 4.0);
 
     // A retry goes to an endpoint not tried yet: a broken and a working endpoint, every request
     // answered by the working one (at the first or the second attempt).
@@ -381,6 +390,7 @@ async fn every_retry_condition_as_envoy_counts_attempts() {
     if let Some(envoy) = &envoy {
         let theirs = get(&client, &format!("http://127.0.0.1:{envoy_port}/connect"), &[]).await;
         assert_eq!((theirs.status, theirs.body.contains("remote connection failure")), (503, true));
+        assert_eq!(get(&client, &format!("http://127.0.0.1:{envoy_port}/unsent-connect"), &[]).await.status, 503);
         for i in 0..40 {
             let url = format!("http://127.0.0.1:{envoy_port}/hosts");
             let reply = get(&client, &url, &[("x-test-id", &format!("eh{i}"))]).await;
@@ -415,7 +425,7 @@ fn invalid_retry_policies_are_refused_naming_the_field() {
             "retry_on: 5xx, rate_limited_retry_back_off: { reset_headers: [] }",
             "retry_policy.rate_limited_retry_back_off.reset_headers: at least one reset header is needed",
         ),
-        ("retry_on: 'reset,reset-before-request'", "unknown retry condition 'reset-before-request'"),
+        ("retry_on: 'reset,reset-after-request'", "unknown retry condition 'reset-after-request'"),
     ] {
         let route_config = format!(
             "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\

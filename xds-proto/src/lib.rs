@@ -75,7 +75,7 @@ pub struct TypedStruct {
 /// `load_balancing_policy`. Envoy does not know it and, as xDS says, uses the next policy listed.
 pub const PEAK_EWMA_TYPE: &str = "type.googleapis.com/strait.lb.v1.PeakEwma";
 
-pub const RETRY_ON: [&str; 14] = [
+pub const RETRY_ON: [&str; 15] = [
     "5xx",
     "gateway-error",
     "reset",
@@ -90,4 +90,5 @@ pub const RETRY_ON: [&str; 14] = [
     "unavailable",
     "retriable-headers",
     "envoy-ratelimited",
+    "reset-before-request",
 ];

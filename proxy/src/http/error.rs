@@ -142,7 +142,7 @@ impl ProxyError {
             UpstreamError::Connect(_) => "remote connection failure".into(),
             UpstreamError::ConnectTimeout => "connection timeout".into(),
             UpstreamError::Protocol(_) => "protocol error".into(),
-            UpstreamError::Reset(_) => "connection termination".into(),
+            UpstreamError::Reset(_) | UpstreamError::ResetBeforeRequest(_) => "connection termination".into(),
             UpstreamError::Overflow | UpstreamError::PoolOverflow => "overflow".into(),
         };
         match self {

@@ -189,6 +189,9 @@ pub enum UpstreamError {
     Protocol(#[source] hyper::Error),
     #[error("connection termination: {0}")]
     Reset(#[source] hyper::Error),
+    /// The connection closed before the request was written to it.
+    #[error("connection termination before the request was sent: {0}")]
+    ResetBeforeRequest(#[source] hyper::Error),
     /// No connection, and `max_pending_requests` requests already wait for one.
     #[error("overflow: too many requests pending")]
     Overflow,
@@ -480,7 +483,7 @@ impl Pool {
                     if reused {
                         continue;
                     }
-                    return Err(UpstreamError::Reset(hyper_closed_error(&mut sender).await));
+                    return Err(UpstreamError::ResetBeforeRequest(hyper_closed_error(&mut sender).await));
                 }
                 match sender.try_send_request(req).await {
                     Ok(resp) => {
@@ -496,7 +499,8 @@ impl Pool {
                     Err(mut e) => match e.take_message() {
                         // The connection closed before the request went out: try another one.
                         Some(unsent) if reused => req = unsent,
-                        _ => return Err(UpstreamError::from_hyper(e.into_error())),
+                        Some(_) => return Err(UpstreamError::ResetBeforeRequest(e.into_error())),
+                        None => return Err(UpstreamError::from_hyper(e.into_error())),
                     },
                 }
             }

@@ -36,9 +36,12 @@ impl RetryOn {
     pub const GRPC_UNAVAILABLE: RetryOn = RetryOn(1 << 11);
     pub const RETRIABLE_HEADERS: RetryOn = RetryOn(1 << 12);
     pub const ENVOY_RATELIMITED: RetryOn = RetryOn(1 << 13);
+    /// A reset before the request went out (a connection failure, or a connection that closed
+    /// before the request was written): safe to retry whatever the request.
+    pub const RESET_BEFORE_REQUEST: RetryOn = RetryOn(1 << 14);
     /// The conditions on a gRPC status (`x-envoy-retry-grpc-on`); the others are HTTP's.
     pub const GRPC: RetryOn = RetryOn(0b1111_1000_0000);
-    pub const HTTP: RetryOn = RetryOn(0b11_0000_0111_1111);
+    pub const HTTP: RetryOn = RetryOn(0b111_0000_0111_1111);
 
     /// Parses a comma-separated list of Envoy's names ([`xds_proto::RETRY_ON`], whose order the
     /// bits follow); an unknown name is the error.
@@ -195,13 +198,18 @@ impl RetryPolicy {
     }
 
     /// Whether a failure before any response is worth another attempt: resets and per-try timeouts
-    /// under `5xx`, `gateway-error` and `reset`; connection failures also under `connect-failure`.
+    /// under `5xx`, `gateway-error` and `reset`; connection failures also under `connect-failure`;
+    /// those and resets before the request went out under `reset-before-request`.
     pub fn retries_error(&self, error: &ProxyError) -> bool {
         let on = self.retry_on;
         let any_reset =
             on.contains(RetryOn::SERVER_ERROR) || on.contains(RetryOn::GATEWAY_ERROR) || on.contains(RetryOn::RESET);
+        let unsent = on.contains(RetryOn::RESET_BEFORE_REQUEST);
         match error {
-            ProxyError::Upstream(e) if e.is_connect_failure() => any_reset || on.contains(RetryOn::CONNECT_FAILURE),
+            ProxyError::Upstream(e) if e.is_connect_failure() => {
+                any_reset || unsent || on.contains(RetryOn::CONNECT_FAILURE)
+            }
+            ProxyError::Upstream(UpstreamError::ResetBeforeRequest(_)) => any_reset || unsent,
             ProxyError::Upstream(UpstreamError::Reset(e)) if is_refused_stream(e) => {
                 any_reset || on.contains(RetryOn::REFUSED_STREAM)
             }
