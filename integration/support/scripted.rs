@@ -149,6 +149,7 @@ impl Scripted {
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 reply(200, "late".into())
             }
+            size if size.starts_with("size-") => reply(200, "s".repeat(size[5..].parse().unwrap_or(0))),
             slow if slow.starts_with("slow-") => {
                 tokio::time::sleep(Duration::from_millis(slow[5..].parse().unwrap_or(100))).await;
                 reply(200, format!("{} attempt {}", self.name, attempt + 1))

@@ -295,6 +295,60 @@ fn invalid_filter_configs_are_refused_naming_the_field() {
     }
 }
 
+/// The fault filter's `response_rate_limit`, on Strait and on a real Envoy: a 40 KiB body at a fixed
+/// 20 KiB/s takes about two seconds (a twentieth of a second's bytes every 50 ms, the first at once),
+/// at the rate a request's `x-envoy-fault-throughput-response` asks for, and without it at full speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowed_response_body_as_envoy() {
+    let upstream = Scripted::start("upstream").await;
+    let routes = [
+        route(
+            "/fixed",
+            &fault("response_rate_limit: { fixed_limit: { limit_kbps: 20 }, percentage: { numerator: 100 } }"),
+        ),
+        route("/asked", &fault("response_rate_limit: { header_limit: {}, percentage: { numerator: 100 } }")),
+    ]
+    .concat();
+    let route_config = format!(
+        "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
+    );
+    let filters =
+        format!("          - name: envoy.filters.http.fault\n            typed_config: {{ \"@type\": {FAULT} }}\n");
+    let clusters = static_cluster("upstream", &[upstream.addr], "");
+    let config = |admin, port| http_bootstrap_with_filters(admin, port, "", &route_config, &filters, &clusters);
+    let (admin, port) = (free_port(), free_port());
+    let strait = Proxy::start(&config(admin, port), admin).await;
+    let (envoy_admin, envoy_port) = (free_port(), free_port());
+    let envoy = Envoy::start(&config(envoy_admin, envoy_port), envoy_admin).await;
+    let client = http1_client();
+    let mut proxies = vec![("strait", port)];
+    if envoy.is_some() {
+        proxies.push(("envoy", envoy_port));
+    }
+    for (proxy, port) in proxies {
+        let fetch = |path: &'static str, asked: Option<&'static str>| {
+            let client = client.clone();
+            async move {
+                let mut headers = vec![("x-script", "size-40960")];
+                headers.extend(asked.map(|kbps| ("x-envoy-fault-throughput-response", kbps)));
+                let started = Instant::now();
+                let reply = get(&client, &format!("http://127.0.0.1:{port}{path}"), &headers).await;
+                assert_eq!((reply.status, reply.body.len()), (200, 40960), "{proxy} {path}: the whole body");
+                started.elapsed()
+            }
+        };
+        let took = fetch("/fixed", None).await;
+        assert!(took >= Duration::from_millis(1900) && took < Duration::from_millis(2600), "{proxy} fixed: {took:?}");
+        let took = fetch("/asked", Some("40")).await;
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(1500), "{proxy} asked: {took:?}");
+        let took = fetch("/asked", None).await;
+        assert!(took < Duration::from_millis(500), "{proxy}: nothing asked, full speed: {took:?}");
+    }
+    let injected =
+        strait.stat("envoy_http_fault_response_rl_injected{envoy_http_conn_manager_prefix=\"ingress_http\"}").await;
+    assert_eq!(injected, 2.0, "two responses slowed");
+}
+
 /// Request mirroring (`request_mirror_policies`), on Strait and on a real Envoy: the shadow gets the
 /// request with `-shadow` on its authority (before the port) and its whole body; a shadow that hangs
 /// or is down changes nothing for the request; a 50% policy mirrors about half; `cluster_header`

@@ -1,6 +1,7 @@
 //! A body wrapper that enforces the connection manager's stream timeouts: `stream_idle_timeout` (no
 //! frame for that long) and `request_timeout` (the whole body by a deadline). On expiry the body
-//! yields an error, which aborts the exchange, and records that it expired.
+//! yields an error, which aborts the exchange, and records that it expired. A body may also be slowed
+//! to a rate (the fault filter's `response_rate_limit`).
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
@@ -37,7 +38,21 @@ pub struct TimedBody<B> {
     last_activity: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
     expired: Option<Arc<AtomicBool>>,
+    /// Set when the body is slowed (boxed: the rare case).
+    throttle: Option<Box<Throttle>>,
 }
+
+/// A rate for a body: a slice of a twentieth of a second's bytes every 50 ms, the first at once (as
+/// Envoy's stream rate limiter does).
+struct Throttle {
+    slice: usize,
+    /// What came from the inner body and is not sent yet.
+    held: Bytes,
+    next_slice: Pin<Box<Sleep>>,
+}
+
+/// How often a slowed body sends a slice.
+const SLICE_INTERVAL: Duration = Duration::from_millis(50);
 
 impl<B> std::fmt::Debug for TimedBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,7 +63,14 @@ impl<B> std::fmt::Debug for TimedBody<B> {
 impl<B> TimedBody<B> {
     /// Wraps `inner`; `expired` (if given) is set if a limit fires.
     pub fn new(inner: B, limits: Limits, expired: Option<Arc<AtomicBool>>) -> Self {
-        TimedBody { inner, limits, last_activity: None, timer: None, expired }
+        TimedBody { inner, limits, last_activity: None, timer: None, expired, throttle: None }
+    }
+
+    /// Slows the body's data to `bytes_per_second`.
+    pub fn throttle(&mut self, bytes_per_second: u64) {
+        let slice = usize::try_from(bytes_per_second / 20).unwrap_or(usize::MAX).max(1);
+        let next_slice = Box::pin(tokio::time::sleep_until(Instant::now()));
+        self.throttle = Some(Box::new(Throttle { slice, held: Bytes::new(), next_slice }));
     }
 
     /// A body without limits.
@@ -93,6 +115,57 @@ where
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(throttle) = &mut this.throttle
+            && !throttle.held.is_empty()
+        {
+            ready!(throttle.next_slice.as_mut().poll(cx));
+            let slice = throttle.held.split_to(throttle.slice.min(throttle.held.len()));
+            let next = Instant::now() + SLICE_INTERVAL;
+            throttle.next_slice.as_mut().reset(next);
+            return Poll::Ready(Some(Ok(Frame::data(slice))));
+        }
+        let polled = this.poll_inner(cx);
+        match (polled, &mut this.throttle) {
+            (Poll::Ready(Some(Ok(frame))), Some(throttle)) if frame.is_data() => {
+                // Held, then sent a slice at a time.
+                throttle.held = frame.into_data().unwrap_or_default();
+                self.poll_frame(cx)
+            }
+            (polled, _) => polled,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.throttle.as_ref().is_none_or(|t| t.held.is_empty()) && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let hint = self.inner.size_hint();
+        let held = self.throttle.as_ref().map_or(0, |t| t.held.len() as u64);
+        if held == 0 {
+            return hint;
+        }
+        let mut with_held = SizeHint::new();
+        with_held.set_lower(hint.lower() + held);
+        if let Some(upper) = hint.upper() {
+            with_held.set_upper(upper + held);
+        }
+        with_held
+    }
+}
+
+impl<B> TimedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// The inner body's next frame, within the limits.
+    #[allow(clippy::type_complexity)]
+    fn poll_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>> {
+        let this = self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.last_activity = None;
@@ -109,14 +182,6 @@ where
                 Poll::Pending => Poll::Pending,
             },
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -153,6 +218,21 @@ mod tests {
         let mut body = TimedBody::new(Silent, limits, None);
         let err = body.frame().await.unwrap().unwrap_err();
         assert_eq!(err.to_string(), "stream timeout: request timeout");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_body_goes_a_slice_every_50_ms() {
+        let inner = http_body_util::Full::new(Bytes::from(vec![b'x'; 4096]));
+        let mut body = TimedBody::unlimited(inner);
+        body.throttle(20 * 1024);
+        let started = Instant::now();
+        let mut slices = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            slices.push((data.len(), started.elapsed().as_millis()));
+        }
+        assert_eq!(slices, [(1024, 0), (1024, 50), (1024, 100), (1024, 150)]);
+        assert!(body.is_end_stream());
     }
 
     #[tokio::test(start_paused = true)]

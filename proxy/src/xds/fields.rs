@@ -266,7 +266,19 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "enable_retry_after_header",
         ],
     ),
-    ("envoy.extensions.filters.http.fault.v3.HTTPFault", &["delay", "abort", "headers", "max_active_faults"]),
+    (
+        "envoy.extensions.filters.http.fault.v3.HTTPFault",
+        &[
+            "delay",
+            "abort",
+            "headers",
+            "max_active_faults",
+            "downstream_nodes",
+            "upstream_cluster",
+            "response_rate_limit",
+        ],
+    ),
+    ("envoy.extensions.filters.common.fault.v3.FaultRateLimit", &["fixed_limit", "header_limit", "percentage"]),
     (
         "envoy.extensions.filters.http.fault.v3.FaultAbort",
         &["http_status", "grpc_status", "header_abort", "percentage", "response_body"],

@@ -2,7 +2,9 @@
 //! and their per-route configs (`typed_per_filter_config`) -> [`HttpFilter`] / [`FilterConfig`].
 
 use super::convert::{self, ConfigError, Result};
-use crate::policy::fault::{AbortWith, DelayLength, Fault, FaultAbort, FaultDelay, FaultStats};
+use crate::policy::fault::{
+    AbortWith, DelayLength, Fault, FaultAbort, FaultDelay, FaultStats, ResponseRateLimit, Throughput,
+};
 use crate::policy::local_ratelimit::{LocalRateLimit, RateLimitStats, TokenBucket};
 use crate::policy::rbac::RbacStats;
 use crate::policy::{FilterConfig, FilterOverrides, Fraction, HttpFilter};
@@ -217,12 +219,13 @@ pub fn token_bucket(b: &types::TokenBucket) -> Result<TokenBucket> {
 }
 
 fn fault(c: &fault_proto::HttpFault) -> Result<Fault> {
-    let unsupported = |field: &str| Err(ConfigError::new(field, "is not supported yet"));
-    if c.response_rate_limit.is_some() {
-        return unsupported("response_rate_limit");
-    }
     let delay = c.delay.as_ref().map(|d| fault_delay(d).map_err(|e| e.within("delay"))).transpose()?;
     let abort = c.abort.as_ref().map(|a| fault_abort(a).map_err(|e| e.within("abort"))).transpose()?;
+    let response_rate_limit = c
+        .response_rate_limit
+        .as_ref()
+        .map(|r| response_rate_limit(r).map_err(|e| e.within("response_rate_limit")))
+        .transpose()?;
     let headers = c
         .headers
         .iter()
@@ -234,6 +237,7 @@ fn fault(c: &fault_proto::HttpFault) -> Result<Fault> {
     Ok(Fault {
         delay,
         abort,
+        response_rate_limit,
         headers,
         max_active_faults,
         downstream_nodes: c.downstream_nodes.clone(),
@@ -249,6 +253,17 @@ fn fault_delay(d: &common_fault::FaultDelay) -> Result<FaultDelay> {
         None => return Err(ConfigError::new("fixed_delay", "a fixed_delay or header_delay is required")),
     };
     Ok(FaultDelay { length, share: fraction(d.percentage.as_ref(), Fraction::NONE) })
+}
+
+fn response_rate_limit(r: &common_fault::FaultRateLimit) -> Result<ResponseRateLimit> {
+    use common_fault::fault_rate_limit::LimitType;
+    let throughput = match &r.limit_type {
+        Some(LimitType::FixedLimit(fixed)) if fixed.limit_kbps > 0 => Throughput::FixedKbps(fixed.limit_kbps),
+        Some(LimitType::FixedLimit(_)) => return Err(ConfigError::new("fixed_limit.limit_kbps", "must be at least 1")),
+        Some(LimitType::HeaderLimit(_)) => Throughput::FromHeader,
+        None => return Err(ConfigError::new("fixed_limit", "a fixed_limit or header_limit is required")),
+    };
+    Ok(ResponseRateLimit { throughput, share: fraction(r.percentage.as_ref(), Fraction::NONE) })
 }
 
 fn fault_abort(a: &fault_proto::FaultAbort) -> Result<FaultAbort> {

@@ -1,7 +1,8 @@
 //! `envoy.filters.http.fault` as a tower layer: picks the request's faults (with the config its
 //! route gives the filter), holds the request for the delay before the rest of the chain sees it,
-//! then aborts it or passes it on. A delayed response is flagged `DI` when nothing else flagged it;
-//! the fault counts as active until the response is ready.
+//! then aborts it or passes it on, and slows the response body when a rate limit was picked. A
+//! delayed response is flagged `DI` when nothing else flagged it; the fault counts as active until
+//! the response is ready.
 
 use super::Injected;
 use crate::http::proxy::ResponseBody;
@@ -127,7 +128,14 @@ where
                 }
                 State::Called(inner) => {
                     let mut answer = ready!(Pin::new(inner).poll(cx));
-                    let delayed = this.injected.take().is_some_and(|injected| injected.delay.is_some());
+                    let injected = this.injected.take();
+                    let delayed = injected.as_ref().is_some_and(|injected| injected.delay.is_some());
+                    // The upstream's body is slowed (a local reply is not).
+                    if let (Ok(response), Some(rate)) = (&mut answer, injected.and_then(|i| i.response_rate))
+                        && let http_body_util::Either::Left(body) = response.body_mut()
+                    {
+                        body.throttle(rate);
+                    }
                     if let Ok(response) = &mut answer
                         && delayed
                         && response.extensions().get::<ResponseFlag>().is_none()

@@ -1,7 +1,8 @@
 //! Fault injection (`envoy.filters.http.fault`), as Istio's VirtualService `fault` uses it: a share
 //! of requests delayed (a fixed time, or what `x-envoy-fault-delay-request` asks for) and a share
 //! aborted with an HTTP or gRPC status (fixed, or from `x-envoy-fault-abort-request` /
-//! `x-envoy-fault-abort-grpc-request`), only for requests matching `headers`, at most
+//! `x-envoy-fault-abort-grpc-request`), a share of responses whose body is slowed to a rate (fixed,
+//! or from `x-envoy-fault-throughput-response`), only for requests matching `headers`, at most
 //! `max_active_faults` at once.
 
 pub mod layer;
@@ -43,11 +44,27 @@ pub struct FaultAbort {
     pub body: String,
 }
 
+/// How fast a slowed response body goes: a fixed rate, or what the request's
+/// `x-envoy-fault-throughput-response` asks for (KiB/s both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throughput {
+    FixedKbps(u64),
+    FromHeader,
+}
+
+/// `response_rate_limit`.
+#[derive(Debug)]
+pub struct ResponseRateLimit {
+    pub throughput: Throughput,
+    pub share: Fraction,
+}
+
 /// `envoy.extensions.filters.http.fault.v3.HTTPFault`.
 #[derive(Debug)]
 pub struct Fault {
     pub delay: Option<FaultDelay>,
     pub abort: Option<FaultAbort>,
+    pub response_rate_limit: Option<ResponseRateLimit>,
     /// Only requests matching all of these get faults.
     pub headers: Vec<HeaderMatcher>,
     /// Faults in progress at most (default unlimited).
@@ -66,6 +83,7 @@ pub struct FaultStats {
     pub delays_injected: Counter,
     pub aborts_injected: Counter,
     pub faults_overflow: Counter,
+    pub response_rl_injected: Counter,
     pub active_faults: Gauge,
 }
 
@@ -78,6 +96,7 @@ impl FaultStats {
             delays_injected: metrics::counter!("envoy_http_fault_delays_injected", l => prefix.clone()),
             aborts_injected: metrics::counter!("envoy_http_fault_aborts_injected", l => prefix.clone()),
             faults_overflow: metrics::counter!("envoy_http_fault_faults_overflow", l => prefix.clone()),
+            response_rl_injected: metrics::counter!("envoy_http_fault_response_rl_injected", l => prefix.clone()),
             active_faults: metrics::gauge!("envoy_http_fault_active_faults", l => prefix),
         }
     }
@@ -88,6 +107,8 @@ impl FaultStats {
 pub struct Injected {
     pub delay: Option<Duration>,
     pub abort: Option<Abort>,
+    /// The response body's rate, bytes per second.
+    pub response_rate: Option<u64>,
     /// Its place among the faults in progress.
     _active: Option<ActiveFault>,
 }
@@ -161,7 +182,15 @@ impl Fault {
             let picked = share(headers, "x-envoy-fault-abort-request-percentage", a.share).sample();
             picked.then(|| Abort { status, grpc_status, body: a.body.clone() })
         });
-        if delay.is_none() && abort.is_none() {
+        let response_rate = self.response_rate_limit.as_ref().and_then(|r| {
+            let kbps = match r.throughput {
+                Throughput::FixedKbps(kbps) => kbps,
+                Throughput::FromHeader => header_number(headers, "x-envoy-fault-throughput-response")?,
+            };
+            let picked = share(headers, "x-envoy-fault-throughput-response-percentage", r.share).sample();
+            (picked && kbps > 0).then_some(kbps.saturating_mul(1024))
+        });
+        if delay.is_none() && abort.is_none() && response_rate.is_none() {
             return Injected::default();
         }
         let limit = self.max_active_faults.unwrap_or(u32::MAX);
@@ -176,8 +205,11 @@ impl Fault {
         if abort.is_some() {
             stats.aborts_injected.increment(1);
         }
+        if response_rate.is_some() {
+            stats.response_rl_injected.increment(1);
+        }
         let _active = Some(ActiveFault(stats.active.clone(), stats.active_faults.clone()));
-        Injected { delay, abort, _active }
+        Injected { delay, abort, response_rate, _active }
     }
 }
 
@@ -186,7 +218,15 @@ mod tests {
     use super::*;
 
     fn fault(delay: Option<FaultDelay>, abort: Option<FaultAbort>, max_active_faults: Option<u32>) -> Fault {
-        Fault { delay, abort, headers: vec![], max_active_faults, downstream_nodes: vec![], upstream_cluster: None }
+        Fault {
+            delay,
+            abort,
+            response_rate_limit: None,
+            headers: vec![],
+            max_active_faults,
+            downstream_nodes: vec![],
+            upstream_cluster: None,
+        }
     }
 
     fn driven_abort() -> Option<FaultAbort> {
