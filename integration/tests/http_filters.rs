@@ -315,17 +315,11 @@ async fn a_slowed_response_body_as_envoy() {
     let filters =
         format!("          - name: envoy.filters.http.fault\n            typed_config: {{ \"@type\": {FAULT} }}\n");
     let clusters = static_cluster("upstream", &[upstream.addr], "");
-    let config = |admin, port| http_bootstrap_with_filters(admin, port, "", &route_config, &filters, &clusters);
-    let (admin, port) = (free_port(), free_port());
-    let strait = Proxy::start(&config(admin, port), admin).await;
-    let (envoy_admin, envoy_port) = (free_port(), free_port());
-    let envoy = Envoy::start(&config(envoy_admin, envoy_port), envoy_admin).await;
+    let both =
+        side_by_side(|admin, port| http_bootstrap_with_filters(admin, port, "", &route_config, &filters, &clusters))
+            .await;
     let client = http1_client();
-    let mut proxies = vec![("strait", port)];
-    if envoy.is_some() {
-        proxies.push(("envoy", envoy_port));
-    }
-    for (proxy, port) in proxies {
+    for &(proxy, port) in &both.ports {
         let fetch = |path: &'static str, asked: Option<&'static str>| {
             let client = client.clone();
             async move {
@@ -344,8 +338,10 @@ async fn a_slowed_response_body_as_envoy() {
         let took = fetch("/asked", None).await;
         assert!(took < Duration::from_millis(500), "{proxy}: nothing asked, full speed: {took:?}");
     }
-    let injected =
-        strait.stat("envoy_http_fault_response_rl_injected{envoy_http_conn_manager_prefix=\"ingress_http\"}").await;
+    let injected = both
+        .strait
+        .stat("envoy_http_fault_response_rl_injected{envoy_http_conn_manager_prefix=\"ingress_http\"}")
+        .await;
     assert_eq!(injected, 2.0, "two responses slowed");
 }
 
@@ -382,19 +378,12 @@ async fn mirroring_as_envoy() {
         static_cluster("dead", &[dead], ""),
     ]
     .concat();
-    let config = |admin, port| http_bootstrap(admin, port, "", &route_config, &clusters);
-    let (admin, port) = (free_port(), free_port());
-    let _strait = Proxy::start(&config(admin, port), admin).await;
-    let (envoy_admin, envoy_port) = (free_port(), free_port());
-    let envoy = Envoy::start(&config(envoy_admin, envoy_port), envoy_admin).await;
+    let both = side_by_side(|admin, port| http_bootstrap(admin, port, "", &route_config, &clusters)).await;
     let client = http1_client();
-    let mut proxies = vec![("strait", port)];
-    if envoy.is_some() {
-        proxies.push(("envoy", envoy_port));
-    }
+    let proxies = &both.ports;
 
     let mut seen_by_shadow = Vec::new();
-    for (proxy, port) in &proxies {
+    for (proxy, port) in proxies {
         // A GET and a 100 KB POST, mirrored whole; the host as the shadow saw it.
         for (path, host, body) in
             [("/all", "api.test", 0), ("/all", "api.test:8080", 100_000), ("/same-host", "api.test", 10)]

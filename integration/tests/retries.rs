@@ -495,29 +495,15 @@ async fn mesh_yaml_retries_reach_strait_and_envoy_alike() {
 
 /// Strait and, when installed, a real Envoy running the same bootstrap: `routes` (YAML route items of
 /// one catch-all virtual host) to the `scripted` cluster at `upstream`, with `hcm` added to the
-/// connection manager. Both run as long as the value lives.
-struct Proxies {
-    /// Each proxy's name and listener port.
-    ports: Vec<(&'static str, u16)>,
-    _strait: Proxy,
-    _envoy: Option<Envoy>,
-}
-
-async fn strait_and_envoy(routes: &str, hcm: &str, upstream: SocketAddr) -> Proxies {
+/// connection manager.
+async fn strait_and_envoy(routes: &str, hcm: &str, upstream: SocketAddr) -> SideBySide {
     let route_config = format!(
         "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
     );
-    let config =
-        |admin, port| http_bootstrap(admin, port, hcm, &route_config, &static_cluster("scripted", &[upstream], ""));
-    let (admin, port) = (free_port(), free_port());
-    let strait = Proxy::start(&config(admin, port), admin).await;
-    let (envoy_admin, envoy_port) = (free_port(), free_port());
-    let envoy = Envoy::start(&config(envoy_admin, envoy_port), envoy_admin).await;
-    let mut ports = vec![("strait", port)];
-    if envoy.is_some() {
-        ports.push(("envoy", envoy_port));
-    }
-    Proxies { ports, _strait: strait, _envoy: envoy }
+    side_by_side(|admin, port| {
+        http_bootstrap(admin, port, hcm, &route_config, &static_cluster("scripted", &[upstream], ""))
+    })
+    .await
 }
 
 /// gRPC callers' deadlines and streams' maximum durations, as Envoy computes and answers them: the
