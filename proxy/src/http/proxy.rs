@@ -5,6 +5,7 @@
 use super::ResponseFlag;
 use super::timeout_body::{Limits, TimedBody};
 use super::{HttpConnectionManager, ProxyError, forwarding, upgrade};
+use crate::policy::deadline::{DeadlineLayer, Deadlined, Expiry};
 use crate::policy::filters::{self, BoxAnswer, Filtering};
 use crate::policy::mirror::{self, MirrorPolicy, ShadowBody, Tee};
 use crate::policy::retry::body::ReplayBody;
@@ -88,14 +89,6 @@ struct Retried {
     request: UpstreamRequest,
     /// Its hash for RING_HASH and MAGLEV clusters.
     hash: Option<u64>,
-}
-
-/// Which limit ended the wait for the upstream's response headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expiry {
-    Route,
-    StreamDuration,
-    Idle,
 }
 
 /// A routed request, ready to go upstream.
@@ -688,40 +681,39 @@ fn forward(
             Upstream::Retried(_) => None,
         };
         let tried = TriedHosts::default();
-        // The route timeout, the stream's end or its idle timeout: whichever comes first.
+        // The route timeout, the stream's end or its idle timeout: whichever comes first (a tower
+        // layer over the exchange, the service made where it is awaited).
+        use tower::{Layer, Service, ServiceExt};
         let now = tokio::time::Instant::now();
-        let limits = [
+        let deadline = DeadlineLayer::new([
             (exchange.timeout.map(|limit| now + limit), Expiry::Route),
             (exchange.stream_deadline, Expiry::StreamDuration),
             (exchange.idle_before_headers.map(|idle| now + idle), Expiry::Idle),
-        ];
-        let first = limits.into_iter().filter_map(|(at, kind)| Some((at?, kind))).min_by_key(|(at, _)| *at);
-        let result = match first {
-            // The exchange's future is made where it is awaited: a future kept in a variable first
-            // would be copied into the timeout and take room twice in this one.
-            Some((deadline, kind)) => {
-                match tokio::time::timeout_at(deadline, send(exchange.upstream, &exchange.cluster, &tried, upgrade))
-                    .await
-                {
-                    Ok(result) => result,
-                    Err(_) if kind == Expiry::StreamDuration => {
-                        hcm.stats.rq_max_duration_reached.increment(1);
-                        return Err(ProxyError::StreamDurationTimeout);
-                    }
-                    Err(_) if kind == Expiry::Idle => {
-                        hcm.stats.rq_idle_timeout.increment(1);
-                        return Err(ProxyError::StreamIdleTimeout);
-                    }
-                    Err(_) => {
-                        stats.rq_timeout.increment(1);
-                        if let Some(addr) = picked.or_else(|| tried.last()) {
-                            exchange.cluster.report_timeout(addr);
-                        }
-                        return Err(ProxyError::UpstreamTimeout);
-                    }
-                }
+        ]);
+        let mut exchanging =
+            deadline.layer(tower::service_fn(|upstream| send(upstream, &exchange.cluster, &tried, upgrade)));
+        let result = match exchanging.ready().await {
+            Ok(ready) => ready.call(exchange.upstream).await,
+            Err(e) => Err(e),
+        };
+        let result = match result {
+            Ok(response) => Ok(response),
+            Err(Deadlined::Inner(e)) => Err(e),
+            Err(Deadlined::Expired(Expiry::StreamDuration)) => {
+                hcm.stats.rq_max_duration_reached.increment(1);
+                return Err(ProxyError::StreamDurationTimeout);
             }
-            None => send(exchange.upstream, &exchange.cluster, &tried, upgrade).await,
+            Err(Deadlined::Expired(Expiry::Idle)) => {
+                hcm.stats.rq_idle_timeout.increment(1);
+                return Err(ProxyError::StreamIdleTimeout);
+            }
+            Err(Deadlined::Expired(Expiry::Route)) => {
+                stats.rq_timeout.increment(1);
+                if let Some(addr) = picked.or_else(|| tried.last()) {
+                    exchange.cluster.report_timeout(addr);
+                }
+                return Err(ProxyError::UpstreamTimeout);
+            }
         };
         let response = match result {
             Ok(r) => r,

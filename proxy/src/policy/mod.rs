@@ -3,6 +3,7 @@
 //! limiting, fault injection, authorization), each with its per-route config
 //! (`typed_per_filter_config`), and the limits a request runs under.
 
+pub mod deadline;
 pub mod fault;
 pub mod filters;
 pub mod local_ratelimit;
