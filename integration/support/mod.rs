@@ -311,6 +311,14 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// A route configuration of one catch-all virtual host with `routes` (YAML route items, indented to
+/// sit under `http_bootstrap`'s `route_config`).
+pub fn one_virtual_host(routes: &str) -> String {
+    format!(
+        "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
+    )
+}
+
 /// Strait and, when installed, a real Envoy running the same bootstrap (`config(admin, port)`),
 /// both as long as the value lives.
 pub struct SideBySide {

@@ -35,9 +35,7 @@ fn bootstrap(admin: u16, port: u16, upstream: SocketAddr, limited: SocketAddr) -
             format!("              - match: {{ prefix: /{name} }}\n                route: {{ cluster: {name} }}\n")
         })
         .collect();
-    let route_config = format!(
-        "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
-    );
+    let route_config = one_virtual_host(&routes);
     let mut clusters: String =
         clusters.iter().map(|(name, h2, common)| static_cluster(name, &[upstream], &options(*h2, common))).collect();
     let streams = options(true, "")

@@ -28,9 +28,7 @@ fn bootstrap(admin: u16, port: u16, upstreams: &[SocketAddr]) -> String {
         ),
     ]
     .concat();
-    let route_config = format!(
-        "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
-    );
+    let route_config = one_virtual_host(&routes);
     let clusters = [
         static_cluster(
             "ring",

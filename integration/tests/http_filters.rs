@@ -309,9 +309,7 @@ async fn a_slowed_response_body_as_envoy() {
         route("/asked", &fault("response_rate_limit: { header_limit: {}, percentage: { numerator: 100 } }")),
     ]
     .concat();
-    let route_config = format!(
-        "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
-    );
+    let route_config = one_virtual_host(&routes);
     let filters =
         format!("          - name: envoy.filters.http.fault\n            typed_config: {{ \"@type\": {FAULT} }}\n");
     let clusters = static_cluster("upstream", &[upstream.addr], "");
@@ -368,9 +366,7 @@ async fn mirroring_as_envoy() {
         mirror("/by-header", "{ cluster_header: x-mirror-to }"),
     ]
     .concat();
-    let route_config = format!(
-        "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
-    );
+    let route_config = one_virtual_host(&routes);
     let clusters = [
         static_cluster("primary", &[primary.addr], ""),
         static_cluster("shadow", &[shadow.addr], ""),
@@ -614,9 +610,7 @@ async fn a_filter_disabled_by_default_runs_only_where_a_route_enables_it_as_envo
             route("/", ""),
         ]
         .concat();
-        let route_config = format!(
-            "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
-        );
+        let route_config = one_virtual_host(&routes);
         let filters = format!(
             "          - name: envoy.filters.http.fault\n            disabled: true\n            \
              typed_config: {{ \"@type\": {FAULT}, abort: {{ http_status: 418, percentage: {{ numerator: 100 }} }} }}\n"

@@ -39,9 +39,7 @@ fn bootstrap(admin: u16, port: u16, up: &[SocketAddr]) -> String {
         .iter()
         .map(|n| format!("              - match: {{ prefix: /{n} }}\n                route: {{ cluster: {n} }}\n"))
         .collect();
-    let route_config = format!(
-        "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
-    );
+    let route_config = one_virtual_host(&routes);
     let (h, u, d) = ("HEALTHY", "UNHEALTHY", "DEGRADED");
     let clusters = [
         cluster("normal", up, &[&[(0, h), (1, h), (2, h)], &[(3, h), (4, h)]], ""),

@@ -497,9 +497,7 @@ async fn mesh_yaml_retries_reach_strait_and_envoy_alike() {
 /// one catch-all virtual host) to the `scripted` cluster at `upstream`, with `hcm` added to the
 /// connection manager.
 async fn strait_and_envoy(routes: &str, hcm: &str, upstream: SocketAddr) -> SideBySide {
-    let route_config = format!(
-        "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n{routes}"
-    );
+    let route_config = one_virtual_host(routes);
     side_by_side(|admin, port| {
         http_bootstrap(admin, port, hcm, &route_config, &static_cluster("scripted", &[upstream], ""))
     })
