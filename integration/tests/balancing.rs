@@ -13,8 +13,10 @@ use support::scripted::Scripted;
 use support::*;
 
 fn bootstrap(admin: u16, port: u16, upstreams: &[SocketAddr]) -> String {
-    let route_config = "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\
-         \x20             - match: { prefix: / }\n                route: { cluster: latency }\n";
+    let route_config = one_virtual_host(
+        "\
+         \x20             - match: { prefix: / }\n                route: { cluster: latency }\n",
+    );
     let policy = "    load_balancing_policy:\n      policies:\n\
          \x20     - typed_extension_config:\n          name: strait.peak_ewma\n          typed_config:\n\
          \x20           '@type': type.googleapis.com/xds.type.v3.TypedStruct\n\
@@ -23,7 +25,7 @@ fn bootstrap(admin: u16, port: u16, upstreams: &[SocketAddr]) -> String {
          \x20     - typed_extension_config:\n          name: envoy.load_balancing_policies.least_request\n          typed_config:\n\
          \x20           '@type': type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest\n\
          \x20           choice_count: 2\n";
-    http_bootstrap(admin, port, "", route_config, &static_cluster("latency", upstreams, policy))
+    http_bootstrap(admin, port, "", &route_config, &static_cluster("latency", upstreams, policy))
 }
 
 /// Percent of the requests each upstream answered: `workers` clients, `each` requests apiece.

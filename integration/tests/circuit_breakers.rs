@@ -15,14 +15,16 @@ use support::scripted::Scripted;
 use support::*;
 
 fn bootstrap(admin: u16, port: u16, upstream: SocketAddr) -> String {
-    let route_config = "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\
+    let route_config = one_virtual_host(
+        "\
          \x20             - match: { prefix: /hold }\n                route: { cluster: limited, timeout: 1.5s }\n\
          \x20             - match: { prefix: /retry }\n                route: { cluster: limited, timeout: 1s, \
          retry_policy: { retry_on: 5xx, num_retries: 1 } }\n\
          \x20             - match: { prefix: /pooled/hold }\n                route: { cluster: pooled, timeout: 1s }\n\
          \x20             - match: { prefix: /pooled/wait }\n                route: { cluster: pooled, timeout: 10s }\n\
          \x20             - match: { prefix: /per_host/hold }\n                route: { cluster: per_host, timeout: 1s }\n\
-         \x20             - match: { prefix: /per_host/wait }\n                route: { cluster: per_host, timeout: 10s }\n";
+         \x20             - match: { prefix: /per_host/wait }\n                route: { cluster: per_host, timeout: 10s }\n",
+    );
     let breakers = "    circuit_breakers:\n      thresholds:\n      - { priority: DEFAULT, max_requests: 3, max_retries: 1 }\n      \
                     - { priority: HIGH, max_requests: 100, max_connections: 4294967295 }\n";
     let pooled = "    circuit_breakers:\n      thresholds: [{ max_connections: 2, max_pending_requests: 1 }]\n";
@@ -32,7 +34,7 @@ fn bootstrap(admin: u16, port: u16, upstream: SocketAddr) -> String {
     let clusters = static_cluster("limited", &[upstream], breakers)
         + &static_cluster("pooled", &[upstream], pooled)
         + &static_cluster("per_host", &[upstream], per_host);
-    http_bootstrap(admin, port, "", route_config, &clusters)
+    http_bootstrap(admin, port, "", &route_config, &clusters)
 }
 
 /// `max_connections: 2, max_pending_requests: 1`: two held requests take both connections; a third
@@ -172,10 +174,12 @@ async fn breakers_trip_at_their_thresholds_as_envoys_do() {
 async fn a_second_connection_pool_over_the_limit_is_refused_as_envoy_does() {
     let (a, b) = (Scripted::always("a", "ok").await.addr, Scripted::always("b", "ok").await.addr);
     let yaml = |admin: u16, port: u16| {
-        let route_config = "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\
-             \x20             - match: { prefix: / }\n                route: { cluster: pools }\n";
+        let route_config = one_virtual_host(
+            "\
+             \x20             - match: { prefix: / }\n                route: { cluster: pools }\n",
+        );
         let breakers = "    circuit_breakers:\n      thresholds: [{ max_connection_pools: 1 }]\n";
-        http_bootstrap(admin, port, "", route_config, &static_cluster("pools", &[a, b], breakers))
+        http_bootstrap(admin, port, "", &route_config, &static_cluster("pools", &[a, b], breakers))
     };
     let run = |port: u16| async move {
         let client = http1_client();

@@ -17,10 +17,12 @@ const TIMING: &str =
     "timeout: 0.5s, interval: 0.1s, no_traffic_interval: 0.1s, unhealthy_threshold: 2, healthy_threshold: 2";
 
 fn bootstrap(admin: u16, port: u16, http: [SocketAddr; 2], grpc: [SocketAddr; 2], dead: SocketAddr) -> String {
-    let route_config = "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\
+    let route_config = one_virtual_host(
+        "\
          \x20             - match: { prefix: /http }\n                route: { cluster: http }\n\
          \x20             - match: { prefix: /tcp }\n                route: { cluster: tcp }\n\
-         \x20             - match: { prefix: /grpc }\n                route: { cluster: grpc }\n";
+         \x20             - match: { prefix: /grpc }\n                route: { cluster: grpc }\n",
+    );
     // "GET /healthz" sent, "200 OK" expected back: an HTTP check written as a TCP one.
     let tcp = format!(
         "    health_checks: [{{ {TIMING}, tcp_health_check: {{ send: {{ text: '{}' }}, receive: [{{ text: '{}' }}] }} }}]\n",
@@ -44,7 +46,7 @@ fn bootstrap(admin: u16, port: u16, http: [SocketAddr; 2], grpc: [SocketAddr; 2]
         ),
     ]
     .concat();
-    http_bootstrap(admin, port, "", route_config, &clusters)
+    http_bootstrap(admin, port, "", &route_config, &clusters)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -15,10 +15,12 @@ use support::*;
 const OUTLIER: &str = "    outlier_detection: { consecutive_5xx: 3, interval: 0.5s, base_ejection_time: 1s, max_ejection_percent: 100 }\n";
 
 fn bootstrap(admin: u16, port: u16, good: [SocketAddr; 2], bad: [SocketAddr; 2]) -> String {
-    let route_config = "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\
+    let route_config = one_virtual_host(
+        "\
          \x20             - match: { prefix: /basic }\n                route: { cluster: basic }\n\
          \x20             - match: { prefix: /panic }\n                route: { cluster: panic }\n\
-         \x20             - match: { prefix: /default }\n                route: { cluster: defaults }\n";
+         \x20             - match: { prefix: /default }\n                route: { cluster: defaults }\n",
+    );
     let clusters = [
         static_cluster("basic", &[good[0], good[1], bad[0]], OUTLIER),
         static_cluster(
@@ -29,7 +31,7 @@ fn bootstrap(admin: u16, port: u16, good: [SocketAddr; 2], bad: [SocketAddr; 2])
         static_cluster("defaults", &[good[0], good[1], bad[0]], "    outlier_detection: { consecutive_5xx: 3 }\n"),
     ]
     .concat();
-    http_bootstrap(admin, port, "", route_config, &clusters)
+    http_bootstrap(admin, port, "", &route_config, &clusters)
 }
 
 /// How many of `n` sequential requests to `path` failed.
@@ -166,13 +168,15 @@ async fn timeouts_eject_like_envoys() {
     let live = Scripted::always("live", "ok").await.addr;
     let hung = Scripted::always("hung", "hang").await.addr;
     let yaml = |admin: u16, port: u16| {
-        let route_config = "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\
+        let route_config = one_virtual_host(
+            "\
              \x20             - match: { prefix: /route }\n                route: { cluster: route, timeout: 0.2s }\n\
              \x20             - match: { prefix: /try }\n                route: { cluster: try, timeout: 5s, \
-             retry_policy: { retry_on: 5xx, num_retries: 1, per_try_timeout: 0.2s } }\n";
+             retry_policy: { retry_on: 5xx, num_retries: 1, per_try_timeout: 0.2s } }\n",
+        );
         let outlier = "    outlier_detection: { consecutive_5xx: 2, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 100 }\n";
         let clusters = static_cluster("route", &[hung, live], outlier) + &static_cluster("try", &[hung, live], outlier);
-        http_bootstrap(admin, port, "", route_config, &clusters)
+        http_bootstrap(admin, port, "", &route_config, &clusters)
     };
     // Statuses of 8 sequential requests to `path`.
     let statuses = |port: u16, path: &'static str| async move {
@@ -233,11 +237,13 @@ async fn split_mode_ejects_local_and_upstream_failures_apart_like_envoy() {
     // Five endpoints, so two ejected (60% left) is no panic.
     let endpoints = [dead, failing, live[0], live[1], live[2]];
     let yaml = |admin: u16, port: u16| {
-        let route_config = "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\
-             \x20             - match: { prefix: / }\n                route: { cluster: split }\n";
+        let route_config = one_virtual_host(
+            "\
+             \x20             - match: { prefix: / }\n                route: { cluster: split }\n",
+        );
         let outlier = "    outlier_detection: { split_external_local_origin_errors: true, consecutive_local_origin_failure: 2, \
                        consecutive_5xx: 3, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 100 }\n";
-        http_bootstrap(admin, port, "", route_config, &static_cluster("split", &endpoints, outlier))
+        http_bootstrap(admin, port, "", &route_config, &static_cluster("split", &endpoints, outlier))
     };
     // Statuses of 25 sequential requests: round robin over the five until two are ejected.
     let statuses = |port: u16| async move {

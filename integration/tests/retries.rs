@@ -427,11 +427,11 @@ fn invalid_retry_policies_are_refused_naming_the_field() {
         ),
         ("retry_on: 'reset,reset-after-request'", "unknown retry condition 'reset-after-request'"),
     ] {
-        let route_config = format!(
-            "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\
+        let route_config = one_virtual_host(&format!(
+            "\
              \x20             - match: {{ prefix: / }}\n                route: {{ cluster: c, {} }}\n",
             retry(policy)
-        );
+        ));
         let yaml = http_bootstrap(free_port(), free_port(), "", &route_config, &static_cluster("c", &[upstream], ""));
         let file = write_file(&dir.0, "bad.yaml", &yaml);
         let out = std::process::Command::new(BIN).arg("validate").arg(&file).output().unwrap();

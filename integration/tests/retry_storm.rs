@@ -14,11 +14,11 @@ use support::*;
 
 fn bootstrap(admin: u16, port: u16, upstream: std::net::SocketAddr) -> String {
     let policy = "retry_policy: { retry_on: 5xx, num_retries: 3 }";
-    let route_config = format!(
-        "            virtual_hosts:\n            - name: all\n              domains: ['*']\n              routes:\n\
+    let route_config = one_virtual_host(&format!(
+        "\
          \x20             - match: {{ prefix: /budgeted }}\n                route: {{ cluster: budgeted, {policy} }}\n\
          \x20             - match: {{ prefix: /unbounded }}\n                route: {{ cluster: unbounded, {policy} }}\n"
-    );
+    ));
     let budgeted = "    circuit_breakers: { thresholds: [{ retry_budget: { budget_percent: { value: 20 }, \
                     min_retry_concurrency: 3 } }] }\n";
     let unbounded = "    circuit_breakers: { thresholds: [{ max_retries: 100000 }] }\n";

@@ -65,22 +65,29 @@ impl<S: Service<R>, R> Service<R> for Deadline<S> {
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        let (sleep, expiry) = match self.first {
-            Some((at, kind)) => (Some(tokio::time::sleep_until(at)), Some(kind)),
-            None => (None, None),
-        };
-        DeadlineFuture { inner: self.inner.call(request), sleep, expiry }
+        let inner = self.inner.call(request);
+        match self.first {
+            Some((at, expiry)) => DeadlineFuture::Bounded { inner, sleep: tokio::time::sleep_until(at), expiry },
+            None => DeadlineFuture::Unbounded { inner },
+        }
     }
 }
 
 pin_project_lite::pin_project! {
     /// The inner call, unless its deadline passes first.
-    pub struct DeadlineFuture<F> {
-        #[pin]
-        inner: F,
-        #[pin]
-        sleep: Option<Sleep>,
-        expiry: Option<Expiry>,
+    #[project = Projected]
+    pub enum DeadlineFuture<F> {
+        Bounded {
+            #[pin]
+            inner: F,
+            #[pin]
+            sleep: Sleep,
+            expiry: Expiry,
+        },
+        Unbounded {
+            #[pin]
+            inner: F,
+        },
     }
 }
 
@@ -88,16 +95,15 @@ impl<F: Future<Output = Result<T, E>>, T, E> Future for DeadlineFuture<F> {
     type Output = Result<T, Deadlined<E>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(answer) = this.inner.poll(cx) {
-            return Poll::Ready(answer.map_err(Deadlined::Inner));
-        }
-        match (this.sleep.as_pin_mut(), *this.expiry) {
-            (Some(sleep), Some(kind)) => {
+        match self.project() {
+            Projected::Unbounded { inner } => inner.poll(cx).map_err(Deadlined::Inner),
+            Projected::Bounded { inner, sleep, expiry } => {
+                if let Poll::Ready(answer) = inner.poll(cx) {
+                    return Poll::Ready(answer.map_err(Deadlined::Inner));
+                }
                 ready!(sleep.poll(cx));
-                Poll::Ready(Err(Deadlined::Expired(kind)))
+                Poll::Ready(Err(Deadlined::Expired(*expiry)))
             }
-            _ => Poll::Pending,
         }
     }
 }
