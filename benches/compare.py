@@ -128,9 +128,13 @@ def run_load(cmd):
     return subprocess.run(pinned(LOAD_CORE, cmd), capture_output=True, text=True, check=False).stdout
 
 
+def requests_in(wrk_output):
+    return int(re.search(r"(\d+) requests in", wrk_output).group(1))
+
+
 def wrk(target, duration):
     out = run_load(["wrk", "-t1", "-c50", f"-d{duration}s", "--latency", f"http://127.0.0.1:{target.http}/"])
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    requests = requests_in(out)
     errors = sum(int(x) for x in re.findall(r"(?:Non-2xx or 3xx responses|errors): .*?(\d+)", out))
     lat = dict(re.findall(r"\s+(50|99)%\s+([\d.]+\w+)", out))
     return {"requests": requests, "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),

@@ -5,10 +5,14 @@ Each proxy runs the comparison's bootstrap twice: as it is, and with a route tim
 (5xx and resets, 2 retries, a per-try timeout) and a local rate limit (a bucket too big to run out,
 enabled and enforced for every request) on the HTTP/1.1 route. HTTP/1.1 keep-alive load (wrk, 50
 connections) with no failures; the proxy pinned to core 0, load and upstream on core 1. Reports
-requests per proxy CPU-second with and without the policies and the cost, alternating the two
-configs over several rounds. Two estimates of the cost: from the best round of each config (a
-shared machine only adds noise), and the median of each round's pair (the two configs measured
-back to back, so drift between rounds cancels).
+requests per proxy CPU-second with and without the policies and the cost. Three estimates of the
+cost:
+- side by side: the two configs run at the same time, two processes sharing core 0, each under its
+  own wrk; whatever the machine does to one it does to the other (the median over the rounds);
+- alternating, best rounds: the two configs one after the other, the best round of each;
+- alternating, median of pairs: each round's two back-to-back runs as a pair.
+On a shared VM one config alone ranges by 10-15% from one run to the next, so the side-by-side
+figure is the steadiest.
 
   python3 benches/policies.py [--duration 8] [--rounds 3] [--only strait,envoy]
 """
@@ -57,6 +61,31 @@ def measure(name, cmd, ports, work, duration):
         target.stop()
 
 
+def measure_side_by_side(name, command, configs, work, duration):
+    """Runs the configs at the same time on the proxy core, each under its own wrk; returns each
+    one's requests per CPU-second."""
+    targets = []
+    try:
+        for i, (ports, config) in enumerate(configs):
+            target = compare.Target(f"{name}-{i}", command(config, i), ports["HTTP"], ports["HTTP"], ports["TCP"])
+            targets.append(target)
+            target.start(work)
+        for target in targets:
+            # Connections open and pools fill before the measured run.
+            compare.run_load(["wrk", "-t1", "-c50", "-d1s", f"http://127.0.0.1:{target.http}/"])
+        before = [compare.cpu_seconds(t.pids()) for t in targets]
+        loads = [subprocess.Popen(compare.pinned(compare.LOAD_CORE, [
+            "wrk", "-t1", "-c50", f"-d{duration}s", f"http://127.0.0.1:{t.http}/"]), stdout=subprocess.PIPE, text=True)
+            for t in targets]
+        outputs = [load.communicate()[0] for load in loads]
+        cpu = [compare.cpu_seconds(t.pids()) - b for t, b in zip(targets, before)]
+        requests = [compare.requests_in(out) for out in outputs]
+        return [n / c if c > 0 else None for n, c in zip(requests, cpu)]
+    finally:
+        for target in targets:
+            target.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=8)
@@ -78,16 +107,24 @@ def main():
     plain = compare.render("bootstrap.yaml", work, ports)
     policies = os.path.join(work, "bootstrap-policies.yaml")
     open(policies, "w").write(with_policies(open(plain).read()))
+    # The side-by-side run's second process: the same upstream, its own listeners and admin.
+    beside_dir = os.path.join(work, "beside")
+    os.makedirs(beside_dir)
+    beside_ports = dict(ports, **{k: compare.free_port() for k in ["HTTP", "HTTP2", "TCP", "ADMIN"]}, DIR=beside_dir)
+    beside = os.path.join(beside_dir, "bootstrap-policies.yaml")
+    open(beside, "w").write(with_policies(open(compare.render("bootstrap.yaml", beside_dir, beside_ports)).read()))
     commands = {
-        "strait": lambda config: [args.strait, "-c", config, "--concurrency", "1", "-l", "error"],
-        "envoy": lambda config: ["envoy", "-c", config, "--concurrency", "1", "-l", "error", "--base-id", str(os.getpid())],
+        "strait": lambda config, i=0: [args.strait, "-c", config, "--concurrency", "1", "-l", "error"],
+        "envoy": lambda config, i=0: ["envoy", "-c", config, "--concurrency", "1", "-l", "error",
+                                      "--base-id", str(os.getpid() * 2 + i)],
     }
+    side_by_side = {}
     best = {}
     # Each round measures the two configs back to back; the cost within a round is paired against
     # the machine's drift between rounds.
     paired = {}
     try:
-        for _ in range(args.rounds):
+        for round_number in range(args.rounds):
             for name in [n for n in commands if n in wanted]:
                 for label, config in [("without", plain), ("with", policies)]:
                     r = measure(name, commands[name](config), ports, work, args.duration)
@@ -97,18 +134,30 @@ def main():
                     if r["req_per_cpu_s"] and r["req_per_cpu_s"] > best.get(key, 0):
                         best[key] = r["req_per_cpu_s"]
                     paired.setdefault(name, []).append(r["req_per_cpu_s"])
+                # Which starts first alternates from round to round.
+                pair = [(ports, plain), (beside_ports, beside)]
+                order = pair if round_number % 2 == 0 else pair[::-1]
+                measured = measure_side_by_side(name, commands[name], order, work, args.duration)
+                without, with_ = measured if round_number % 2 == 0 else measured[::-1]
+                if without and with_:
+                    side_by_side.setdefault(name, []).append(1 - with_ / without)
+                    print(f"{name:7} side by side: {without:,.0f} req per CPU-s without policies, {with_:,.0f} with, "
+                          f"cost {(1 - with_ / without) * 100:.1f}%", flush=True)
     finally:
         upstream.kill()
         upstream.wait()
     lines = ["", "| proxy | req per CPU-s without policies (best round) | with timeout + retry policy + rate limit "
-             "(best round) | cost, best rounds | cost, median of the rounds' pairs |", "|---|---|---|---|---|"]
+             "(best round) | cost, side by side (median) | cost, alternating best rounds | "
+             "cost, alternating median of pairs |", "|---|---|---|---|---|---|"]
     for name in [n for n in commands if n in wanted]:
         without, with_ = best.get((name, "without")), best.get((name, "with"))
         cost = f"{(1 - with_ / without) * 100:.1f}%" if without and with_ else "-"
         runs = paired.get(name, [])
         pairs = [1 - runs[i + 1] / runs[i] for i in range(0, len(runs) - 1, 2) if runs[i] and runs[i + 1]]
         median = f"{statistics.median(pairs) * 100:.1f}%" if pairs else "-"
-        lines.append(f"| {name} | {without or 0:,.0f} | {with_ or 0:,.0f} | {cost} | {median} |")
+        beside_costs = side_by_side.get(name, [])
+        beside_median = f"{statistics.median(beside_costs) * 100:.1f}%" if beside_costs else "-"
+        lines.append(f"| {name} | {without or 0:,.0f} | {with_ or 0:,.0f} | {beside_median} | {cost} | {median} |")
     if best.get(("strait", "with")) and best.get(("envoy", "with")):
         lines.append(f"\nWith the policies, Strait does {best[('strait', 'with')] / best[('envoy', 'with')]:.2f}x Envoy's "
                      "requests per CPU-second.")

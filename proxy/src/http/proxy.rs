@@ -5,8 +5,8 @@
 use super::ResponseFlag;
 use super::timeout_body::{Limits, TimedBody};
 use super::{HttpConnectionManager, ProxyError, forwarding, upgrade};
-use crate::policy::deadline::{DeadlineLayer, Deadlined, Expiry};
-use crate::policy::filters::{self, BoxAnswer, Filtering};
+use crate::policy::deadline::{DeadlineLayer, Deadlined, Expiry, PerTry};
+use crate::policy::filters::{self, Filtering};
 use crate::policy::mirror::{self, MirrorPolicy, ShadowBody, Tee};
 use crate::policy::retry::body::ReplayBody;
 use crate::policy::retry::headers::Overrides;
@@ -320,7 +320,7 @@ fn through_filters<'a>(
         let mut answering = std::pin::pin!(None);
         std::future::poll_fn(|cx| {
             loop {
-                if let Poll::Ready(answer) = filtered.as_mut().poll(cx) {
+                if let Poll::Ready(answer) = std::pin::Pin::new(&mut filtered).poll(cx) {
                     return Poll::Ready(answer);
                 }
                 if answering.is_none() {
@@ -366,13 +366,13 @@ struct Router<'a> {
 impl<'a> tower::Service<Filtering<'a>> for Router<'a> {
     type Response = Response<ResponseBody>;
     type Error = ProxyError;
-    type Future = BoxAnswer<'a>;
+    type Future = RouterAnswer<'a>;
 
     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), ProxyError>> {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, filtering: Filtering<'a>) -> BoxAnswer<'a> {
+    fn call(&mut self, filtering: Filtering<'a>) -> RouterAnswer<'a> {
         let Router { downstream, snapshot, hcm, handoff, grpc } = *self;
         // A filter calls the router once it lets the request through (a fault's delay first), so
         // the endpoint is picked now.
@@ -382,11 +382,22 @@ impl<'a> tower::Service<Filtering<'a>> for Router<'a> {
         drop(shared);
         // The router's own failures are answered as replies, so the filters above see (and mark)
         // them as Envoy's encoder filters do; a filter's refusal stays an error.
-        Box::pin(std::future::poll_fn(move |_| match Handoff::lock(handoff).answer.take() {
+        RouterAnswer(handoff)
+    }
+}
+
+/// The router's answer: the exchange's response once [`through_filters`] has put it in the
+/// hand-off. It needs no waker: [`through_filters`] polls the chain again once the answer is there.
+struct RouterAnswer<'a>(&'a std::sync::Mutex<Handoff>);
+
+impl Future for RouterAnswer<'_> {
+    type Output = filters::Answer;
+
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<filters::Answer> {
+        match Handoff::lock(self.0).answer.take() {
             Some(response) => std::task::Poll::Ready(Ok(response)),
-            // [`through_filters`] polls the chain again once the answer is there: no waker needed.
             None => std::task::Poll::Pending,
-        }))
+        }
     }
 }
 
@@ -754,22 +765,27 @@ fn forward(
     }
 }
 
-/// Sends the request to the endpoint picked for it, or under its retry policy.
-async fn send(
+/// Sends the request to the endpoint picked for it, or under its retry policy. The pool's future
+/// is made at once and mapped, so the exchange's future does not hold the request twice.
+fn send<'a>(
     upstream: Upstream,
-    cluster: &Arc<Cluster>,
-    tried: &TriedHosts,
+    cluster: &'a Arc<Cluster>,
+    tried: &'a TriedHosts,
     upgrade: bool,
-) -> Result<UpstreamResponse, ProxyError> {
+) -> impl Future<Output = Result<UpstreamResponse, ProxyError>> + Send + 'a {
+    use futures_util::future::{Either, FutureExt};
     match upstream {
         Upstream::Endpoint(endpoint, request) => {
-            let _in_flight = endpoint.start_request();
+            let in_flight = endpoint.start_request();
             let started = cluster.attempt_clock();
-            let result = endpoint.pool.send(request, cluster, upgrade).await;
-            cluster.report_attempt(&endpoint, outlier::Outcome::of(&result), started);
-            result.map_err(ProxyError::from)
+            let sending = Arc::clone(&endpoint.pool).send(request, cluster, upgrade);
+            Either::Left(sending.map(move |result| {
+                drop(in_flight);
+                cluster.report_attempt(&endpoint, outlier::Outcome::of(&result), started);
+                result.map_err(ProxyError::from)
+            }))
         }
-        Upstream::Retried(request) => retried(request, cluster, tried).await,
+        Upstream::Retried(request) => Either::Right(retried(request, cluster, tried)),
     }
 }
 
@@ -789,20 +805,20 @@ async fn retried(retried: Retried, cluster: &Cluster, tried: &TriedHosts) -> Res
             Box::pin(crate::policy::retry::hedge::hedged(retries, attempt, request, per_try)).await
         }
         _ => {
-            let per_try = policy.attempt_limit().map_or(Duration::MAX, |(limit, _)| limit);
+            // No per-try limit, no per-try timer.
+            let per_try = policy.attempt_limit().map(|(limit, _)| limit);
             let service = tower::ServiceBuilder::new()
-                .layer(tower::retry::RetryLayer::new(Retries::new(&policy, cluster, tried)))
-                .layer(tower::timeout::TimeoutLayer::new(per_try))
-                .service(attempt);
+                .retry(Retries::new(&policy, cluster, tried))
+                .map_err(crate::policy::retry::attempt_error as fn(_) -> _)
+                .layer(DeadlineLayer::per_call(per_try, PerTry))
+                .service_fn(move |request| attempt.send(request));
             service.oneshot(request).await
         }
     };
     match result {
         Ok(attempted) => Ok(attempted.response),
-        Err(e) => match crate::policy::retry::attempt_error(e) {
-            ProxyError::Upstream(e) if tried.count() > 1 => Err(ProxyError::UpstreamAfterRetries(e)),
-            e => Err(e),
-        },
+        Err(ProxyError::Upstream(e)) if tried.count() > 1 => Err(ProxyError::UpstreamAfterRetries(e)),
+        Err(e) => Err(e),
     }
 }
 

@@ -1,10 +1,12 @@
 //! The wait for the upstream's answer as a tower layer: the first of the route timeout, the
 //! stream's maximum duration and the idle timeout before the response headers ends it, and the
-//! error says which one did.
+//! error says which one did. The same layer bounds each attempt by the retry policy's per-try
+//! timeout, counted from the attempt's start.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
@@ -19,46 +21,63 @@ pub enum Expiry {
     Idle,
 }
 
-/// A deadline-bound call's failure: the inner service's, or the limit that passed first.
+/// The retry policy's per-try timeout (or per-try idle timeout) passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerTry;
+
+/// A deadline-bound call's failure: the inner service's, or the limit (`X`) that passed first.
 #[derive(Debug)]
-pub enum Deadlined<E> {
+pub enum Deadlined<E, X = Expiry> {
     Inner(E),
-    Expired(Expiry),
+    Expired(X),
 }
 
-/// Bounds a service's calls by the earliest of some limits.
+/// When a call has to be done by.
 #[derive(Debug, Clone, Copy)]
-pub struct DeadlineLayer {
-    first: Option<(Instant, Expiry)>,
+enum Limit {
+    At(Instant),
+    /// This long after the call starts.
+    After(Duration),
 }
 
-impl DeadlineLayer {
+/// Bounds a service's calls by the earliest of some limits, each named by an `X`.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadlineLayer<X = Expiry> {
+    first: Option<(Limit, X)>,
+}
+
+impl<X: Copy> DeadlineLayer<X> {
     /// The earliest of `limits` (none set: no bound).
-    pub fn new(limits: impl IntoIterator<Item = (Option<Instant>, Expiry)>) -> Self {
+    pub fn new(limits: impl IntoIterator<Item = (Option<Instant>, X)>) -> Self {
         let first = limits.into_iter().filter_map(|(at, kind)| Some((at?, kind))).min_by_key(|(at, _)| *at);
-        DeadlineLayer { first }
+        DeadlineLayer { first: first.map(|(at, kind)| (Limit::At(at), kind)) }
+    }
+
+    /// Each call bounded by `limit` from its own start (none: no bound).
+    pub fn per_call(limit: Option<Duration>, kind: X) -> Self {
+        DeadlineLayer { first: limit.map(|limit| (Limit::After(limit), kind)) }
     }
 }
 
-impl<S> Layer<S> for DeadlineLayer {
-    type Service = Deadline<S>;
+impl<S, X: Copy> Layer<S> for DeadlineLayer<X> {
+    type Service = Deadline<S, X>;
 
-    fn layer(&self, inner: S) -> Deadline<S> {
+    fn layer(&self, inner: S) -> Deadline<S, X> {
         Deadline { inner, first: self.first }
     }
 }
 
 /// `S` bound by a deadline.
-#[derive(Debug, Clone)]
-pub struct Deadline<S> {
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline<S, X = Expiry> {
     inner: S,
-    first: Option<(Instant, Expiry)>,
+    first: Option<(Limit, X)>,
 }
 
-impl<S: Service<R>, R> Service<R> for Deadline<S> {
+impl<S: Service<R>, R, X: Copy> Service<R> for Deadline<S, X> {
     type Response = S::Response;
-    type Error = Deadlined<S::Error>;
-    type Future = DeadlineFuture<S::Future>;
+    type Error = Deadlined<S::Error, X>;
+    type Future = DeadlineFuture<S::Future, X>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Deadlined::Inner)
@@ -67,7 +86,13 @@ impl<S: Service<R>, R> Service<R> for Deadline<S> {
     fn call(&mut self, request: R) -> Self::Future {
         let inner = self.inner.call(request);
         match self.first {
-            Some((at, expiry)) => DeadlineFuture::Bounded { inner, sleep: tokio::time::sleep_until(at), expiry },
+            Some((limit, expiry)) => {
+                let sleep = match limit {
+                    Limit::At(at) => tokio::time::sleep_until(at),
+                    Limit::After(limit) => tokio::time::sleep(limit),
+                };
+                DeadlineFuture::Bounded { inner, sleep, expiry }
+            }
             None => DeadlineFuture::Unbounded { inner },
         }
     }
@@ -76,13 +101,13 @@ impl<S: Service<R>, R> Service<R> for Deadline<S> {
 pin_project_lite::pin_project! {
     /// The inner call, unless its deadline passes first.
     #[project = Projected]
-    pub enum DeadlineFuture<F> {
+    pub enum DeadlineFuture<F, X> {
         Bounded {
             #[pin]
             inner: F,
             #[pin]
             sleep: Sleep,
-            expiry: Expiry,
+            expiry: X,
         },
         Unbounded {
             #[pin]
@@ -91,8 +116,8 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F: Future<Output = Result<T, E>>, T, E> Future for DeadlineFuture<F> {
-    type Output = Result<T, Deadlined<E>>;
+impl<F: Future<Output = Result<T, E>>, T, E, X: Copy> Future for DeadlineFuture<F, X> {
+    type Output = Result<T, Deadlined<E, X>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
@@ -139,5 +164,24 @@ mod tests {
         assert_eq!(Instant::now() - started, Duration::from_secs(1 + 2 + 5));
         let unbounded = DeadlineLayer::new([(None, Expiry::Route)]).layer(slow).oneshot(Duration::from_secs(60)).await;
         assert!(unbounded.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_per_call_limit_counts_from_each_call() {
+        let slow = tower::service_fn(|wait: Duration| async move {
+            tokio::time::sleep(wait).await;
+            Ok::<_, ()>(wait)
+        });
+        let mut limited = DeadlineLayer::per_call(Some(Duration::from_secs(2)), PerTry).layer(slow);
+        // The layer is made long before the calls: each still gets its 2 s.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let answer = limited.ready().await.unwrap().call(Duration::from_secs(1)).await;
+        assert!(matches!(answer, Ok(d) if d == Duration::from_secs(1)));
+        let started = Instant::now();
+        let answer = limited.ready().await.unwrap().call(Duration::from_secs(3)).await;
+        assert!(matches!(answer, Err(Deadlined::Expired(PerTry))));
+        assert_eq!(Instant::now() - started, Duration::from_secs(2));
+        let unlimited = DeadlineLayer::per_call(None, PerTry).layer(slow).oneshot(Duration::from_secs(60)).await;
+        assert!(unlimited.is_ok());
     }
 }

@@ -1,12 +1,14 @@
 //! The HTTP filters ahead of the router as a tower stack: each filter of the connection manager is a
 //! [`tower::Layer`] (`local_ratelimit/layer.rs`, `fault/layer.rs`, `rbac/layer.rs`) over the rest
 //! of the chain ([`Chain`]), in the order the connection manager lists them with the router at the
-//! bottom. Envoy's filter order is configuration, so each filter's future is boxed at its stage
-//! boundary; a connection manager without filters has no chain.
+//! bottom. Envoy's filter order is configuration, so a filter's future is boxed at its stage
+//! boundary (unless the filter passed the request on with nothing to do on its response); a
+//! connection manager without filters has no chain.
 
 use super::{FilterConfig, FilterOverrides, HttpFilter};
 use crate::http::ProxyError;
 use crate::http::proxy::{Downstream, ResponseBody, Selected};
+use futures_util::future::Either;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::pin::Pin;
@@ -42,9 +44,12 @@ pub type Answer = Result<Response<ResponseBody>, ProxyError>;
 /// A stage's answer in the making, boxed at the stage boundary.
 pub type BoxAnswer<'a> = Pin<Box<dyn Future<Output = Answer> + Send + 'a>>;
 
+/// The chain's answer in the making: the router's own future, or a filter's boxed one.
+pub type ChainAnswer<'a, F> = Either<F, BoxAnswer<'a>>;
+
 /// The connection manager's filters over a router `R`, as one service: a call runs the first filter
 /// (its tower layer over the chain of the rest), the chain ends at the router. Built per request
-/// from references (no allocation); each filter's answer and the router's are boxed futures.
+/// from references (no allocation); a filter's answer is a boxed future, the router's is its own.
 pub struct Chain<'a, R> {
     filters: &'a [HttpFilter],
     table: &'a FilterOverrides,
@@ -70,37 +75,37 @@ impl<R: Copy> Copy for Chain<'_, R> {}
 
 impl<'a, R> Service<Filtering<'a>> for Chain<'a, R>
 where
-    R: Service<Filtering<'a>, Response = Response<ResponseBody>, Error = ProxyError, Future = BoxAnswer<'a>>
-        + Copy
-        + Send
-        + Unpin
-        + 'a,
+    R: Service<Filtering<'a>, Response = Response<ResponseBody>, Error = ProxyError> + Copy + Send + Unpin + 'a,
+    R::Future: Send + Unpin + 'a,
 {
     type Response = Response<ResponseBody>;
     type Error = ProxyError;
-    type Future = BoxAnswer<'a>;
+    type Future = ChainAnswer<'a, R::Future>;
 
     /// The router and every filter are always ready (a filter refuses a request by answering it).
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Filtering<'a>) -> BoxAnswer<'a> {
+    fn call(&mut self, request: Filtering<'a>) -> Self::Future {
+        use super::local_ratelimit::layer::{RateLimitLayer, ResponseFuture};
         let Some((filter, rest)) = self.filters.split_first() else {
-            return self.router.call(request);
+            return Either::Left(self.router.call(request));
         };
         let mut next = Chain { filters: rest, ..*self };
         let table = self.table;
         match &filter.config {
-            FilterConfig::LocalRateLimit(_) => {
-                Box::pin(super::local_ratelimit::layer::RateLimitLayer::new(filter, table).layer(next).call(request))
-            }
+            FilterConfig::LocalRateLimit(_) => match RateLimitLayer::new(filter, table).layer(next).call(request) {
+                // No headers to add: the rest of the chain's answer is the filter's.
+                ResponseFuture::Passed { inner, headers: None } => inner,
+                limiting => Either::Right(Box::pin(limiting)),
+            },
             FilterConfig::Fault(_) => {
-                Box::pin(super::fault::layer::FaultLayer::new(filter, table).layer(next).call(request))
+                Either::Right(Box::pin(super::fault::layer::FaultLayer::new(filter, table).layer(next).call(request)))
             }
             FilterConfig::Rbac(_) => {
                 let layer = super::rbac::layer::RbacLayer::new(filter, table, self.downstream);
-                Box::pin(layer.layer(next).call(request))
+                Either::Right(Box::pin(layer.layer(next).call(request)))
             }
             FilterConfig::Disabled => next.call(request),
         }

@@ -160,7 +160,7 @@ pub fn send(cluster: Arc<Cluster>, request: Request<RequestBody>) {
         };
         cluster.stats.rq_total.increment(1);
         let _in_flight = endpoint.start_request();
-        match endpoint.pool.send(request, &cluster, false).await {
+        match Arc::clone(&endpoint.pool).send(request, &cluster, false).await {
             Ok(UpstreamResponse::Pooled(response)) => {
                 cluster.stats.rq_xx.record(response.status().as_u16());
                 let _ = response.into_body().collect().await;

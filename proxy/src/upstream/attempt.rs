@@ -1,6 +1,6 @@
-//! One attempt at an upstream exchange, as a tower `Service`: pick an endpoint of the cluster (one
-//! not tried yet by this request, when the retry policy asks for that) and send the request through
-//! that endpoint's pool. The retry layer calls it once per attempt.
+//! One attempt at an upstream exchange: pick an endpoint of the cluster (one not tried yet by this
+//! request, when the retry policy asks for that) and send the request through that endpoint's pool.
+//! The retry layer calls it once per attempt.
 
 use super::outlier::Outcome;
 use super::pool::{DownstreamBody, RequestBody, UpstreamResponse};
@@ -10,7 +10,6 @@ use crate::policy::retry::body::ReplayBody;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 /// A request whose body a retry can send again.
 pub type UpstreamRequest = http::Request<ReplayBody<DownstreamBody>>;
@@ -92,32 +91,31 @@ impl Attempt<'_> {
     }
 }
 
-impl<'a> tower::Service<UpstreamRequest> for Attempt<'a> {
-    type Response = Attempted;
-    type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Attempted, ProxyError>> + Send + 'a>>;
+/// An attempt's answer in the making, boxed: it is moved as the retry layer's state changes, and
+/// the request's own future stays the size of one without retries.
+pub type Sending<'a> = Pin<Box<dyn Future<Output = Result<Attempted, ProxyError>> + Send + 'a>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: UpstreamRequest) -> Self::Future {
-        let picked = self.pick();
+impl<'a> Attempt<'a> {
+    /// Sends one attempt. The pool's future is made here and the rest of the attempt is a map
+    /// over it, so the box does not also hold the request it sends. As a tower service (the retry
+    /// layer's) it is `tower::service_fn(move |request| attempt.send(request))`.
+    pub fn send(self, request: UpstreamRequest) -> Sending<'a> {
+        use futures_util::FutureExt;
         let cluster = self.cluster;
-        Box::pin(async move {
-            let Some(endpoint) = picked else {
-                cluster.stats.cx_none_healthy.increment(1);
-                return Err(ProxyError::NoHealthyUpstream);
-            };
-            let _in_flight = endpoint.start_request();
-            let request = request.map(RequestBody::Replayed);
-            let started = cluster.attempt_clock();
-            let result = endpoint.pool.send(request, cluster, false).await;
+        let Some(endpoint) = self.pick() else {
+            cluster.stats.cx_none_healthy.increment(1);
+            return Box::pin(std::future::ready(Err(ProxyError::NoHealthyUpstream)));
+        };
+        let in_flight = endpoint.start_request();
+        let started = cluster.attempt_clock();
+        let sending = Arc::clone(&endpoint.pool).send(request.map(RequestBody::Replayed), cluster, false);
+        Box::pin(sending.map(move |result| {
+            drop(in_flight);
             cluster.report_attempt(&endpoint, Outcome::of(&result), started);
             match result {
                 Ok(response) => Ok(Attempted { response, endpoint }),
                 Err(e) => Err(e.into()),
             }
-        })
+        }))
     }
 }

@@ -417,9 +417,10 @@ impl Pool {
     ///
     /// The future stays small, being part of every request's: connecting is the rare path and boxed,
     /// and it is not an `async fn`, which would hold the request twice (as argument and as local).
+    /// It owns its handle on the pool, so a caller can make it before the attempt's own future.
     #[allow(clippy::manual_async_fn)]
     pub fn send<'a>(
-        self: &'a Arc<Self>,
+        self: Arc<Self>,
         mut req: Request<RequestBody>,
         cluster: &'a Cluster,
         upgrade: bool,
@@ -488,7 +489,7 @@ impl Pool {
                 match sender.try_send_request(req).await {
                     Ok(resp) => {
                         let (parts, inner) = resp.into_parts();
-                        let checkin = Some(Checkin { sender, lifetime, pool: Arc::downgrade(self) });
+                        let checkin = Some(Checkin { sender, lifetime, pool: Arc::downgrade(&self) });
                         let mut body = PooledBody { inner, checkin, slot: None, stream: None };
                         if body.inner.is_end_stream() {
                             // An empty body (HEAD, 204, 304, content-length: 0) is never polled.

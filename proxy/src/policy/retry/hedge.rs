@@ -5,14 +5,14 @@
 //! running when one wins are dropped, which resets them (Envoy's behaviour, checked against it).
 
 use super::Retries;
+use crate::http::ProxyError;
 use crate::upstream::attempt::{Attempt, Attempted, UpstreamRequest};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::pin::Pin;
 use std::time::Duration;
-use tower::ServiceExt;
 use tower::retry::Policy;
 
-type Outcome = Result<Attempted, tower::BoxError>;
+type Outcome = Result<Attempted, ProxyError>;
 
 /// Sends `request` with hedged attempts every `per_try` until one answers for good; the answer (or
 /// the last failure) is the result.
@@ -23,7 +23,7 @@ pub async fn hedged(
     per_try: Duration,
 ) -> Outcome {
     let mut running = FuturesUnordered::new();
-    let send = |copy: UpstreamRequest| async move { attempt.oneshot(copy).await.map_err(tower::BoxError::from) };
+    let send = |copy: UpstreamRequest| attempt.send(copy);
     match retries.clone_request(&request) {
         Some(copy) => running.push(send(copy)),
         // A body too big to send twice: one attempt, no hedge.
@@ -49,7 +49,7 @@ pub async fn hedged(
             }
             () = fire(&mut hedge_at), if next_attempt.is_none() => {
                 hedge_at = None;
-                let mut timed_out: Outcome = Err(Box::new(tower::timeout::error::Elapsed::new()));
+                let mut timed_out: Outcome = Err(ProxyError::UpstreamPerTryTimeout);
                 if let Some(back_off) = retries.retry(&mut request, &mut timed_out) {
                     next_attempt = Some(Box::pin(back_off));
                 }
@@ -63,7 +63,8 @@ pub async fn hedged(
             }
         }
         if running.is_empty() && next_attempt.is_none() {
-            return last.unwrap_or_else(|| Err("no attempt could be made".into()));
+            // Every attempt that ran has answered (`last`); without one, the hedges timed out.
+            return last.unwrap_or(Err(ProxyError::UpstreamPerTryTimeout));
         }
     }
 }

@@ -280,32 +280,22 @@ impl<'a> Retries<'a> {
 }
 
 /// An attempt's error as it comes out of the per-try timeout: the attempt's own, or the timeout.
-pub fn attempt_error(e: tower::BoxError) -> ProxyError {
-    match e.downcast::<ProxyError>() {
-        Ok(e) => *e,
-        Err(_) => ProxyError::UpstreamPerTryTimeout,
+pub fn attempt_error(e: crate::policy::deadline::Deadlined<ProxyError, crate::policy::deadline::PerTry>) -> ProxyError {
+    match e {
+        crate::policy::deadline::Deadlined::Inner(e) => e,
+        crate::policy::deadline::Deadlined::Expired(_) => ProxyError::UpstreamPerTryTimeout,
     }
 }
 
-/// [`attempt_error`] without taking the error.
-fn is_retriable_error(policy: &RetryPolicy, e: &tower::BoxError) -> bool {
-    match e.downcast_ref::<ProxyError>() {
-        Some(e) => policy.retries_error(e),
-        None => policy.retries_error(&ProxyError::UpstreamPerTryTimeout),
-    }
-}
-
-impl tower::retry::Policy<UpstreamRequest, Attempted, tower::BoxError> for Retries<'_> {
+impl tower::retry::Policy<UpstreamRequest, Attempted, ProxyError> for Retries<'_> {
     type Future = tokio::time::Sleep;
 
     fn retry(
         &mut self,
         request: &mut UpstreamRequest,
-        result: &mut Result<Attempted, tower::BoxError>,
+        result: &mut Result<Attempted, ProxyError>,
     ) -> Option<Self::Future> {
-        if let Err(e) = result
-            && e.is::<tower::timeout::error::Elapsed>()
-        {
+        if let Err(ProxyError::UpstreamPerTryTimeout) = result {
             match self.policy.attempt_limit() {
                 Some((_, true)) => self.stats().rq_per_try_idle_timeout.increment(1),
                 _ => self.stats().rq_per_try_timeout.increment(1),
@@ -318,7 +308,7 @@ impl tower::retry::Policy<UpstreamRequest, Attempted, tower::BoxError> for Retri
             Ok(attempted) => {
                 self.policy.retries_response(attempted.response.status().as_u16(), attempted.response.headers())
             }
-            Err(e) => is_retriable_error(self.policy, e),
+            Err(e) => self.policy.retries_error(e),
         };
         if !retriable {
             if self.done > 0 && result.is_ok() {
