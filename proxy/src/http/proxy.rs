@@ -116,18 +116,22 @@ enum Step {
     Forward(Exchange),
 }
 
-/// Handles one request with the connection manager from `snapshot` (loaded once for the request).
+/// Handles one request on `connection`, with the connection manager of the newest snapshot (loaded
+/// once for the request). Its error type is `Infallible`: every failure is answered.
 ///
-/// The future stays small (it lives in every downstream connection and every HTTP/2 stream task):
-/// routing runs synchronously and only the upstream exchange is awaited.
-pub fn handle(
+/// One future for the whole request, boxed once by the connection: routing runs without awaiting
+/// (its locals take no room in the future) and only the upstream exchange is awaited. A future
+/// nested in another's `async` block would be copied whole each time it moves in.
+pub async fn handle(
     req: Request<Incoming>,
-    downstream: &Downstream,
-    snapshot: &Snapshot,
-    hcm: &HttpConnectionManager,
-) -> impl Future<Output = Response<ResponseBody>> + Send {
+    connection: Arc<super::server::Connection>,
+) -> Result<Response<ResponseBody>, std::convert::Infallible> {
+    let _stream = connection.stream();
+    let snapshot = connection.snapshot();
+    let (downstream, hcm) = (connection.downstream(), connection.manager(&snapshot));
+    let snapshot = &*snapshot;
     hcm.stats.rq_total.increment(1);
-    let active = GaugeGuard::new(&hcm.stats.rq_active);
+    let _active = GaugeGuard::new(&hcm.stats.rq_active);
     let received = (!hcm.access_logs.is_empty()).then(|| {
         Box::new(Received {
             start: Instant::now(),
@@ -141,43 +145,40 @@ pub fn handle(
     let mut outcome = Outcome { arrived: Some(tokio::time::Instant::now()), ..Outcome::default() };
     let grpc = crate::routing::is_grpc(req.headers());
     let routed = route(req, downstream, snapshot, hcm, &mut outcome, grpc);
-    async move {
-        let _active = active;
-        let mut response = match routed {
-            Err(err) => local_reply(err, hcm, grpc),
-            Ok(routed) => {
-                let (mut response, vhost, route) = match routed {
-                    Routed::Step(step, vhost, route) => (answer(step, hcm, grpc).await, vhost, route),
-                    Routed::Filter(request, selected) => {
-                        let (vhost, route) = (selected.vhost, selected.route);
-                        let router = (downstream, snapshot, hcm, grpc);
-                        let handoff = Handoff { outcome: std::mem::take(&mut outcome), ..Handoff::default() };
-                        let handoff = std::sync::Mutex::new(handoff);
-                        let answer = through_filters(Filtering { request, selected }, router, &handoff).await;
-                        outcome = handoff.into_inner().unwrap_or_else(|e| e.into_inner()).outcome;
-                        (answer.unwrap_or_else(|err| local_reply(err, hcm, grpc)), vhost, route)
-                    }
-                };
-                for level in hcm.routes.mutations(vhost, route, false) {
-                    level.apply(response.headers_mut());
+    let mut response = match routed {
+        Err(err) => local_reply(err, hcm, grpc),
+        Ok(routed) => {
+            let (mut response, vhost, route) = match routed {
+                Routed::Step(step, vhost, route) => (answer(step, hcm, grpc).await, vhost, route),
+                Routed::Filter(request, selected) => {
+                    let (vhost, route) = (selected.vhost, selected.route);
+                    let router = (downstream, snapshot, hcm, grpc);
+                    let handoff = Handoff { outcome: std::mem::take(&mut outcome), ..Handoff::default() };
+                    let handoff = std::sync::Mutex::new(handoff);
+                    let answer = through_filters(Filtering { request, selected }, router, &handoff).await;
+                    outcome = handoff.into_inner().unwrap_or_else(|e| e.into_inner()).outcome;
+                    (answer.unwrap_or_else(|err| local_reply(err, hcm, grpc)), vhost, route)
                 }
-                response
+            };
+            for level in hcm.routes.mutations(vhost, route, false) {
+                level.apply(response.headers_mut());
             }
-        };
-        let status = response.status().as_u16();
-        hcm.stats.rq_xx.record(status);
-        response.headers_mut().insert(header::SERVER, hcm.server_name.clone());
-        if let Some(cookie) = outcome.set_cookie.take() {
-            response.headers_mut().append(header::SET_COOKIE, cookie);
+            response
         }
-        if let Some(id) = outcome.request_id.take().filter(|_| hcm.always_set_request_id_in_response) {
-            response.headers_mut().insert(forwarding::X_REQUEST_ID.clone(), id);
-        }
-        if let Some(received) = received {
-            log(hcm, &received, &response, &outcome, downstream);
-        }
-        response
+    };
+    let status = response.status().as_u16();
+    hcm.stats.rq_xx.record(status);
+    response.headers_mut().insert(header::SERVER, hcm.server_name.clone());
+    if let Some(cookie) = outcome.set_cookie.take() {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
     }
+    if let Some(id) = outcome.request_id.take().filter(|_| hcm.always_set_request_id_in_response) {
+        response.headers_mut().insert(forwarding::X_REQUEST_ID.clone(), id);
+    }
+    if let Some(received) = received {
+        log(hcm, &received, &response, &outcome, downstream);
+    }
+    Ok(response)
 }
 
 fn log(

@@ -5,7 +5,7 @@
 use super::detect::{Prefixed, opens_with_http2_preface, read_http2_preface};
 use super::proxy::{self, Downstream};
 use super::{Codec, HttpConnectionManager};
-use crate::snapshot::SharedSnapshot;
+use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::telemetry::ConnectionGuard;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -36,7 +36,7 @@ impl Activity {
 }
 
 /// Per-connection state shared by its requests.
-struct Connection {
+pub struct Connection {
     activity: Activity,
     downstream: Downstream,
     shared: SharedSnapshot,
@@ -44,7 +44,36 @@ struct Connection {
     initial: Arc<HttpConnectionManager>,
 }
 
-struct StreamGuard<'a>(&'a Activity);
+impl Connection {
+    /// Counts a request (a stream) on the connection, for its idle timeout, until the guard drops.
+    pub fn stream(&self) -> StreamGuard<'_> {
+        self.activity.active_streams.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(&self.activity)
+    }
+
+    /// The newest config; a request keeps the one it started with.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.load_full()
+    }
+
+    /// The connection's manager in `snapshot`: its filter chain's, or the one the connection was
+    /// accepted with if its listener or filter chain has gone since.
+    pub fn manager<'a>(&'a self, snapshot: &'a Snapshot) -> &'a HttpConnectionManager {
+        let downstream = &self.downstream;
+        snapshot
+            .listener(&downstream.listener)
+            .filter(|l| l.chains.get(downstream.chain).is_some_and(|ch| ch.name == downstream.chain_name))
+            .and_then(|l| l.http(downstream.chain))
+            .unwrap_or(&self.initial)
+    }
+
+    pub fn downstream(&self) -> &Downstream {
+        &self.downstream
+    }
+}
+
+/// A request in flight on a connection.
+pub struct StreamGuard<'a>(&'a Activity);
 
 impl Drop for StreamGuard<'_> {
     fn drop(&mut self) {
@@ -122,21 +151,10 @@ pub async fn serve(
     let service = {
         let connection = connection.clone();
         service_fn(move |req| {
-            let c = connection.clone();
             // Boxed: hyper keeps room for one request's future for as long as the connection is
             // open, and an idle keep-alive connection should not carry a request's worth of state.
-            let request: Pin<Box<dyn Future<Output = Result<_, Infallible>> + Send>> = Box::pin(async move {
-                c.activity.active_streams.fetch_add(1, Ordering::Relaxed);
-                let _guard = StreamGuard(&c.activity);
-                // One snapshot for the whole request; routes follow the newest config.
-                let snapshot = c.shared.load_full();
-                let hcm = snapshot
-                    .listener(&c.downstream.listener)
-                    .filter(|l| l.chains.get(c.downstream.chain).is_some_and(|ch| ch.name == c.downstream.chain_name))
-                    .and_then(|l| l.http(c.downstream.chain))
-                    .unwrap_or(&c.initial);
-                Ok(proxy::handle(req, &c.downstream, &snapshot, hcm).await)
-            });
+            let request: Pin<Box<dyn Future<Output = Result<_, Infallible>> + Send>> =
+                Box::pin(proxy::handle(req, connection.clone()));
             request
         })
     };
