@@ -18,7 +18,6 @@ use crate::snapshot::Snapshot;
 use crate::telemetry::GaugeGuard;
 use crate::telemetry::access_log::LogRecord;
 use crate::upstream::attempt::{Attempt, TriedHosts, UpstreamRequest};
-use crate::upstream::outlier;
 use crate::upstream::pool::{DownstreamBody, PooledBody, RequestBody, UpstreamResponse};
 use crate::upstream::{Cluster, Endpoint, UpstreamProtocol};
 use bytes::Bytes;
@@ -121,64 +120,68 @@ enum Step {
 ///
 /// One future for the whole request, boxed once by the connection: routing runs without awaiting
 /// (its locals take no room in the future) and only the upstream exchange is awaited. A future
-/// nested in another's `async` block would be copied whole each time it moves in.
-pub async fn handle(
+/// nested in another's `async` block would be copied whole each time it moves in, and an `async fn`
+/// would hold the request twice (as argument and as local).
+#[allow(clippy::manual_async_fn)]
+pub fn handle(
     req: Request<Incoming>,
     connection: Arc<super::server::Connection>,
-) -> Result<Response<ResponseBody>, std::convert::Infallible> {
-    let _stream = connection.stream();
-    let snapshot = connection.snapshot();
-    let (downstream, hcm) = (connection.downstream(), connection.manager(&snapshot));
-    let snapshot = &*snapshot;
-    hcm.stats.rq_total.increment(1);
-    let _active = GaugeGuard::new(&hcm.stats.rq_active);
-    let received = (!hcm.access_logs.is_empty()).then(|| {
-        Box::new(Received {
-            start: Instant::now(),
-            start_time: SystemTime::now(),
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            headers: req.headers().clone(),
-            version: req.version(),
-        })
-    });
-    let mut outcome = Outcome { arrived: Some(tokio::time::Instant::now()), ..Outcome::default() };
-    let grpc = crate::routing::is_grpc(req.headers());
-    let routed = route(req, downstream, snapshot, hcm, &mut outcome, grpc);
-    let mut response = match routed {
-        Err(err) => local_reply(err, hcm, grpc),
-        Ok(routed) => {
-            let (mut response, vhost, route) = match routed {
-                Routed::Step(step, vhost, route) => (answer(step, hcm, grpc).await, vhost, route),
-                Routed::Filter(request, selected) => {
-                    let (vhost, route) = (selected.vhost, selected.route);
-                    let router = (downstream, snapshot, hcm, grpc);
-                    let handoff = Handoff { outcome: std::mem::take(&mut outcome), ..Handoff::default() };
-                    let handoff = std::sync::Mutex::new(handoff);
-                    let answer = through_filters(Filtering { request, selected }, router, &handoff).await;
-                    outcome = handoff.into_inner().unwrap_or_else(|e| e.into_inner()).outcome;
-                    (answer.unwrap_or_else(|err| local_reply(err, hcm, grpc)), vhost, route)
+) -> impl Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>> + Send + 'static {
+    async move {
+        let _stream = connection.stream();
+        let snapshot = connection.snapshot();
+        let (downstream, hcm) = (connection.downstream(), connection.manager(&snapshot));
+        let snapshot = &*snapshot;
+        hcm.stats.rq_total.increment(1);
+        let _active = GaugeGuard::new(&hcm.stats.rq_active);
+        let received = (!hcm.access_logs.is_empty()).then(|| {
+            Box::new(Received {
+                start: Instant::now(),
+                start_time: SystemTime::now(),
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                headers: req.headers().clone(),
+                version: req.version(),
+            })
+        });
+        let mut outcome = Outcome { arrived: Some(tokio::time::Instant::now()), ..Outcome::default() };
+        let grpc = crate::routing::is_grpc(req.headers());
+        let routed = route(req, downstream, snapshot, hcm, &mut outcome, grpc);
+        let mut response = match routed {
+            Err(err) => local_reply(err, hcm, grpc),
+            Ok(routed) => {
+                let (mut response, vhost, route) = match routed {
+                    Routed::Step(step, vhost, route) => (answer(step, hcm, grpc).await, vhost, route),
+                    Routed::Filter(request, selected) => {
+                        let (vhost, route) = (selected.vhost, selected.route);
+                        let router = (downstream, snapshot, hcm, grpc);
+                        let handoff = Handoff { outcome: std::mem::take(&mut outcome), ..Handoff::default() };
+                        let handoff = std::sync::Mutex::new(handoff);
+                        let answer = through_filters(Filtering { request, selected }, router, &handoff).await;
+                        outcome = handoff.into_inner().unwrap_or_else(|e| e.into_inner()).outcome;
+                        (answer.unwrap_or_else(|err| local_reply(err, hcm, grpc)), vhost, route)
+                    }
+                };
+                for level in hcm.routes.mutations(vhost, route, false) {
+                    level.apply(response.headers_mut());
                 }
-            };
-            for level in hcm.routes.mutations(vhost, route, false) {
-                level.apply(response.headers_mut());
+                response
             }
-            response
+        };
+        let status = response.status().as_u16();
+        hcm.stats.rq_xx.record(status);
+        response.headers_mut().insert(header::SERVER, hcm.server_name.clone());
+        if let Some(cookie) = outcome.set_cookie.take() {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
         }
-    };
-    let status = response.status().as_u16();
-    hcm.stats.rq_xx.record(status);
-    response.headers_mut().insert(header::SERVER, hcm.server_name.clone());
-    if let Some(cookie) = outcome.set_cookie.take() {
-        response.headers_mut().append(header::SET_COOKIE, cookie);
+        if let Some(id) = outcome.request_id.take().filter(|_| hcm.always_set_request_id_in_response) {
+            response.headers_mut().insert(forwarding::X_REQUEST_ID.clone(), id);
+        }
+        if let Some(received) = received {
+            log(hcm, &received, &response, &outcome, downstream);
+        }
+        Ok(response)
     }
-    if let Some(id) = outcome.request_id.take().filter(|_| hcm.always_set_request_id_in_response) {
-        response.headers_mut().insert(forwarding::X_REQUEST_ID.clone(), id);
-    }
-    if let Some(received) = received {
-        log(hcm, &received, &response, &outcome, downstream);
-    }
-    Ok(response)
 }
 
 fn log(
@@ -766,23 +769,17 @@ fn forward(
     }
 }
 
-/// Sends the request to the endpoint picked for it, or under its retry policy. The pool's future
-/// is made at once and mapped, so the exchange's future does not hold the request twice.
+/// Sends the request to the endpoint picked for it, or under its retry policy.
 fn send<'a>(
     upstream: Upstream,
     cluster: &'a Arc<Cluster>,
     tried: &'a TriedHosts,
     upgrade: bool,
 ) -> impl Future<Output = Result<UpstreamResponse, ProxyError>> + Send + 'a {
-    use futures_util::future::{Either, FutureExt};
+    use futures_util::future::Either;
     match upstream {
         Upstream::Endpoint(endpoint, request) => {
-            let in_flight = endpoint.start_request();
-            let started = cluster.attempt_clock();
-            let sending = Arc::clone(&endpoint.pool).send(request, cluster, upgrade);
-            Either::Left(sending.map(move |result| {
-                drop(in_flight);
-                cluster.report_attempt(&endpoint, outlier::Outcome::of(&result), started);
+            Either::Left(crate::upstream::attempt::send_to(cluster, endpoint, request, upgrade, |result, _| {
                 result.map_err(ProxyError::from)
             }))
         }

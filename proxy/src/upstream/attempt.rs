@@ -4,7 +4,7 @@
 
 use super::outlier::Outcome;
 use super::pool::{DownstreamBody, RequestBody, UpstreamResponse};
-use super::{Cluster, Endpoint};
+use super::{Cluster, Endpoint, UpstreamError};
 use crate::http::ProxyError;
 use crate::policy::retry::body::ReplayBody;
 use std::net::SocketAddr;
@@ -100,22 +100,41 @@ impl<'a> Attempt<'a> {
     /// over it, so the box does not also hold the request it sends. As a tower service (the retry
     /// layer's) it is `tower::service_fn(move |request| attempt.send(request))`.
     pub fn send(self, request: UpstreamRequest) -> Sending<'a> {
-        use futures_util::FutureExt;
         let cluster = self.cluster;
         let Some(endpoint) = self.pick() else {
             cluster.stats.cx_none_healthy.increment(1);
             return Box::pin(std::future::ready(Err(ProxyError::NoHealthyUpstream)));
         };
-        let in_flight = endpoint.start_request();
-        let started = cluster.attempt_clock();
-        let sending = Arc::clone(&endpoint.pool).send(request.map(RequestBody::Replayed), cluster, false);
-        Box::pin(sending.map(move |result| {
-            drop(in_flight);
-            cluster.report_attempt(&endpoint, Outcome::of(&result), started);
-            match result {
+        Box::pin(send_to(
+            cluster,
+            endpoint,
+            request.map(RequestBody::Replayed),
+            false,
+            |result, endpoint| match result {
                 Ok(response) => Ok(Attempted { response, endpoint }),
                 Err(e) => Err(e.into()),
-            }
-        }))
+            },
+        ))
     }
+}
+
+/// Sends `request` to `endpoint` of `cluster`: counted as in flight at the endpoint until the
+/// response comes, and reported for outlier detection and peak-EWMA balancing; `answer` makes the
+/// caller's answer of it. The pool's future is made at once and mapped, so the caller's future
+/// does not also hold the request.
+pub fn send_to<'a, T>(
+    cluster: &'a Cluster,
+    endpoint: Arc<Endpoint>,
+    request: http::Request<RequestBody>,
+    upgrade: bool,
+    answer: impl FnOnce(Result<UpstreamResponse, UpstreamError>, Arc<Endpoint>) -> T + Send + 'a,
+) -> impl Future<Output = T> + Send + 'a {
+    use futures_util::FutureExt;
+    let in_flight = endpoint.start_request();
+    let started = cluster.attempt_clock();
+    Arc::clone(&endpoint.pool).send(request, cluster, upgrade).map(move |result| {
+        drop(in_flight);
+        cluster.report_attempt(&endpoint, Outcome::of(&result), started);
+        answer(result, endpoint)
+    })
 }

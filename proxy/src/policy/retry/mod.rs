@@ -8,6 +8,7 @@ pub mod headers;
 pub mod hedge;
 
 use crate::http::ProxyError;
+use crate::policy::deadline::{Deadlined, PerTry};
 use crate::routing::matcher::HeaderMatcher;
 use crate::telemetry::ClusterStats;
 use crate::upstream::attempt::{Attempted, TriedHosts, UpstreamRequest};
@@ -280,10 +281,10 @@ impl<'a> Retries<'a> {
 }
 
 /// An attempt's error as it comes out of the per-try timeout: the attempt's own, or the timeout.
-pub fn attempt_error(e: crate::policy::deadline::Deadlined<ProxyError, crate::policy::deadline::PerTry>) -> ProxyError {
+pub fn attempt_error(e: Deadlined<ProxyError, PerTry>) -> ProxyError {
     match e {
-        crate::policy::deadline::Deadlined::Inner(e) => e,
-        crate::policy::deadline::Deadlined::Expired(_) => ProxyError::UpstreamPerTryTimeout,
+        Deadlined::Inner(e) => e,
+        Deadlined::Expired(PerTry) => ProxyError::UpstreamPerTryTimeout,
     }
 }
 
