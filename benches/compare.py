@@ -302,7 +302,8 @@ def main():
     finally:
         for t in targets.values():
             t.stop()
-        upstream.kill()
+        # SIGTERM: nginx's master stops its workers too (after SIGKILL they would linger).
+        upstream.terminate()
         upstream.wait()
     report = render_report(results, [label for label, _ in tests], args)
     print(report)

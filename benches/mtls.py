@@ -178,7 +178,8 @@ def main():
                     client.stop()
                     server.stop()
     finally:
-        upstream.kill()
+        # SIGTERM: nginx's master stops its workers too (after SIGKILL they would linger).
+        upstream.terminate()
         upstream.wait()
     lines = ["", "| mTLS between two sidecars | strait | envoy | strait / envoy |", "|---|---|---|---|"]
     def row(label, mode, key, fmt="{:,.0f}"):

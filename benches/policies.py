@@ -144,7 +144,8 @@ def main():
                     print(f"{name:7} side by side: {without:,.0f} req per CPU-s without policies, {with_:,.0f} with, "
                           f"cost {(1 - with_ / without) * 100:.1f}%", flush=True)
     finally:
-        upstream.kill()
+        # SIGTERM: nginx's master stops its workers too (after SIGKILL they would linger).
+        upstream.terminate()
         upstream.wait()
     lines = ["", "| proxy | req per CPU-s without policies (best round) | with timeout + retry policy + rate limit "
              "(best round) | cost, side by side (median) | cost, alternating best rounds | "
