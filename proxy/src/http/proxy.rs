@@ -447,7 +447,9 @@ fn act(
         }
         Action::Forward(forward) => {
             let at = (vhost, route, internal);
-            let cluster_name = cluster_name.unwrap_or_else(|| forward.target.pick(req.headers()));
+            // Drawn once, when the route was chosen (`route` names one for every forwarding route),
+            // so the filters and the exchange agree on a weighted split's cluster.
+            let cluster_name = cluster_name.unwrap_or_default();
             match prepare(req, downstream, snapshot, hcm, at, (forward, &cluster_name), (&authority, &path), outcome) {
                 Ok(exchange) => Step::Forward(exchange),
                 Err(err) => Step::Reply(local_reply(err, hcm, grpc)),
