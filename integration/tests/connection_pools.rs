@@ -128,3 +128,60 @@ async fn connections_end_after_their_requests_idle_time_or_age_as_in_envoy() {
         }
     }
 }
+
+/// An upstream that answers every request on a connection with `200 ok`, and closes a connection
+/// 200 ms after it went quiet (as a server's keep-alive timeout does). Counts the connections.
+async fn quickly_closing_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), socket.read(&mut buf)).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if socket.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// An idle upstream connection that its upstream closes stops counting at once
+/// (`upstream_cx_active` back to 0, as in Envoy), and the next request opens a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_its_upstream_closes_is_let_go_at_once() {
+    let (upstream, accepted) = quickly_closing_upstream().await;
+    let (port, admin) = (free_port(), free_port());
+    let routes =
+        one_virtual_host("              - match: { prefix: / }\n                route: { cluster: closing }\n");
+    let strait =
+        Proxy::start(&http_bootstrap(admin, port, "", &routes, &static_cluster("closing", &[upstream], "")), admin)
+            .await;
+    let active = "envoy_cluster_upstream_cx_active{envoy_cluster_name=\"closing\"}";
+    requests(port, "/", 2).await;
+    assert_eq!(strait.stat(active).await, 1.0, "one connection, reused");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while strait.stat(active).await != 0.0 {
+        assert!(std::time::Instant::now() < deadline, "the connection its upstream closed still counts as open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    requests(port, "/", 1).await;
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2, "a new connection after the close");
+    assert_eq!(strait.stat(active).await, 1.0);
+}
