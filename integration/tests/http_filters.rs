@@ -37,6 +37,11 @@ fn fault(config: &str) -> String {
 }
 
 fn bootstrap(admin: u16, port: u16, upstream: SocketAddr) -> String {
+    bootstrap_in_order(admin, port, upstream, false)
+}
+
+/// The filters: the fault filter then the rate limit, or (`rate_limit_first`) the other way round.
+fn bootstrap_in_order(admin: u16, port: u16, upstream: SocketAddr, rate_limit_first: bool) -> String {
     let routes = [
         route(
             "/limited",
@@ -104,11 +109,13 @@ fn bootstrap(admin: u16, port: u16, upstream: SocketAddr) -> String {
     let route_config =
         route_config.replacen("              routes:\n", &format!("              routes:\n{twin_split}"), 1);
     let clusters = [static_cluster("upstream", &[upstream], ""), static_cluster("twin", &[upstream], "")].concat();
-    let filters = format!(
-        "          - name: envoy.filters.http.fault\n            typed_config: {{ \"@type\": {FAULT} }}\n\
-         \x20         - name: envoy.filters.http.local_ratelimit\n            \
+    let fault =
+        format!("          - name: envoy.filters.http.fault\n            typed_config: {{ \"@type\": {FAULT} }}\n");
+    let limit = format!(
+        "          - name: envoy.filters.http.local_ratelimit\n            \
          typed_config: {{ \"@type\": {RATELIMIT}, stat_prefix: listener_limit }}\n"
     );
+    let filters = if rate_limit_first { limit + &fault } else { fault + &limit };
     http_bootstrap_with_filters(admin, port, "", &route_config, &filters, &clusters)
 }
 
@@ -167,6 +174,14 @@ async fn sequence(client: &HttpClient, port: u16, id: &str) -> Vec<Seen> {
     out
 }
 
+/// The statuses of [`sequence`]'s answers, whichever order the filters are in.
+const EXPECTED_STATUSES: [u16; 21] =
+    [200, 200, 200, 429, 429, 200, 200, 429, 200, 200, 503, 200, 418, 200, 200, 418, 200, 418, 200, 402, 200];
+
+fn statuses(seen: &[Seen]) -> Vec<u16> {
+    seen.iter().map(|s| s.status).collect()
+}
+
 /// How long a request takes.
 async fn timed(client: &HttpClient, port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, Duration) {
     let started = Instant::now();
@@ -184,11 +199,7 @@ async fn rate_limits_and_faults_as_envoy() {
     let client = http1_client();
 
     let ours = sequence(&client, port, "strait").await;
-    let statuses: Vec<u16> = ours.iter().map(|s| s.status).collect();
-    assert_eq!(
-        statuses,
-        [200, 200, 200, 429, 429, 200, 200, 429, 200, 200, 503, 200, 418, 200, 200, 418, 200, 418, 200, 402, 200]
-    );
+    assert_eq!(statuses(&ours), EXPECTED_STATUSES);
     assert_eq!(ours[3].body, "local_rate_limited");
     assert!(ours[3].headers.contains(&("x-limited".into(), "yes".into())), "{:?}", ours[3]);
     assert!(ours[0].headers.contains(&("x-ratelimit-remaining".into(), "2".into())), "{:?}", ours[0]);
@@ -267,6 +278,37 @@ async fn rate_limits_and_faults_as_envoy() {
             ),
         ] {
             assert!(prom.contains(&line), "Envoy's name for the counter is ours: {line}");
+        }
+    }
+}
+
+/// The rate limit ahead of the fault filter: a request the rate limit lets through with nothing to
+/// add to its response, or refuses, is decided before the chain of filters is built (the fault
+/// filter then takes it from there). Each request takes one token, and every answer is Envoy's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_ahead_of_a_fault_as_envoy() {
+    let upstream = Scripted::start("upstream").await;
+    let (admin, port) = (free_port(), free_port());
+    let strait = Proxy::start(&bootstrap_in_order(admin, port, upstream.addr, true), admin).await;
+    let client = http1_client();
+    let ours = sequence(&client, port, "strait").await;
+    assert_eq!(statuses(&ours), EXPECTED_STATUSES);
+    assert!(ours[7].body == "local_rate_limited" && ours[7].headers.is_empty(), "{:?}", ours[7]);
+    let shadowed = upstream.attempts("strait");
+    assert_eq!(shadowed.len(), 2, "not enforced: both went upstream");
+    assert!(shadowed[0].headers.get("x-would-limit").is_none() && shadowed[1].headers.get("x-would-limit").is_some());
+    for (prefix, limited, ok) in [("route_limit", 2.0, 3.0), ("vhost_limit", 1.0, 2.0), ("shadow_limit", 1.0, 1.0)] {
+        let label = format!("{{envoy_local_http_ratelimit_prefix=\"{prefix}\"}}");
+        assert_eq!(strait.stat(&format!("envoy_http_local_rate_limit_rate_limited{label}")).await, limited, "{prefix}");
+        assert_eq!(strait.stat(&format!("envoy_http_local_rate_limit_ok{label}")).await, ok, "{prefix}");
+    }
+    let (envoy_admin, envoy_port) = (free_port(), free_port());
+    if let Some(_envoy) =
+        Envoy::start(&bootstrap_in_order(envoy_admin, envoy_port, upstream.addr, true), envoy_admin).await
+    {
+        let theirs = sequence(&client, envoy_port, "envoy").await;
+        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            assert_eq!(a, b, "answer {i}: Strait vs Envoy");
         }
     }
 }

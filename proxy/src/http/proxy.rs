@@ -152,12 +152,13 @@ pub fn handle(
             Ok(routed) => {
                 let (mut response, vhost, route) = match routed {
                     Routed::Step(step, vhost, route) => (answer(step, hcm, grpc).await, vhost, route),
-                    Routed::Filter(request, selected) => {
+                    Routed::Filter(request, selected, first) => {
                         let (vhost, route) = (selected.vhost, selected.route);
                         let router = (downstream, snapshot, hcm, grpc);
                         let handoff = Handoff { outcome: std::mem::take(&mut outcome), ..Handoff::default() };
                         let handoff = std::sync::Mutex::new(handoff);
-                        let answer = through_filters(Filtering { request, selected }, router, &handoff).await;
+                        let filtering = Filtering { request, selected };
+                        let answer = through_filters(filtering, &hcm.filters[first..], router, &handoff).await;
                         outcome = handoff.into_inner().unwrap_or_else(|e| e.into_inner()).outcome;
                         (answer.unwrap_or_else(|err| local_reply(err, hcm, grpc)), vhost, route)
                     }
@@ -233,12 +234,12 @@ pub struct Selected<'h> {
     pub client: std::net::IpAddr,
 }
 
-/// A routed request: what the router does with it now, or (when the connection manager has HTTP
-/// filters) the request still to go through them, no larger than the step.
+/// A routed request: what the router does with it now, or the request still to go through the
+/// connection manager's HTTP filters from the one at the index on, no larger than the step.
 #[allow(clippy::large_enum_variant)]
 enum Routed<'h> {
     Step(Step, &'h VirtualHost, &'h Route),
-    Filter(Request<Incoming>, Selected<'h>),
+    Filter(Request<Incoming>, Selected<'h>, usize),
 }
 
 /// Routes a request: the route chosen (for its response headers) and what to do. An error before a
@@ -252,10 +253,15 @@ fn route<'h>(
     grpc: bool,
 ) -> Result<Routed<'h>, ProxyError> {
     let selected = select(&mut req, downstream, hcm, outcome)?;
-    if !hcm.filters.is_empty() {
-        return Ok(Routed::Filter(req, selected));
-    }
     let (vhost, route) = (selected.vhost, selected.route);
+    if !hcm.filters.is_empty() {
+        let table = &hcm.routes.filter_configs;
+        match filters::decide_early(&hcm.filters, table, downstream, &mut req, &selected) {
+            Ok(first) if first < hcm.filters.len() => return Ok(Routed::Filter(req, selected, first)),
+            Ok(_) => {}
+            Err(refused) => return Ok(Routed::Step(Step::Reply(local_reply(refused, hcm, grpc)), vhost, route)),
+        }
+    }
     Ok(Routed::Step(act(req, downstream, snapshot, hcm, selected, outcome, grpc), vhost, route))
 }
 
@@ -311,6 +317,7 @@ fn select<'h>(
 /// back up through the filters.
 fn through_filters<'a>(
     filtering: Filtering<'a>,
+    filters: &'a [crate::policy::HttpFilter],
     (downstream, snapshot, hcm, grpc): (&'a Downstream, &'a Snapshot, &'a HttpConnectionManager, bool),
     handoff: &'a std::sync::Mutex<Handoff>,
 ) -> impl Future<Output = filters::Answer> + Send + 'a {
@@ -318,8 +325,7 @@ fn through_filters<'a>(
     use tower::Service;
     let router = Router { downstream, snapshot, hcm, handoff, grpc };
     // Always ready (the chain's `poll_ready`): called at once.
-    let mut filtered =
-        filters::Chain::new(&hcm.filters, &hcm.routes.filter_configs, downstream, router).call(filtering);
+    let mut filtered = filters::Chain::new(filters, &hcm.routes.filter_configs, downstream, router).call(filtering);
     async move {
         let mut answering = std::pin::pin!(None);
         std::future::poll_fn(|cx| {

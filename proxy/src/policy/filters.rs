@@ -4,6 +4,11 @@
 //! bottom. Envoy's filter order is configuration, so a filter's future is boxed at its stage
 //! boundary (unless the filter passed the request on with nothing to do on its response); a
 //! connection manager without filters has no chain.
+//!
+//! Most requests need no chain at all: [`decide_early`] runs, in order, the filters that decide at
+//! once and have nothing to do on the response (a rate limit without `x-ratelimit-*` headers, RBAC),
+//! and the chain, if any, starts at the first filter that waits or works on the response (a fault,
+//! a rate limit with headers).
 
 use super::{FilterConfig, FilterOverrides, HttpFilter};
 use crate::http::ProxyError;
@@ -22,20 +27,59 @@ pub struct Filtering<'a> {
 }
 
 impl<'a> Filtering<'a> {
-    /// The config `filter` has for this request: the route's, else its virtual host's, else the
-    /// route table's (`typed_per_filter_config`), else the connection manager's own (none for a
-    /// filter disabled by default).
+    /// The config `filter` has for this request (see [`config_for`]).
     pub fn config(&self, filter: &'a HttpFilter, table: &'a FilterOverrides) -> &'a FilterConfig {
-        const OFF: &FilterConfig = &FilterConfig::Disabled;
-        let levels = [&self.selected.route.filter_configs, &self.selected.vhost.filter_configs, table];
-        let most_specific =
-            levels.into_iter().filter_map(|level| level.get(&filter.name)).find(|c| c.same_kind(&filter.config));
-        match most_specific {
-            Some(config) => config,
-            None if filter.disabled_by_default => OFF,
-            None => &filter.config,
+        config_for(&self.selected, filter, table)
+    }
+}
+
+/// The config `filter` has for a request routed to `selected`: the route's, else its virtual
+/// host's, else the route table's (`typed_per_filter_config`), else the connection manager's own
+/// (none for a filter disabled by default).
+pub fn config_for<'a>(selected: &Selected<'a>, filter: &'a HttpFilter, table: &'a FilterOverrides) -> &'a FilterConfig {
+    const OFF: &FilterConfig = &FilterConfig::Disabled;
+    let levels = [&selected.route.filter_configs, &selected.vhost.filter_configs, table];
+    let most_specific =
+        levels.into_iter().filter_map(|level| level.get(&filter.name)).find(|c| c.same_kind(&filter.config));
+    match most_specific {
+        Some(config) => config,
+        None if filter.disabled_by_default => OFF,
+        None => &filter.config,
+    }
+}
+
+/// Runs the filters that decide at once with nothing to do on the response, in order, up to the
+/// first that needs the chain: its index (`filters.len()` when every filter let the request
+/// through), or the refusal of one of them. A refused request's answer passes no filter on its
+/// way back, as none of those it went through has anything to do on a response.
+pub fn decide_early(
+    filters: &[HttpFilter],
+    table: &FilterOverrides,
+    downstream: &Downstream,
+    request: &mut Request<Incoming>,
+    selected: &Selected<'_>,
+) -> Result<usize, ProxyError> {
+    use super::local_ratelimit::Decision;
+    for (index, filter) in filters.iter().enumerate() {
+        match config_for(selected, filter, table) {
+            FilterConfig::Disabled => {}
+            // Its headers go on the response: the chain's work.
+            FilterConfig::LocalRateLimit(limit) if limit.x_ratelimit_headers => return Ok(index),
+            FilterConfig::LocalRateLimit(limit) => match limit.decide() {
+                Decision::Pass | Decision::Allowed(_) => {}
+                Decision::NotEnforced => limit.request_headers_when_not_enforced.apply(request.headers_mut()),
+                Decision::Limited(limited) => return Err(ProxyError::RateLimited(limited)),
+            },
+            FilterConfig::Rbac(rbac) => {
+                if !super::rbac::layer::allows(filter, rbac, downstream, request, selected) {
+                    return Err(ProxyError::RbacDenied);
+                }
+            }
+            // A delay waits, and an abort may be answered only after one.
+            FilterConfig::Fault(_) => return Ok(index),
         }
     }
+    Ok(filters.len())
 }
 
 /// What a stage answers: a response, or the error the connection manager turns into its reply.

@@ -4,10 +4,11 @@
 
 use super::{Facts, RequestFacts};
 use crate::http::ProxyError;
-use crate::http::proxy::{Downstream, ResponseBody};
+use crate::http::proxy::{Downstream, ResponseBody, Selected};
 use crate::policy::filters::{Answer, Filtering};
 use crate::policy::{FilterConfig, FilterOverrides, HttpFilter};
-use http::Response;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
@@ -56,31 +57,41 @@ where
     }
 
     fn call(&mut self, request: Filtering<'a>) -> Self::Future {
-        let (FilterConfig::Rbac(rbac), Some(stats)) =
-            (request.config(self.filter, self.table), &self.filter.rbac_stats)
-        else {
+        let FilterConfig::Rbac(rbac) = request.config(self.filter, self.table) else {
             return ResponseFuture::Allowed(self.inner.call(request));
         };
-        let (downstream, selected) = (self.downstream, &request.selected);
-        let facts = Facts {
-            peer: downstream.peer,
-            client: selected.client,
-            local: downstream.local,
-            tls: downstream.tls.as_deref(),
-            request: Some(RequestFacts {
-                headers: request.request.headers(),
-                method: request.request.method().as_str(),
-                path: selected.path.as_str(),
-                authority: selected.authority.to_str().unwrap_or_default(),
-                scheme: if downstream.tls.is_some() { "https" } else { "http" },
-            }),
-        };
-        if rbac.allows(&facts, stats) {
+        if allows(self.filter, rbac, self.downstream, &request.request, &request.selected) {
             ResponseFuture::Allowed(self.inner.call(request))
         } else {
             ResponseFuture::Denied
         }
     }
+}
+
+/// Whether `rbac` (the config `filter` has for this request) lets the request through, counted in
+/// the filter's stats.
+pub fn allows(
+    filter: &HttpFilter,
+    rbac: &super::Rbac,
+    downstream: &Downstream,
+    request: &Request<Incoming>,
+    selected: &Selected<'_>,
+) -> bool {
+    let Some(stats) = &filter.rbac_stats else { return true };
+    let facts = Facts {
+        peer: downstream.peer,
+        client: selected.client,
+        local: downstream.local,
+        tls: downstream.tls.as_deref(),
+        request: Some(RequestFacts {
+            headers: request.headers(),
+            method: request.method().as_str(),
+            path: selected.path.as_str(),
+            authority: selected.authority.to_str().unwrap_or_default(),
+            scheme: if downstream.tls.is_some() { "https" } else { "http" },
+        }),
+    };
+    rbac.allows(&facts, stats)
 }
 
 /// Denied at once, or the rest of the chain's answer.
