@@ -6,9 +6,9 @@
 //! connection manager without filters has no chain.
 //!
 //! Most requests need no chain at all: [`decide_early`] runs, in order, the filters that decide at
-//! once and have nothing to do on the response (a rate limit without `x-ratelimit-*` headers, RBAC),
-//! and the chain, if any, starts at the first filter that waits or works on the response (a fault,
-//! a rate limit with headers).
+//! once and have nothing to do on the response (a rate limit without `x-ratelimit-*` headers, RBAC,
+//! a fault filter with no fault for the route), and the chain, if any, starts at the first filter
+//! that waits or works on the response (a fault, a rate limit with headers).
 
 use super::{FilterConfig, FilterOverrides, HttpFilter};
 use crate::http::ProxyError;
@@ -75,6 +75,8 @@ pub fn decide_early(
                     return Err(ProxyError::RbacDenied);
                 }
             }
+            // No fault to inject here (the filter is on for other routes).
+            FilterConfig::Fault(fault) if fault.injects_nothing() => {}
             // A delay waits, and an abort may be answered only after one.
             FilterConfig::Fault(_) => return Ok(index),
         }
