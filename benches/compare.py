@@ -5,9 +5,10 @@ Each proxy is pinned to core 0 with one worker; the load generator and the upstr
 core 1. Every proxy runs the equivalent config (Strait and Envoy the very same Envoy bootstrap).
 Reports requests/s, p50/p99 latency, proxy CPU microseconds per request, requests per proxy
 CPU-second and RSS, then Strait's ratios to each peer. Absolute numbers on a shared 2-core machine
-are noise; the ratios from one run are the result.
+are noise; the ratios from one run are the result. Latency at a fixed rate is measured last, in
+rounds with the targets taking turns, and the median round reported.
 
-  python3 benches/compare.py [--duration 10] [--only strait,envoy] [--out bench-results]
+  python3 benches/compare.py [--duration 10] [--latency-rounds 3] [--only strait,envoy] [--out bench-results]
 """
 import argparse
 import json
@@ -218,6 +219,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--rate", type=int, default=5000, help="offered rate (req/s) for the fixed-rate latency test")
+    ap.add_argument("--latency-rounds", type=int, default=3,
+                    help="fixed-rate rounds per target, alternating between targets; the median round is reported")
     ap.add_argument("--only", default="direct,strait,envoy,nginx,haproxy")
     ap.add_argument("--strait", default=os.path.join(ROOT, "target", "release", "strait-proxy"))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
@@ -259,10 +262,15 @@ def main():
         ("grpc unary (h2load, 50 conns x 10 streams)", lambda t: h2load(
             t, args.duration, ["-c50", "-m10", "-d", grpc_body, "-H", "content-type: application/grpc", "-H", "te: trailers"],
             path="/bench.Echo/Unary", log_dir=work)),
-        (f"http1 at a fixed {args.rate} req/s (h2load --h1)", lambda t: h2load(
-            t, args.duration, ["--h1", "-c50", f"--rps={max(1, args.rate // 50)}"], port=t.http, log_dir=work)),
         ("tcp stream (1 GiB download)", lambda t: tcp_stream(t, 1024)),
     ]
+    # Latency at a fixed rate swings from one run to the next more than between the proxies, so it
+    # is measured in rounds after the rest, the targets taking turns, and the median round counts.
+    fixed_label = f"http1 at a fixed {args.rate} req/s (h2load --h1)"
+    fixed_rate = lambda t: h2load(t, args.duration, ["--h1", "-c50", f"--rps={max(1, args.rate // 50)}"],
+                                  port=t.http, log_dir=work)
+    labels = [label for label, _ in tests]
+    labels.insert(3, fixed_label)
     results = {}
     try:
         for name in [n for n in ["direct", "strait", "envoy", "nginx", "haproxy"] if n in wanted]:
@@ -280,17 +288,8 @@ def main():
                 time.sleep(0.3)
                 row["rss_idle_mb"] = rss_mb(t.pids())
             for label, fn in tests:
-                before = cpu_seconds(t.pids())
-                r = fn(t)
-                cpu = cpu_seconds(t.pids()) - before
-                if t.proc and r["requests"]:
-                    r["cpu_us_per_req"] = cpu / r["requests"] * 1e6 if r.get("rps") is not None else None
-                    r["req_per_cpu_s"] = r["requests"] / cpu if cpu > 0 and r.get("rps") is not None else None
-                    if "mb_per_s" in r:
-                        r["cpu_s_per_gib"] = cpu / (r["bytes"] / (1 << 30))
-                    r["rss_mb"] = rss_mb(t.pids())
-                row[label] = r
-                print(f"{name:8} {label}: {fmt_row(r)}", flush=True)
+                row[label] = measured(t, fn)
+                print(f"{name:8} {label}: {fmt_row(row[label])}", flush=True)
             if t.proc:
                 row["rss_1000_conns_in_turn_mb"] = fresh_rss_with_idle_connections(t, work, one_by_one=True)
                 row["rss_1000_conns_burst_mb"] = fresh_rss_with_idle_connections(t, work, one_by_one=False)
@@ -299,18 +298,47 @@ def main():
                       f"{fmt(row['rss_1000_conns_burst_mb'], ' MB')}", flush=True)
             results[name] = row
             t.stop()
+        started = list(results)
+        for round_number in range(args.latency_rounds):
+            for name in started if round_number % 2 == 0 else started[::-1]:
+                t = targets[name]
+                t.start(work)
+                # A second of load first: connections open and pools fill, as in a running proxy.
+                run_load(["wrk", "-t1", "-c50", "-d1s", f"http://127.0.0.1:{t.http}/"])
+                r = measured(t, fixed_rate)
+                t.stop()
+                results[name].setdefault("fixed_rate_rounds", []).append(r)
+                print(f"{name:8} {fixed_label}, round {round_number + 1}: {fmt_row(r)}", flush=True)
+        for row in results.values():
+            rounds = sorted(row.get("fixed_rate_rounds", []), key=lambda r: r["p99"] or 0)
+            if rounds:
+                row[fixed_label] = dict(rounds[len(rounds) // 2], p99_rounds=[r["p99"] for r in rounds])
     finally:
         for t in targets.values():
             t.stop()
         # SIGTERM: nginx's master stops its workers too (after SIGKILL they would linger).
         upstream.terminate()
         upstream.wait()
-    report = render_report(results, [label for label, _ in tests], args)
+    report = render_report(results, labels, args)
     print(report)
     os.makedirs(args.out, exist_ok=True)
     open(os.path.join(args.out, "latest.md"), "w").write(report)
     json.dump(results, open(os.path.join(args.out, "latest.json"), "w"), indent=2)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def measured(t, fn):
+    """Runs one test on target `t`, with the proxy's CPU per request and RSS."""
+    before = cpu_seconds(t.pids())
+    r = fn(t)
+    cpu = cpu_seconds(t.pids()) - before
+    if t.proc and r["requests"]:
+        r["cpu_us_per_req"] = cpu / r["requests"] * 1e6 if r.get("rps") is not None else None
+        r["req_per_cpu_s"] = r["requests"] / cpu if cpu > 0 and r.get("rps") is not None else None
+        if "mb_per_s" in r:
+            r["cpu_s_per_gib"] = cpu / (r["bytes"] / (1 << 30))
+        r["rss_mb"] = rss_mb(t.pids())
+    return r
 
 
 def fmt(v, unit="", digits=1):
@@ -338,6 +366,10 @@ def render_report(results, labels, args):
             else:
                 lines.append(f"| {name} | {fmt(r['rps'], '', 0)} | {fmt(r['p50'], '', 2)} | {fmt(r['p99'], '', 2)} | "
                              f"{fmt(r.get('cpu_us_per_req'))} | {fmt(r.get('req_per_cpu_s'), '', 0)} | {fmt(r.get('rss_mb'))} | {r['errors']} |")
+        rounds = {name: row[label]["p99_rounds"] for name, row in results.items() if "p99_rounds" in row.get(label, {})}
+        if rounds:
+            lines += ["", f"The median of {args.latency_rounds} rounds, the targets taking turns; p99 ms in each round: "
+                      + "; ".join(f"{name} {', '.join(fmt(p, '', 2) for p in p99s)}" for name, p99s in rounds.items())]
         lines.append("")
     lines += ["## memory (each column a fresh start)", "",
               "| target | idle RSS MB | 1,000 idle keep-alive conns, opened in turn, MB | 1,000 idle keep-alive conns after their requests came at once, MB |",
