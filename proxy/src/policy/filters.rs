@@ -59,17 +59,15 @@ pub fn decide_early(
     request: &mut Request<Incoming>,
     selected: &Selected<'_>,
 ) -> Result<usize, ProxyError> {
-    use super::local_ratelimit::Decision;
     for (index, filter) in filters.iter().enumerate() {
         match config_for(selected, filter, table) {
             FilterConfig::Disabled => {}
             // Its headers go on the response: the chain's work.
             FilterConfig::LocalRateLimit(limit) if limit.x_ratelimit_headers => return Ok(index),
-            FilterConfig::LocalRateLimit(limit) => match limit.decide() {
-                Decision::Pass | Decision::Allowed(_) => {}
-                Decision::NotEnforced => limit.request_headers_when_not_enforced.apply(request.headers_mut()),
-                Decision::Limited(limited) => return Err(ProxyError::RateLimited(limited)),
-            },
+            // No headers for the response: let through, or refused.
+            FilterConfig::LocalRateLimit(limit) => {
+                super::local_ratelimit::layer::admit(limit, request)?;
+            }
             FilterConfig::Rbac(rbac) => {
                 if !super::rbac::layer::allows(filter, rbac, downstream, request, selected) {
                     return Err(ProxyError::RbacDenied);

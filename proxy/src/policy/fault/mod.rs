@@ -145,13 +145,13 @@ fn share(headers: &HeaderMap, header: &str, config: Fraction) -> Fraction {
 }
 
 impl Fault {
-    /// Picks this request's faults (none, a delay, an abort, or both: the delay first).
-    /// `cluster`: where the route sends this request.
     /// No delay, abort or response rate limit configured (a filter's config with no fault in it).
     pub fn injects_nothing(&self) -> bool {
         self.delay.is_none() && self.abort.is_none() && self.response_rate_limit.is_none()
     }
 
+    /// Picks this request's faults (none, a delay, an abort, or both: the delay first).
+    /// `cluster`: where the route sends this request.
     pub fn decide(&self, headers: &HeaderMap, stats: &FaultStats, cluster: Option<&str>) -> Injected {
         if !self.headers.iter().all(|m| m.matches(headers)) {
             return Injected::default();

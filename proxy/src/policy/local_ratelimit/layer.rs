@@ -2,12 +2,13 @@
 //! config its route gives the filter), answers 429 when there is none, and puts the
 //! `x-ratelimit-*` headers on the response of a request it let through.
 
-use super::Decision;
+use super::{Decision, LocalRateLimit};
 use crate::http::ProxyError;
 use crate::http::proxy::ResponseBody;
 use crate::policy::filters::{Answer, Filtering};
 use crate::policy::{FilterConfig, FilterOverrides, HttpFilter};
-use http::{HeaderMap, Response};
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use tower::{Layer, Service};
@@ -57,17 +58,26 @@ where
         let FilterConfig::LocalRateLimit(limit) = request.config(self.filter, self.table) else {
             return ResponseFuture::Passed { inner: self.inner.call(request), headers: None };
         };
-        let headers = match limit.decide() {
-            Decision::Pass => None,
-            // No `x-ratelimit-*` headers asked for: nothing to add to the response.
-            Decision::Allowed(headers) => Some(headers).filter(|h| !h.is_empty()),
-            Decision::NotEnforced => {
-                limit.request_headers_when_not_enforced.apply(request.request.headers_mut());
-                None
-            }
-            Decision::Limited(limited) => return ResponseFuture::Limited(Some(ProxyError::RateLimited(limited))),
-        };
-        ResponseFuture::Passed { inner: self.inner.call(request), headers }
+        match admit(limit, &mut request.request) {
+            Ok(headers) => ResponseFuture::Passed { inner: self.inner.call(request), headers },
+            Err(limited) => ResponseFuture::Limited(Some(limited)),
+        }
+    }
+}
+
+/// Takes a token for `request`: the refusal of a limited request, or the headers (if any) for the
+/// response of one let through. One over the limit where the limit is not enforced gets the
+/// not-enforced request headers.
+pub fn admit(limit: &LocalRateLimit, request: &mut Request<Incoming>) -> Result<Option<HeaderMap>, ProxyError> {
+    match limit.decide() {
+        Decision::Pass => Ok(None),
+        // No `x-ratelimit-*` headers asked for: nothing to add to the response.
+        Decision::Allowed(headers) => Ok(Some(headers).filter(|h| !h.is_empty())),
+        Decision::NotEnforced => {
+            limit.request_headers_when_not_enforced.apply(request.headers_mut());
+            Ok(None)
+        }
+        Decision::Limited(limited) => Err(ProxyError::RateLimited(limited)),
     }
 }
 
