@@ -303,8 +303,7 @@ def main():
             for name in started if round_number % 2 == 0 else started[::-1]:
                 t = targets[name]
                 t.start(work)
-                # A second of load first: connections open and pools fill, as in a running proxy.
-                run_load(["wrk", "-t1", "-c50", "-d1s", f"http://127.0.0.1:{t.http}/"])
+                warm_up(t)
                 r = measured(t, fixed_rate)
                 t.stop()
                 results[name].setdefault("fixed_rate_rounds", []).append(r)
@@ -325,6 +324,11 @@ def main():
     open(os.path.join(args.out, "latest.md"), "w").write(report)
     json.dump(results, open(os.path.join(args.out, "latest.json"), "w"), indent=2)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def warm_up(target):
+    """A second of load before a measured run: connections open and pools fill, as in a running proxy."""
+    run_load(["wrk", "-t1", "-c50", "-d1s", f"http://127.0.0.1:{target.http}/"])
 
 
 def measured(t, fn):

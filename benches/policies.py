@@ -47,20 +47,13 @@ def with_policies(text):
     return out
 
 
-def warm_up(target):
-    """A second of load before the measured run: connections open and pools fill."""
-    compare.run_load(["wrk", "-t1", "-c50", "-d1s", f"http://127.0.0.1:{target.http}/"])
-
-
 def measure(name, cmd, ports, work, duration):
     target = compare.Target(name, cmd, ports["HTTP"], ports["HTTP"], ports["TCP"])
     target.start(work)
     try:
-        warm_up(target)
-        before = compare.cpu_seconds(target.pids())
-        r = compare.wrk(target, duration)
-        cpu = compare.cpu_seconds(target.pids()) - before
-        r["req_per_cpu_s"] = r["requests"] / cpu if cpu > 0 else None
+        compare.warm_up(target)
+        r = compare.measured(target, lambda t: compare.wrk(t, duration))
+        r.setdefault("req_per_cpu_s", None)  # no requests answered: no figure
         return r
     finally:
         target.stop()
@@ -76,7 +69,7 @@ def measure_side_by_side(name, command, configs, work, duration):
             targets.append(target)
             target.start(work)
         for target in targets:
-            warm_up(target)
+            compare.warm_up(target)
         before = [compare.cpu_seconds(t.pids()) for t in targets]
         loads = [subprocess.Popen(compare.pinned(compare.LOAD_CORE, [
             "wrk", "-t1", "-c50", f"-d{duration}s", f"http://127.0.0.1:{t.http}/"]), stdout=subprocess.PIPE, text=True)
