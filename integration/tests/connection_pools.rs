@@ -2,7 +2,7 @@
 //! `HttpProtocolOptions`): `max_requests_per_connection` (HTTP/1.1 and HTTP/2), `idle_timeout` and
 //! `max_connection_duration`, seen in how many connections the upstream gets; and HTTP/2 connections
 //! shared up to `max_concurrent_streams` streams (ours, or the upstream's SETTINGS), another opened
-//! when they are full. The same
+//! when they are full; every connection a burst opened kept for the next one. The same
 //! bootstrap runs on a real Envoy, which must open as many.
 
 #[path = "../support/mod.rs"]
@@ -184,4 +184,90 @@ async fn an_idle_connection_its_upstream_closes_is_let_go_at_once() {
     requests(port, "/", 1).await;
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2, "a new connection after the close");
     assert_eq!(strait.stat(active).await, 1.0);
+}
+
+/// An HTTP/1.1 upstream that holds every request until `burst` requests have arrived since the last
+/// burst was released, then answers them all: a burst of that many concurrent requests needs that
+/// many connections. Counts the connections it accepted.
+async fn gathering_upstream(burst: usize) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let (arrived, _) = tokio::sync::watch::channel(0usize);
+    let arrived = std::sync::Arc::new(arrived);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let arrived = arrived.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let mut this = 0;
+                        arrived.send_modify(|n| {
+                            *n += 1;
+                            this = *n;
+                        });
+                        let released = this.div_ceil(burst) * burst;
+                        let _ = arrived.subscribe().wait_for(|n| *n >= released).await;
+                        if socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Sends `burst` concurrent requests on connections of their own, twice; returns how many
+/// connections the upstream accepted.
+async fn two_bursts(port: u16, burst: usize, accepted: &std::sync::atomic::AtomicUsize) -> usize {
+    for _ in 0..2 {
+        let sent: Vec<_> = (0..burst)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let client = http1_client();
+                    get(&client, &format!("http://127.0.0.1:{port}/"), &[]).await.status
+                })
+            })
+            .collect();
+        for reply in sent {
+            assert_eq!(reply.await.unwrap(), 200);
+        }
+    }
+    accepted.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Every connection a burst opened stays in the pool (there is no cap below `max_connections`,
+/// as in Envoy), so the next burst as large opens none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_larger_than_a_few_hundred_reuses_the_last_bursts_connections_as_envoy() {
+    const BURST: usize = 280;
+    let routes =
+        one_virtual_host("              - match: { prefix: / }\n                route: { cluster: gathered }\n");
+    let (upstream, accepted) = gathering_upstream(BURST).await;
+    let (port, admin) = (free_port(), free_port());
+    let yaml = |admin, port| http_bootstrap(admin, port, "", &routes, &static_cluster("gathered", &[upstream], ""));
+    let strait = Proxy::start(&yaml(admin, port), admin).await;
+    assert_eq!(two_bursts(port, BURST, &accepted).await, BURST, "upstream connections opened for two bursts");
+    let total = strait.stat("envoy_cluster_upstream_cx_total{envoy_cluster_name=\"gathered\"}").await;
+    assert_eq!(total, BURST as f64);
+    drop(strait);
+
+    let (upstream, accepted) = gathering_upstream(BURST).await;
+    let (envoy_port, envoy_admin) = (free_port(), free_port());
+    let yaml = http_bootstrap(envoy_admin, envoy_port, "", &routes, &static_cluster("gathered", &[upstream], ""));
+    if let Some(_envoy) = Envoy::start(&yaml, envoy_admin).await {
+        assert_eq!(two_bursts(envoy_port, BURST, &accepted).await, BURST, "Envoy's upstream connections");
+    }
 }

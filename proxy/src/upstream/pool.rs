@@ -102,8 +102,6 @@ impl Body for RequestBody {
 /// Pool settings from the cluster config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolOptions {
-    /// Idle HTTP/1.1 connections kept per endpoint.
-    pub max_idle_per_endpoint: usize,
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` we allow ourselves on one connection.
     pub http2_max_concurrent_streams: Option<u32>,
     pub http2_initial_stream_window: Option<u32>,
@@ -142,7 +140,6 @@ impl Lifetime {
 impl Default for PoolOptions {
     fn default() -> Self {
         PoolOptions {
-            max_idle_per_endpoint: 256,
             http2_max_concurrent_streams: None,
             http2_initial_stream_window: None,
             http2_initial_connection_window: None,
@@ -665,11 +662,12 @@ impl Pool {
         if sender.is_closed() || !lifetime.usable(&self.options, now) {
             return;
         }
-        if idle.len() < self.options.max_idle_per_endpoint {
-            idle.push((sender, lifetime));
-            drop(idle);
-            self.freed.notify_one();
-        }
+        // Every connection given back is kept (as Envoy does): how many there are is bounded by
+        // the cluster's `max_connections`, how long an unused one stays by the idle timeout.
+        // Closing some after a burst would only have the next burst open them again.
+        idle.push((sender, lifetime));
+        drop(idle);
+        self.freed.notify_one();
     }
 }
 
