@@ -5,6 +5,7 @@
 use super::detect::{Prefixed, opens_with_http2_preface, read_http2_preface};
 use super::proxy::{self, Downstream};
 use super::{Codec, HttpConnectionManager};
+use crate::listeners::ListenerConfig;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::telemetry::ConnectionGuard;
 use hyper::server::conn::{http1, http2};
@@ -60,6 +61,14 @@ impl Connection {
     /// accepted with if its listener or filter chain has gone since.
     pub fn manager<'a>(&'a self, snapshot: &'a Snapshot) -> &'a HttpConnectionManager {
         let downstream = &self.downstream;
+        // Mostly the snapshot still holds the very manager the connection was accepted with (an
+        // unchanged listener is carried over), and then it is the answer: found by address, with
+        // no listener or chain name compared per request.
+        let unchanged =
+            |l: &Arc<ListenerConfig>| l.http(downstream.chain).is_some_and(|h| Arc::ptr_eq(h, &self.initial));
+        if snapshot.listeners.iter().any(unchanged) {
+            return &self.initial;
+        }
         snapshot
             .listener(&downstream.listener)
             .filter(|l| l.chains.get(downstream.chain).is_some_and(|ch| ch.name == downstream.chain_name))
