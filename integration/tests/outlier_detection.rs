@@ -1,8 +1,8 @@
 //! Outlier detection (`outlier_detection`) and panic mode, with upstreams that always fail or always
 //! answer: a failing endpoint is ejected after its consecutive 5xx and takes no traffic, comes back
 //! when its ejection time is over, is ejected again; with too many ejected the cluster panics and
-//! uses every endpoint; the TCP proxy's refused connections eject too. The same bootstrap runs on a
-//! real Envoy, which must count and answer alike.
+//! uses every endpoint; the TCP proxy's refused connections eject too, and so do a mirror's failing
+//! shadows. The same bootstrap runs on a real Envoy, which must count and answer alike.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -131,7 +131,15 @@ async fn tcp_proxy_connection_failures_eject_like_envoys() {
         format!(
             "admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}\nstatic_resources:\n  listeners:\n{}  clusters:\n{}",
             tcp_listener("tcp", port, "pair", ""),
-            static_cluster("pair", &[dead, live], &OUTLIER.replace("consecutive_5xx: 3", "consecutive_5xx: 2"))
+            // Ejected for longer than the test runs: on a loaded machine twelve connections through
+            // Envoy can outlast a short ejection, and the endpoint's return would fail twice more.
+            static_cluster(
+                "pair",
+                &[dead, live],
+                &OUTLIER
+                    .replace("consecutive_5xx: 3", "consecutive_5xx: 2")
+                    .replace("base_ejection_time: 1s", "base_ejection_time: 30s")
+            )
         )
     };
     let failures = |port: u16| async move {
@@ -289,5 +297,54 @@ async fn split_mode_ejects_local_and_upstream_failures_apart_like_envoy() {
             theirs.push(text.lines().find_map(|l| l.rsplit(": ").next()?.parse::<f64>().ok()).unwrap_or(0.0));
         }
         assert_eq!(theirs, our_counts, "counters: Strait vs Envoy");
+    }
+}
+
+/// Shadow requests (`request_mirror_policies`) are attempts at their cluster's endpoints like any
+/// other: a shadow endpoint answering 503 is ejected after `consecutive_5xx` of them, while every
+/// request itself is answered by the primary; Envoy ejects it alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_shadows_eject_their_endpoint_as_envoy() {
+    let primary = Scripted::always("primary", "ok").await.addr;
+    let failing = Scripted::always("failing", "503").await.addr;
+    let yaml = |admin: u16, port: u16| {
+        let route_config = one_virtual_host(
+            "              - match: { prefix: / }\n                route: { cluster: primary, \
+             request_mirror_policies: [{ cluster: shadow }] }\n",
+        );
+        let outlier = "    outlier_detection: { consecutive_5xx: 3, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 100 }\n";
+        let clusters = static_cluster("primary", &[primary], "") + &static_cluster("shadow", &[failing], outlier);
+        http_bootstrap(admin, port, "", &route_config, &clusters)
+    };
+    let ejected = format!("shadow::{failing}::health_flags::/failed_outlier_check");
+    let counted = format!("shadow::{failing}::rq_error::3");
+    let mirrored_three = |port: u16, admin: SocketAddr| {
+        let (ejected, counted) = (ejected.clone(), counted.clone());
+        async move {
+            let client = http1_client();
+            for _ in 0..3 {
+                assert_eq!(get(&client, &format!("http://127.0.0.1:{port}/"), &[]).await.status, 200);
+            }
+            // The shadows are answered on their own time: wait for the third.
+            let mut clusters = String::new();
+            for _ in 0..100 {
+                clusters = get_text(&format!("http://{admin}/clusters")).await.unwrap().1;
+                if clusters.contains(&counted) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(clusters.contains(&counted) && clusters.contains(&ejected), "{clusters}");
+        }
+    };
+    let (port, admin) = (free_port(), free_port());
+    let strait = Proxy::start(&yaml(admin, port), admin).await;
+    mirrored_three(port, strait.admin).await;
+    let ejections =
+        strait.stat("envoy_cluster_outlier_detection_ejections_enforced_total{envoy_cluster_name=\"shadow\"}").await;
+    assert_eq!(ejections, 1.0);
+    let (envoy_port, envoy_admin) = (free_port(), free_port());
+    if let Some(envoy) = Envoy::start(&yaml(envoy_admin, envoy_port), envoy_admin).await {
+        mirrored_three(envoy_port, envoy.admin).await;
     }
 }

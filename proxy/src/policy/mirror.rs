@@ -148,6 +148,9 @@ impl Body for ShadowBody {
 }
 
 /// Sends a shadow request to `cluster` on its own task; its answer is read to the end and dropped.
+/// It is an attempt like any other at its endpoint (as Envoy's shadows go through a router of their
+/// own): in flight there until answered, and what it got reported to outlier detection and to
+/// latency-aware balancing.
 pub fn send(cluster: Arc<Cluster>, request: Request<RequestBody>) {
     tokio::spawn(async move {
         let Some(_slot) = cluster.open.request(&cluster.config.breakers) else {
@@ -159,8 +162,7 @@ pub fn send(cluster: Arc<Cluster>, request: Request<RequestBody>) {
             return;
         };
         cluster.stats.rq_total.increment(1);
-        let _in_flight = endpoint.start_request();
-        match Arc::clone(&endpoint.pool).send(request, &cluster, false).await {
+        match crate::upstream::attempt::send_to(&cluster, endpoint, request, false, |result, _| result).await {
             Ok(UpstreamResponse::Pooled(response)) => {
                 cluster.stats.rq_xx.record(response.status().as_u16());
                 let _ = response.into_body().collect().await;
