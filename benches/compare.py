@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Strait against a direct connection, Envoy, nginx and HAProxy, in one run on this machine.
+"""Strait against a direct connection, Envoy, nginx and HAProxy, in one run on this machine, and
+on HTTP/1.1 against the floor of any proxy built as it is (hyper-floor: hyper and tokio, forwarding
+and nothing else).
 
 Each proxy is pinned to core 0 with one worker; the load generator and the upstream (nginx) share
 core 1. Every proxy runs the equivalent config (Strait and Envoy the very same Envoy bootstrap).
@@ -221,8 +223,10 @@ def main():
     ap.add_argument("--rate", type=int, default=5000, help="offered rate (req/s) for the fixed-rate latency test")
     ap.add_argument("--latency-rounds", type=int, default=3,
                     help="fixed-rate rounds per target, alternating between targets; the median round is reported")
-    ap.add_argument("--only", default="direct,strait,envoy,nginx,haproxy")
+    ap.add_argument("--only", default="direct,hyper-floor,strait,envoy,nginx,haproxy")
     ap.add_argument("--strait", default=os.path.join(ROOT, "target", "release", "strait-proxy"))
+    ap.add_argument("--floor", default=os.path.join(ROOT, "target", "release", "hyper-floor"),
+                    help="the bare hyper proxy (benches/src/bin/hyper_floor.rs), HTTP/1.1 tests only")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
     args = ap.parse_args()
     wanted = args.only.split(",")
@@ -231,6 +235,8 @@ def main():
             sys.exit(f"missing tool: {tool} (see benches/run)")
     if "strait" in wanted and not os.path.exists(args.strait):
         sys.exit(f"build Strait first: cargo build --release -p strait-proxy ({args.strait} not found)")
+    if "hyper-floor" in wanted and not os.path.exists(args.floor):
+        sys.exit(f"build the floor first: cargo build --release -p strait-benches --bin hyper-floor ({args.floor} not found)")
 
     work = tempfile.mkdtemp(prefix="strait-bench-")
     os.chmod(work, 0o755)  # nginx workers run as nobody and serve /big from here
@@ -247,6 +253,8 @@ def main():
     bootstrap = render("bootstrap.yaml", work, ports)
     targets = {
         "direct": Target("direct", None, ports["UP_H1"], ports["UP_H2"], ports["UP_H1"]),
+        "hyper-floor": Target("hyper-floor", [args.floor, f"127.0.0.1:{ports['HTTP']}", f"127.0.0.1:{ports['UP_H1']}"],
+                              ports["HTTP"], None, None),
         "strait": Target("strait", [args.strait, "-c", bootstrap, "--concurrency", "1", "-l", "error"],
                          ports["HTTP"], ports["HTTP"], ports["TCP"]),
         "envoy": Target("envoy", ["envoy", "-c", bootstrap, "--concurrency", "1", "-l", "error", "--base-id",
@@ -273,7 +281,7 @@ def main():
     labels.insert(3, fixed_label)
     results = {}
     try:
-        for name in [n for n in ["direct", "strait", "envoy", "nginx", "haproxy"] if n in wanted]:
+        for name in [n for n in ["direct", "hyper-floor", "strait", "envoy", "nginx", "haproxy"] if n in wanted]:
             t = targets[name]
             try:
                 t.start(work)
@@ -282,6 +290,13 @@ def main():
                 t.stop()
                 continue
             row = {}
+            if name == "hyper-floor":
+                # HTTP/1.1 only: what a bare hyper proxy costs, for the HTTP/1.1 tests.
+                row[labels[0]] = measured(t, tests[0][1])
+                print(f"{name:8} {labels[0]}: {fmt_row(row[labels[0]])}", flush=True)
+                results[name] = row
+                t.stop()
+                continue
             if t.proc:
                 # Idle RSS after one request has warmed up the path.
                 run_load(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{t.http}/"])
@@ -387,7 +402,7 @@ def render_report(results, labels, args):
         lines += ["", "## Strait's ratios", "", "| test | vs | Strait's requests per proxy CPU-second, ratio | p99 ratio (lower is better) |", "|---|---|---|---|"]
         for label in labels:
             mine = s.get(label, {})
-            for peer in ["envoy", "nginx", "haproxy"]:
+            for peer in ["hyper-floor", "envoy", "nginx", "haproxy"]:
                 theirs = results.get(peer, {}).get(label)
                 if not theirs or not mine:
                     continue
