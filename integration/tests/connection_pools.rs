@@ -129,29 +129,58 @@ async fn connections_end_after_their_requests_idle_time_or_age_as_in_envoy() {
     }
 }
 
-/// An upstream that answers every request on a connection with `200 ok`, and closes a connection
-/// 200 ms after it went quiet (as a server's keep-alive timeout does). Counts the connections.
-async fn quickly_closing_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+/// How a [`counting_upstream`] answers the requests on its connections.
+#[derive(Clone, Copy)]
+enum Answering {
+    /// With `200 ok` at once; a connection is closed 200 ms after it went quiet (as a server's
+    /// keep-alive timeout does).
+    AtOnceClosingWhenQuiet,
+    /// With `200 ok` once this many requests have arrived since the last burst was answered: a
+    /// burst of that many concurrent requests needs that many connections.
+    InBursts(usize),
+}
+
+/// An HTTP/1.1 upstream answering as told; counts the connections it accepted.
+async fn counting_upstream(answering: Answering) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // A backlog for a burst of connections (the default 128 would drop the rest of a burst's SYNs,
+    // and their retry come after the proxy's connect timeout).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let listener = socket.listen(1024).unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = accepted.clone();
+    let arrived = std::sync::Arc::new(tokio::sync::watch::channel(0usize).0);
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
             counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let arrived = arrived.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 let mut seen = Vec::new();
-                while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), socket.read(&mut buf)).await {
-                    if n == 0 {
-                        return;
-                    }
+                loop {
+                    let read = socket.read(&mut buf);
+                    let read = match answering {
+                        Answering::AtOnceClosingWhenQuiet => {
+                            tokio::time::timeout(Duration::from_millis(200), read).await.unwrap_or(Ok(0))
+                        }
+                        Answering::InBursts(_) => read.await,
+                    };
+                    let Ok(n @ 1..) = read else { return };
                     seen.extend_from_slice(&buf[..n]);
                     while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
                         seen.drain(..end + 4);
-                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if socket.write_all(reply).await.is_err() {
+                        if let Answering::InBursts(burst) = answering {
+                            let mut this = 0;
+                            arrived.send_modify(|n| {
+                                *n += 1;
+                                this = *n;
+                            });
+                            let released = this.div_ceil(burst) * burst;
+                            let _ = arrived.subscribe().wait_for(|n| *n >= released).await;
+                        }
+                        if socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
                             return;
                         }
                     }
@@ -166,7 +195,7 @@ async fn quickly_closing_upstream() -> (SocketAddr, std::sync::Arc<std::sync::at
 /// (`upstream_cx_active` back to 0, as in Envoy), and the next request opens a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_its_upstream_closes_is_let_go_at_once() {
-    let (upstream, accepted) = quickly_closing_upstream().await;
+    let (upstream, accepted) = counting_upstream(Answering::AtOnceClosingWhenQuiet).await;
     let (port, admin) = (free_port(), free_port());
     let routes =
         one_virtual_host("              - match: { prefix: / }\n                route: { cluster: closing }\n");
@@ -186,53 +215,10 @@ async fn an_idle_connection_its_upstream_closes_is_let_go_at_once() {
     assert_eq!(strait.stat(active).await, 1.0);
 }
 
-/// An HTTP/1.1 upstream that holds every request until `burst` requests have arrived since the last
-/// burst was released, then answers them all: a burst of that many concurrent requests needs that
-/// many connections. Counts the connections it accepted.
-async fn gathering_upstream(burst: usize) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = accepted.clone();
-    let (arrived, _) = tokio::sync::watch::channel(0usize);
-    let arrived = std::sync::Arc::new(arrived);
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let arrived = arrived.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                while let Ok(n) = socket.read(&mut buf).await {
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                        let mut this = 0;
-                        arrived.send_modify(|n| {
-                            *n += 1;
-                            this = *n;
-                        });
-                        let released = this.div_ceil(burst) * burst;
-                        let _ = arrived.subscribe().wait_for(|n| *n >= released).await;
-                        if socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, accepted)
-}
-
 /// Sends `burst` concurrent requests on connections of their own, twice; returns how many
 /// connections the upstream accepted.
-async fn two_bursts(port: u16, burst: usize, accepted: &std::sync::atomic::AtomicUsize) -> usize {
-    for _ in 0..2 {
+async fn two_bursts(who: &str, port: u16, burst: usize, accepted: &std::sync::atomic::AtomicUsize) -> usize {
+    for round in 0..2 {
         let sent: Vec<_> = (0..burst)
             .map(|_| {
                 tokio::spawn(async move {
@@ -241,9 +227,11 @@ async fn two_bursts(port: u16, burst: usize, accepted: &std::sync::atomic::Atomi
                 })
             })
             .collect();
+        let mut statuses = std::collections::BTreeMap::new();
         for reply in sent {
-            assert_eq!(reply.await.unwrap(), 200);
+            *statuses.entry(reply.await.unwrap()).or_insert(0) += 1;
         }
+        assert_eq!(statuses, [(200, burst)].into(), "{who}, burst {round}: statuses");
     }
     accepted.load(std::sync::atomic::Ordering::SeqCst)
 }
@@ -255,19 +243,19 @@ async fn a_burst_larger_than_a_few_hundred_reuses_the_last_bursts_connections_as
     const BURST: usize = 280;
     let routes =
         one_virtual_host("              - match: { prefix: / }\n                route: { cluster: gathered }\n");
-    let (upstream, accepted) = gathering_upstream(BURST).await;
+    let (upstream, accepted) = counting_upstream(Answering::InBursts(BURST)).await;
     let (port, admin) = (free_port(), free_port());
     let yaml = |admin, port| http_bootstrap(admin, port, "", &routes, &static_cluster("gathered", &[upstream], ""));
     let strait = Proxy::start(&yaml(admin, port), admin).await;
-    assert_eq!(two_bursts(port, BURST, &accepted).await, BURST, "upstream connections opened for two bursts");
+    assert_eq!(two_bursts("strait", port, BURST, &accepted).await, BURST, "upstream connections opened for two bursts");
     let total = strait.stat("envoy_cluster_upstream_cx_total{envoy_cluster_name=\"gathered\"}").await;
     assert_eq!(total, BURST as f64);
     drop(strait);
 
-    let (upstream, accepted) = gathering_upstream(BURST).await;
+    let (upstream, accepted) = counting_upstream(Answering::InBursts(BURST)).await;
     let (envoy_port, envoy_admin) = (free_port(), free_port());
     let yaml = http_bootstrap(envoy_admin, envoy_port, "", &routes, &static_cluster("gathered", &[upstream], ""));
     if let Some(_envoy) = Envoy::start(&yaml, envoy_admin).await {
-        assert_eq!(two_bursts(envoy_port, BURST, &accepted).await, BURST, "Envoy's upstream connections");
+        assert_eq!(two_bursts("envoy", envoy_port, BURST, &accepted).await, BURST, "Envoy's upstream connections");
     }
 }
