@@ -412,3 +412,49 @@ async fn request_timeout_trusted_hops_and_request_id_in_response() {
         1.0
     );
 }
+
+/// The SETTINGS_MAX_CONCURRENT_STREAMS an HTTP/2 client gets from the proxy on `port`, once a
+/// request has been answered (the proxy's SETTINGS have come by then).
+async fn advertised_streams(port: u16) -> usize {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut client, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    let request = http::Request::get(format!("http://127.0.0.1:{port}/")).body(()).unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    tokio::pin!(response);
+    let response = tokio::select! {
+        response = &mut response => response.unwrap(),
+        done = &mut connection => panic!("the connection ended first: {done:?}"),
+    };
+    assert_eq!(response.status(), 200);
+    connection.max_concurrent_send_streams()
+}
+
+/// A connection manager's `http2_protocol_options.max_concurrent_streams` is what HTTP/2 clients are
+/// told, 1024 when unset (what Envoy 1.40 advertises); values outside Envoy's ranges are refused,
+/// naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_settings_as_envoy() {
+    let upstream = echo("a").await;
+    let routes = one_virtual_host("              - match: { prefix: / }\n                route: { cluster: a }\n");
+    let clusters = static_cluster("a", &[upstream], "");
+    let limited =
+        "          http2_protocol_options: { max_concurrent_streams: 7, initial_stream_window_size: 131072 }\n";
+    for (hcm, expected) in [("", 1024), (limited, 7)] {
+        let both = side_by_side(|admin, port| http_bootstrap(admin, port, hcm, &routes, &clusters)).await;
+        for &(proxy, port) in &both.ports {
+            assert_eq!(advertised_streams(port).await, expected, "{proxy}: {hcm:?}");
+        }
+    }
+    let dir = TempDir::new("h2-settings");
+    for (bad, field) in [
+        ("max_concurrent_streams: 0", "http2_protocol_options.max_concurrent_streams"),
+        ("initial_stream_window_size: 1000", "http2_protocol_options.initial_stream_window_size"),
+        ("initial_connection_window_size: 1000", "http2_protocol_options.initial_connection_window_size"),
+    ] {
+        let hcm = format!("          http2_protocol_options: {{ {bad} }}\n");
+        let file = write_file(&dir.0, "bad.yaml", &http_bootstrap(free_port(), free_port(), &hcm, &routes, &clusters));
+        let out = std::process::Command::new(BIN).arg("validate").arg(&file).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && text.contains(field), "{bad}: {text}");
+    }
+}

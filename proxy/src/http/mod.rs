@@ -49,6 +49,8 @@ pub struct HttpConnectionManager {
     pub server_name: http::HeaderValue,
     pub max_request_headers_bytes: usize,
     pub max_headers_count: usize,
+    /// `http2_protocol_options` for HTTP/2 clients.
+    pub http2: Http2Settings,
     pub strip_any_host_port: bool,
     /// Upgrade types allowed (`websocket`), lowercased.
     pub upgrades: Vec<String>,
@@ -63,4 +65,22 @@ pub struct HttpConnectionManager {
     pub forward_client_cert: client_cert::ForwardClientCert,
     pub client_cert_details: client_cert::CertDetails,
     pub stats: HttpStats,
+}
+
+/// A connection manager's `http2_protocol_options`: what it tells its HTTP/2 clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Settings {
+    /// `max_concurrent_streams`: SETTINGS_MAX_CONCURRENT_STREAMS; 1024 when unset, as Envoy 1.40
+    /// advertises (its documentation still says 2^31 - 1).
+    pub max_concurrent_streams: u32,
+    /// `initial_stream_window_size`; hyper's 1 MiB when unset (see the README).
+    pub initial_stream_window: Option<u32>,
+    /// `initial_connection_window_size`; hyper's 1 MiB when unset.
+    pub initial_connection_window: Option<u32>,
+}
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Http2Settings { max_concurrent_streams: 1024, initial_stream_window: None, initial_connection_window: None }
+    }
 }

@@ -212,7 +212,9 @@ async fn run<I, S>(
     if http2 {
         let conn = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .max_concurrent_streams(100)
+            .max_concurrent_streams(initial.http2.max_concurrent_streams)
+            .initial_stream_window_size(initial.http2.initial_stream_window)
+            .initial_connection_window_size(initial.http2.initial_connection_window)
             .max_header_list_size(initial.max_request_headers_bytes as u32)
             .max_pending_accept_reset_streams(100)
             .max_local_error_reset_streams(1024)

@@ -154,6 +154,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "always_set_request_id_in_response",
             "server_name",
             "max_request_headers_kb",
+            "http2_protocol_options",
             "strip_any_host_port",
             "upgrade_configs",
             "access_log",
