@@ -49,8 +49,9 @@ pub struct HttpConnectionManager {
     pub server_name: http::HeaderValue,
     pub max_request_headers_bytes: usize,
     pub max_headers_count: usize,
-    /// `http2_protocol_options` for HTTP/2 clients.
-    pub http2: Http2Settings,
+    /// `http2_protocol_options` for HTTP/2 clients (`max_concurrent_streams` always set: 1024 by
+    /// default, what Envoy 1.40 advertises; its documentation still says 2^31 - 1).
+    pub http2: Http2Options,
     pub strip_any_host_port: bool,
     /// Upgrade types allowed (`websocket`), lowercased.
     pub upgrades: Vec<String>,
@@ -67,20 +68,15 @@ pub struct HttpConnectionManager {
     pub stats: HttpStats,
 }
 
-/// A connection manager's `http2_protocol_options`: what it tells its HTTP/2 clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Http2Settings {
-    /// `max_concurrent_streams`: SETTINGS_MAX_CONCURRENT_STREAMS; 1024 when unset, as Envoy 1.40
-    /// advertises (its documentation still says 2^31 - 1).
-    pub max_concurrent_streams: u32,
-    /// `initial_stream_window_size`; hyper's 1 MiB when unset (see the README).
+/// `http2_protocol_options` (`Http2ProtocolOptions`), within Envoy's ranges: what a connection
+/// manager tells its HTTP/2 clients, or what a cluster's pool allows itself on a connection.
+/// Unset values take each side's default (hyper's 1 MiB windows on both).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Http2Options {
+    /// `max_concurrent_streams`: SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub max_concurrent_streams: Option<u32>,
+    /// `initial_stream_window_size`.
     pub initial_stream_window: Option<u32>,
-    /// `initial_connection_window_size`; hyper's 1 MiB when unset.
+    /// `initial_connection_window_size`.
     pub initial_connection_window: Option<u32>,
-}
-
-impl Default for Http2Settings {
-    fn default() -> Self {
-        Http2Settings { max_concurrent_streams: 1024, initial_stream_window: None, initial_connection_window: None }
-    }
 }

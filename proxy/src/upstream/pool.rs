@@ -102,10 +102,9 @@ impl Body for RequestBody {
 /// Pool settings from the cluster config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolOptions {
-    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` we allow ourselves on one connection.
-    pub http2_max_concurrent_streams: Option<u32>,
-    pub http2_initial_stream_window: Option<u32>,
-    pub http2_initial_connection_window: Option<u32>,
+    /// HTTP/2: the streams we allow ourselves on one connection (`max_concurrent_streams`) and the
+    /// windows we offer.
+    pub http2: crate::http::Http2Options,
     /// An upstream connection unused this long is closed (`common_http_protocol_options.idle_timeout`,
     /// Envoy's default 1 h; `None`: never).
     pub idle_timeout: Option<Duration>,
@@ -140,9 +139,7 @@ impl Lifetime {
 impl Default for PoolOptions {
     fn default() -> Self {
         PoolOptions {
-            http2_max_concurrent_streams: None,
-            http2_initial_stream_window: None,
-            http2_initial_connection_window: None,
+            http2: crate::http::Http2Options::default(),
             idle_timeout: Some(Duration::from_secs(3600)),
             max_requests_per_connection: None,
             max_connection_duration: None,
@@ -220,7 +217,7 @@ pub struct Pool {
     tls: Option<super::transport::UpstreamTls>,
     options: PoolOptions,
     idle_http1: Mutex<Vec<(http1::SendRequest<RequestBody>, Lifetime)>>,
-    /// Open HTTP/2 connections, each carrying up to `http2_max_concurrent_streams` streams.
+    /// Open HTTP/2 connections, each carrying up to `http2.max_concurrent_streams` streams.
     http2: Mutex<Vec<H2Connection>>,
     http2_connecting: tokio::sync::Mutex<()>,
     /// This endpoint's connections, connecting or open.
@@ -529,11 +526,11 @@ impl Pool {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
-            .initial_stream_window_size(self.options.http2_initial_stream_window)
-            .initial_connection_window_size(self.options.http2_initial_connection_window)
+            .initial_stream_window_size(self.options.http2.initial_stream_window)
+            .initial_connection_window_size(self.options.http2.initial_connection_window)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
-        if let Some(max) = self.options.http2_max_concurrent_streams {
+        if let Some(max) = self.options.http2.max_concurrent_streams {
             builder.max_concurrent_streams(max);
         }
         // Until this connection's SETTINGS come, the endpoint's last known limit holds (in h2 too,
@@ -574,7 +571,7 @@ impl Pool {
     }
 
     /// An HTTP/2 connection for one more stream: the least busy one under its stream limit (the
-    /// peer's `SETTINGS_MAX_CONCURRENT_STREAMS` or `http2_max_concurrent_streams`, the lower), or
+    /// peer's `SETTINGS_MAX_CONCURRENT_STREAMS` or `http2.max_concurrent_streams`, the lower), or
     /// with `over_limit` the least busy one at all. Connections
     /// that closed or may carry no more (idle too long, too old, enough requests) are let go: their
     /// streams finish, then they close.
@@ -583,7 +580,7 @@ impl Pool {
         let mut conns = self.http2.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         conns.retain(|c| !c.sender.is_closed() && c.lifetime.usable(&self.options, now));
-        let configured = self.options.http2_max_concurrent_streams.unwrap_or(u32::MAX);
+        let configured = self.options.http2.max_concurrent_streams.unwrap_or(u32::MAX);
         let connection = conns
             .iter_mut()
             .filter(|c| {

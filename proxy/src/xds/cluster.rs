@@ -431,7 +431,7 @@ fn protocol(c: &cluster::Cluster) -> Result<(UpstreamProtocol, PoolOptions)> {
     #[allow(deprecated)]
     if let Some(h2) = &c.http2_protocol_options {
         protocol = UpstreamProtocol::Http2;
-        apply_h2(&mut pool, h2);
+        pool.http2 = convert::http2_options(h2, "http2_protocol_options")?;
     }
     for (key, any) in &c.typed_extension_protocol_options {
         let at = format!("typed_extension_protocol_options[\"{key}\"]");
@@ -448,7 +448,8 @@ fn protocol(c: &cluster::Cluster) -> Result<(UpstreamProtocol, PoolOptions)> {
                 Some(PC::HttpProtocolOptions(_)) | None => protocol = UpstreamProtocol::Http1,
                 Some(PC::Http2ProtocolOptions(h2)) => {
                     protocol = UpstreamProtocol::Http2;
-                    apply_h2(&mut pool, h2);
+                    pool.http2 =
+                        convert::http2_options(h2, &format!("{at}.explicit_http_config.http2_protocol_options"))?;
                 }
                 Some(PC::Http3ProtocolOptions(_)) => {
                     return Err(ConfigError::new(
@@ -485,12 +486,6 @@ fn connection_lifetimes(pool: &mut PoolOptions, common: &core::HttpProtocolOptio
     pool.max_connection_duration = convert::timeout(common.max_connection_duration.as_ref(), None);
     pool.max_requests_per_connection = common.max_requests_per_connection.map(|n| n.value).filter(|n| *n > 0);
     Ok(())
-}
-
-fn apply_h2(pool: &mut PoolOptions, h2: &core::Http2ProtocolOptions) {
-    pool.http2_max_concurrent_streams = h2.max_concurrent_streams.map(|v| v.value);
-    pool.http2_initial_stream_window = h2.initial_stream_window_size.map(|v| v.value);
-    pool.http2_initial_connection_window = h2.initial_connection_window_size.map(|v| v.value);
 }
 
 fn is_prime(n: u64) -> bool {

@@ -1,5 +1,5 @@
 //! Shared conversion helpers: config errors with field paths, durations, addresses, header options,
-//! string matchers and data sources.
+//! string matchers, data sources and HTTP/2 protocol options.
 
 use crate::routing::matcher::{StringMatch, StringMatcher, full_match_regex};
 use crate::routing::{AppendAction, HeaderAdd, HeaderMutation};
@@ -201,4 +201,29 @@ pub fn unpack<T: prost::Message + prost::Name + Default>(any: &protobuf::Any, pa
     }
     T::decode(any.value.as_slice())
         .map_err(|e| ConfigError::new(format!("{path}.typed_config"), format!("cannot decode: {e}")))
+}
+
+/// `Http2ProtocolOptions` at `path`, refused outside Envoy's ranges (streams 1..2^31-1, windows
+/// 65535..2^31-1).
+pub fn http2_options(h2: &core::Http2ProtocolOptions, path: &str) -> Result<crate::http::Http2Options> {
+    const MAX: u32 = i32::MAX as u32;
+    let within = |value: Option<u32>, field: &str, min: u32| match value {
+        Some(v) if !(min..=MAX).contains(&v) => {
+            Err(ConfigError::new(format!("{path}.{field}"), format!("must be in {min}..{MAX}")))
+        }
+        v => Ok(v),
+    };
+    Ok(crate::http::Http2Options {
+        max_concurrent_streams: within(h2.max_concurrent_streams.map(|v| v.value), "max_concurrent_streams", 1)?,
+        initial_stream_window: within(
+            h2.initial_stream_window_size.map(|v| v.value),
+            "initial_stream_window_size",
+            65_535,
+        )?,
+        initial_connection_window: within(
+            h2.initial_connection_window_size.map(|v| v.value),
+            "initial_connection_window_size",
+            65_535,
+        )?,
+    })
 }

@@ -36,6 +36,8 @@ const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// HTTP/2 streams a client may open on one connection when unset: what Envoy 1.40 advertises.
+const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
 
 pub fn listener_config(l: &listener::Listener, secrets: &Secrets) -> Result<ListenerConfig> {
     if l.name.is_empty() {
@@ -318,7 +320,11 @@ fn http_connection_manager(h: &hcm::HttpConnectionManager) -> Result<HttpConnect
     if !(1..=8192).contains(&max_request_headers_kb) {
         return Err(ConfigError::new("max_request_headers_kb", "must be in 1..8192"));
     }
-    let http2 = http2_settings(h.http2_protocol_options.as_ref())?;
+    let mut http2 = match &h.http2_protocol_options {
+        Some(h2) => convert::http2_options(h2, "http2_protocol_options")?,
+        None => crate::http::Http2Options::default(),
+    };
+    http2.max_concurrent_streams.get_or_insert(DEFAULT_MAX_CONCURRENT_STREAMS);
     let strip_any_host_port =
         matches!(h.strip_port_mode, Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true)));
     let access_logs = access_logs(&h.access_log)?;
@@ -533,38 +539,4 @@ fn tcp_proxy_config(t: &tcp_proxy::TcpProxy) -> Result<TcpProxyConfig> {
         idle_timeout: convert::timeout(t.idle_timeout.as_ref(), Some(DEFAULT_TCP_IDLE_TIMEOUT)),
         stats: TcpStats::new(&t.stat_prefix),
     })
-}
-
-/// A connection manager's `http2_protocol_options`, within Envoy's ranges.
-fn http2_settings(
-    options: Option<&xds_proto::pb::envoy::config::core::v3::Http2ProtocolOptions>,
-) -> Result<crate::http::Http2Settings> {
-    let mut settings = crate::http::Http2Settings::default();
-    let Some(options) = options else { return Ok(settings) };
-    const MAX: u32 = i32::MAX as u32;
-    if let Some(streams) = options.max_concurrent_streams {
-        if !(1..=MAX).contains(&streams.value) {
-            return Err(ConfigError::new("http2_protocol_options.max_concurrent_streams", "must be in 1..2147483647"));
-        }
-        settings.max_concurrent_streams = streams.value;
-    }
-    for (value, field, slot) in [
-        (options.initial_stream_window_size, "initial_stream_window_size", &mut settings.initial_stream_window),
-        (
-            options.initial_connection_window_size,
-            "initial_connection_window_size",
-            &mut settings.initial_connection_window,
-        ),
-    ] {
-        if let Some(window) = value {
-            if !(65_535..=MAX).contains(&window.value) {
-                return Err(ConfigError::new(
-                    format!("http2_protocol_options.{field}"),
-                    "must be in 65535..2147483647",
-                ));
-            }
-            *slot = Some(window.value);
-        }
-    }
-    Ok(settings)
 }
