@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Strait against a direct connection, Envoy, nginx and HAProxy, in one run on this machine, and
-on HTTP/1.1 against the floor of any proxy built as it is (hyper-floor: hyper and tokio, forwarding
-and nothing else).
+on HTTP/1.1 and HTTP/2 against the floor of any proxy built as it is (hyper-floor: hyper and tokio,
+forwarding and nothing else).
 
 Each proxy is pinned to core 0 with one worker; the load generator and the upstream (nginx) share
 core 1. Every proxy runs the equivalent config (Strait and Envoy the very same Envoy bootstrap).
@@ -226,7 +226,7 @@ def main():
     ap.add_argument("--only", default="direct,hyper-floor,strait,envoy,nginx,haproxy")
     ap.add_argument("--strait", default=os.path.join(ROOT, "target", "release", "strait-proxy"))
     ap.add_argument("--floor", default=os.path.join(ROOT, "target", "release", "hyper-floor"),
-                    help="the bare hyper proxy (benches/src/bin/hyper_floor.rs), HTTP/1.1 tests only")
+                    help="the bare hyper proxy (benches/src/bin/hyper_floor.rs): keep-alive, HTTP/2 and fixed-rate tests")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
     args = ap.parse_args()
     wanted = args.only.split(",")
@@ -254,7 +254,7 @@ def main():
     targets = {
         "direct": Target("direct", None, ports["UP_H1"], ports["UP_H2"], ports["UP_H1"]),
         "hyper-floor": Target("hyper-floor", [args.floor, f"127.0.0.1:{ports['HTTP']}", f"127.0.0.1:{ports['UP_H1']}"],
-                              ports["HTTP"], None, None),
+                              ports["HTTP"], ports["HTTP"], None),
         "strait": Target("strait", [args.strait, "-c", bootstrap, "--concurrency", "1", "-l", "error"],
                          ports["HTTP"], ports["HTTP"], ports["TCP"]),
         "envoy": Target("envoy", ["envoy", "-c", bootstrap, "--concurrency", "1", "-l", "error", "--base-id",
@@ -291,9 +291,10 @@ def main():
                 continue
             row = {}
             if name == "hyper-floor":
-                # HTTP/1.1 only: what a bare hyper proxy costs, for the HTTP/1.1 tests.
-                row[labels[0]] = measured(t, tests[0][1])
-                print(f"{name:8} {labels[0]}: {fmt_row(row[labels[0]])}", flush=True)
+                # What a bare hyper proxy costs, on plain HTTP/1.1 and HTTP/2 (it has no gRPC or TCP).
+                for label, fn in tests[:2]:
+                    row[label] = measured(t, fn)
+                    print(f"{name:8} {label}: {fmt_row(row[label])}", flush=True)
                 results[name] = row
                 t.stop()
                 continue

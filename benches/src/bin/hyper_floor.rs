@@ -1,6 +1,7 @@
-//! The floor of an HTTP/1.1 proxy built on hyper and tokio, as Strait is: one current-thread
-//! runtime, a hyper server connection per client connection, requests forwarded on pooled hyper
-//! client connections (each driven by its own task) to one upstream, and nothing else: no routing,
+//! The floor of an HTTP proxy built on hyper and tokio, as Strait is: one current-thread runtime,
+//! a hyper server connection per client connection (HTTP/2 when it opens with the HTTP/2 preface,
+//! each stream its own task, else HTTP/1.1), requests forwarded on pooled HTTP/1.1 hyper client
+//! connections (each driven by its own task) to one upstream, and nothing else: no routing,
 //! headers, stats, timeouts or policies. `benches/compare.py` runs it beside Strait, so that what
 //! Strait costs above it is its own logic, and what it costs up to it is the framework's.
 //!
@@ -15,13 +16,29 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+/// What the HTTP/2 server runs its streams on: tasks on this thread's `LocalSet`.
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F: std::future::Future + 'static> hyper::rt::Executor<F> for LocalExec {
+    fn execute(&self, future: F) {
+        tokio::task::spawn_local(future);
+    }
+}
+
 /// Idle upstream connections, reused last in, first out (one runtime thread: no lock).
 type Pool = Rc<RefCell<Vec<SendRequest<Incoming>>>>;
 
 async fn forward(pool: Pool, upstream: SocketAddr, req: Request<Incoming>) -> anyhow::Result<Response<Incoming>> {
-    let idle = pool.borrow_mut().pop();
+    // The last connection given back, once it can take a request (its previous response's body
+    // may still be on the way); a new one when none is left.
+    let mut idle = pool.borrow_mut().pop();
+    let ready = match idle.as_mut() {
+        Some(sender) => sender.ready().await.is_ok(),
+        None => false,
+    };
     let mut sender = match idle {
-        Some(sender) if !sender.is_closed() => sender,
+        Some(sender) if ready => sender,
         _ => {
             let stream = tokio::net::TcpStream::connect(upstream).await?;
             stream.set_nodelay(true)?;
@@ -31,10 +48,16 @@ async fn forward(pool: Pool, upstream: SocketAddr, req: Request<Incoming>) -> an
         }
     };
     let (mut parts, body) = req.into_parts();
+    // An HTTP/2 request names its host in the URI (`:authority`); HTTP/1.1 needs a `Host` header.
+    if let Some(authority) = parts.uri.authority()
+        && !parts.headers.contains_key(hyper::header::HOST)
+    {
+        parts.headers.insert(hyper::header::HOST, authority.as_str().parse()?);
+    }
     parts.uri = parts.uri.path_and_query().map_or_else(|| "/".parse(), |p| p.as_str().parse())?;
     let response = sender.send_request(Request::from_parts(parts, body)).await?;
     // Given back once the response head is in: a request taking it before the body has been read
-    // waits inside hyper for the connection (at most one can, since it is then out of the pool).
+    // waits for it above (at most one can, since it is then out of the pool).
     pool.borrow_mut().push(sender);
     Ok(response)
 }
@@ -54,8 +77,16 @@ fn main() -> anyhow::Result<()> {
             let pool = pool.clone();
             tokio::task::spawn_local(async move {
                 let service = hyper::service::service_fn(move |req| forward(pool.clone(), upstream, req));
-                let served = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                let _ = served.await;
+                if strait_proxy::http::detect::opens_with_http2_preface(&stream).await {
+                    let served = hyper::server::conn::http2::Builder::new(LocalExec)
+                        .max_concurrent_streams(1024)
+                        .serve_connection(TokioIo::new(stream), service);
+                    let _ = served.await;
+                } else {
+                    let served =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    let _ = served.await;
+                }
             });
         }
     })

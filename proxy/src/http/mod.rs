@@ -2,7 +2,7 @@
 //! and sends each request through [`proxy::handle`], which reads top to bottom.
 
 pub mod client_cert;
-mod detect;
+pub mod detect;
 mod error;
 mod forwarding;
 pub mod proxy;
