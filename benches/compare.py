@@ -73,15 +73,21 @@ def tree(pid):
     return out
 
 
-def cpu_seconds(pids):
-    total = 0.0
+def cpu_times(pids):
+    """The user and the kernel CPU seconds the processes have used so far."""
+    user = kernel = 0.0
     for p in pids:
         try:
             fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+            user += int(fields[11]) / CLK_TCK
+            kernel += int(fields[12]) / CLK_TCK
         except OSError:
             pass
-    return total
+    return user, kernel
+
+
+def cpu_seconds(pids):
+    return sum(cpu_times(pids))
 
 
 def rss_mb(pids):
@@ -349,11 +355,13 @@ def warm_up(target):
 
 def measured(t, fn):
     """Runs one test on target `t`, with the proxy's CPU per request and RSS."""
-    before = cpu_seconds(t.pids())
+    before = cpu_times(t.pids())
     r = fn(t)
-    cpu = cpu_seconds(t.pids()) - before
+    after = cpu_times(t.pids())
+    cpu, kernel = sum(after) - sum(before), after[1] - before[1]
     if t.proc and r["requests"]:
         r["cpu_us_per_req"] = cpu / r["requests"] * 1e6 if r.get("rps") is not None else None
+        r["kernel_us_per_req"] = kernel / r["requests"] * 1e6 if r.get("rps") is not None else None
         r["req_per_cpu_s"] = r["requests"] / cpu if cpu > 0 and r.get("rps") is not None else None
         if "mb_per_s" in r:
             r["cpu_s_per_gib"] = cpu / (r["bytes"] / (1 << 30))
@@ -369,23 +377,24 @@ def fmt_row(r):
     if "mb_per_s" in r:
         return f"{fmt(r['mb_per_s'], ' MB/s')}, proxy CPU {fmt(r.get('cpu_s_per_gib'), ' s/GiB', 2)}"
     return (f"{fmt(r['rps'], ' req/s', 0)}, p50 {fmt(r['p50'], ' ms', 2)}, p99 {fmt(r['p99'], ' ms', 2)}, "
-            f"CPU {fmt(r.get('cpu_us_per_req'), ' us/req')}, errors {r['errors']}")
+            f"CPU {fmt(r.get('cpu_us_per_req'), ' us/req')} ({fmt(r.get('kernel_us_per_req'), ' in the kernel')}), errors {r['errors']}")
 
 
 def render_report(results, labels, args):
     lines = [f"# Strait vs peers ({args.duration}s per test; proxies on core {PROXY_CORE}, load+upstream on core {LOAD_CORE})", ""]
     for label in labels:
-        lines += [f"## {label}", "", "| target | req/s | p50 ms | p99 ms | proxy CPU us/req | req per CPU-s | RSS MB | errors |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {label}", "", "| target | req/s | p50 ms | p99 ms | proxy CPU us/req | of which kernel | req per CPU-s | RSS MB | errors |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name, row in results.items():
             r = row.get(label)
             if not r:
                 continue
             if "mb_per_s" in r:
-                lines.append(f"| {name} | {fmt(r['mb_per_s'], ' MB/s')} | - | - | {fmt(r.get('cpu_s_per_gib'), ' CPU-s/GiB', 2)} | - | {fmt(r.get('rss_mb'))} | {r['errors']} |")
+                lines.append(f"| {name} | {fmt(r['mb_per_s'], ' MB/s')} | - | - | {fmt(r.get('cpu_s_per_gib'), ' CPU-s/GiB', 2)} | - | - | {fmt(r.get('rss_mb'))} | {r['errors']} |")
             else:
                 lines.append(f"| {name} | {fmt(r['rps'], '', 0)} | {fmt(r['p50'], '', 2)} | {fmt(r['p99'], '', 2)} | "
-                             f"{fmt(r.get('cpu_us_per_req'))} | {fmt(r.get('req_per_cpu_s'), '', 0)} | {fmt(r.get('rss_mb'))} | {r['errors']} |")
+                             f"{fmt(r.get('cpu_us_per_req'))} | {fmt(r.get('kernel_us_per_req'))} | {fmt(r.get('req_per_cpu_s'), '', 0)} | "
+                             f"{fmt(r.get('rss_mb'))} | {r['errors']} |")
         rounds = {name: row[label]["p99_rounds"] for name, row in results.items() if "p99_rounds" in row.get(label, {})}
         if rounds:
             lines += ["", f"The median of {args.latency_rounds} rounds, the targets taking turns; p99 ms in each round: "
