@@ -2,6 +2,7 @@
 //! and sends each request through [`proxy::handle`], which reads top to bottom.
 
 pub mod client_cert;
+mod coalesce;
 pub mod detect;
 mod error;
 mod forwarding;

@@ -2,6 +2,7 @@
 //! codec says), each request handled with the newest config snapshot, closed after the idle timeout,
 //! drained on shutdown.
 
+use super::coalesce::Coalescing;
 use super::detect::{Prefixed, opens_with_http2_preface, read_http2_preface};
 use super::proxy::{self, Downstream};
 use super::{Codec, HttpConnectionManager};
@@ -168,6 +169,13 @@ pub async fn serve(
         })
     };
     match stream {
+        // HTTP/2: the responses that finish in one pass of the worker's queue share a write.
+        Detected::Plain(tcp) if http2 => {
+            run(TokioIo::new(Coalescing::new(tcp)), http2, service, &connection, &initial, shutdown).await
+        }
+        Detected::Tls(tls) if http2 => {
+            run(TokioIo::new(Coalescing::new(tls)), http2, service, &connection, &initial, shutdown).await
+        }
         Detected::Plain(tcp) => run(TokioIo::new(tcp), http2, service, &connection, &initial, shutdown).await,
         Detected::Tls(tls) => run(TokioIo::new(tls), http2, service, &connection, &initial, shutdown).await,
     }
