@@ -13,21 +13,23 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// A stream whose first write after each flush waits for one pass of the scheduler's queue.
+/// A stream whose first write after each flush waits for one pass of the scheduler's queue (when
+/// `multiplexed`; otherwise every write goes straight through).
 pub struct Coalescing<S> {
     inner: S,
+    multiplexed: bool,
     /// The current batch has already waited its turn.
     waited: bool,
 }
 
 impl<S> Coalescing<S> {
-    pub fn new(inner: S) -> Self {
-        Coalescing { inner, waited: false }
+    pub fn new(inner: S, multiplexed: bool) -> Self {
+        Coalescing { inner, multiplexed, waited: false }
     }
 
     /// Whether to write now; otherwise the task is queued again behind those already woken.
     fn ready(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.waited {
+        if self.waited || !self.multiplexed {
             return true;
         }
         self.waited = true;
@@ -122,7 +124,7 @@ mod tests {
         let connection = tokio::spawn({
             let log = log.clone();
             async move {
-                let mut stream = Coalescing::new(Socket(log.clone()));
+                let mut stream = Coalescing::new(Socket(log.clone()), true);
                 stream.write_all(b"a").await.unwrap();
                 stream.write_all(b"b").await.unwrap();
                 stream.flush().await.unwrap();
@@ -153,5 +155,21 @@ mod tests {
                 "write c"
             ]
         );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_http1_connections_writes_go_out_at_once() {
+        let log = Log::default();
+        let connection = tokio::spawn({
+            let log = log.clone();
+            async move { Coalescing::new(Socket(log), false).write_all(b"a").await.unwrap() }
+        });
+        let stream = tokio::spawn({
+            let log = log.clone();
+            async move { log.push("a task woken after the connection's") }
+        });
+        connection.await.unwrap();
+        stream.await.unwrap();
+        assert_eq!(log.entries(), ["write a", "a task woken after the connection's"]);
     }
 }

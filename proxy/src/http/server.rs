@@ -170,14 +170,12 @@ pub async fn serve(
     };
     match stream {
         // HTTP/2: the responses that finish in one pass of the worker's queue share a write.
-        Detected::Plain(tcp) if http2 => {
-            run(TokioIo::new(Coalescing::new(tcp)), http2, service, &connection, &initial, shutdown).await
+        Detected::Plain(tcp) => {
+            run(TokioIo::new(Coalescing::new(tcp, http2)), http2, service, &connection, &initial, shutdown).await
         }
-        Detected::Tls(tls) if http2 => {
-            run(TokioIo::new(Coalescing::new(tls)), http2, service, &connection, &initial, shutdown).await
+        Detected::Tls(tls) => {
+            run(TokioIo::new(Coalescing::new(tls, http2)), http2, service, &connection, &initial, shutdown).await
         }
-        Detected::Plain(tcp) => run(TokioIo::new(tcp), http2, service, &connection, &initial, shutdown).await,
-        Detected::Tls(tls) => run(TokioIo::new(tls), http2, service, &connection, &initial, shutdown).await,
     }
 }
 
