@@ -142,10 +142,15 @@ async fn tcp_proxy_connection_failures_eject_like_envoys() {
             )
         )
     };
+    // Paced: Envoy ejects on its main thread (the worker that saw the failure posts it there, and
+    // the new host set comes back by another post), so on a loaded machine a connection made at
+    // once after the second refusal could still reach the dead endpoint: 3 refusals, not 2. Strait
+    // ejects before the failed attempt returns.
     let failures = |port: u16| async move {
         let mut failed = 0;
         for _ in 0..12 {
             failed += usize::from(!tcp_reaches_upstream(port).await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         failed
     };
