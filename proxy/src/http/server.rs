@@ -44,6 +44,9 @@ pub struct Connection {
     shared: SharedSnapshot,
     /// The connection manager the connection was accepted with, if its listener has since gone.
     initial: Arc<HttpConnectionManager>,
+    /// The snapshot version in which `initial` was last found still in force (`u64::MAX`: not yet
+    /// looked for). Versions only grow, one per config applied, so a match needs no search.
+    initial_current_in: AtomicU64,
 }
 
 impl Connection {
@@ -63,11 +66,15 @@ impl Connection {
     pub fn manager<'a>(&'a self, snapshot: &'a Snapshot) -> &'a HttpConnectionManager {
         let downstream = &self.downstream;
         // Mostly the snapshot still holds the very manager the connection was accepted with (an
-        // unchanged listener is carried over), and then it is the answer: found by address, with
-        // no listener or chain name compared per request.
+        // unchanged listener is carried over), and then it is the answer: found by address once per
+        // config version, then by that version alone, with no listener searched per request.
+        if self.initial_current_in.load(Ordering::Relaxed) == snapshot.version {
+            return &self.initial;
+        }
         let unchanged =
             |l: &Arc<ListenerConfig>| l.http(downstream.chain).is_some_and(|h| Arc::ptr_eq(h, &self.initial));
         if snapshot.listeners.iter().any(unchanged) {
+            self.initial_current_in.store(snapshot.version, Ordering::Relaxed);
             return &self.initial;
         }
         snapshot
@@ -157,6 +164,7 @@ pub async fn serve(
         downstream,
         shared,
         initial: initial.clone(),
+        initial_current_in: AtomicU64::new(u64::MAX),
     });
     let service = {
         let connection = connection.clone();
