@@ -220,9 +220,25 @@ impl KeptAlive {
         KeptAlive { sender }
     }
 
+    /// The status of one more request on the connection (0 if the connection failed), its body read
+    /// to the end as a client that keeps the connection must: dropped unread, it could leave the
+    /// connection closed by hyper when the body came after the head.
     async fn get(&mut self) -> u16 {
+        use http_body_util::BodyExt;
         let sender = &mut self.sender;
+        if sender.ready().await.is_err() {
+            return 0;
+        }
         let req = http::Request::get("/").header("host", "backend").body(http_body_util::Empty::new()).unwrap();
-        sender.send_request(req).await.map(|r| r.status().as_u16()).unwrap_or(0)
+        match sender.send_request(req).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match response.into_body().collect().await {
+                    Ok(_) => status,
+                    Err(_) => 0,
+                }
+            }
+            Err(_) => 0,
+        }
     }
 }
